@@ -1,0 +1,1 @@
+//! maglevd — a userspace Maglev L4 load balancer (direct server return).
