@@ -1,0 +1,529 @@
+//! Configuration: the TOML file (serde types with `deny_unknown_fields`) and its validation into
+//! the runtime types the rest of the daemon uses.
+//!
+//! The file types (`File*`) mirror the TOML exactly and keep the byte span of every value that is
+//! validated after parsing, so every problem is reported as `FILE:LINE:COL: key.path: what is
+//! wrong`. Validation collects *all* problems instead of stopping at the first. Nothing here panics
+//! on any input.
+//!
+//! Interface addresses and MACs are deliberately *not* part of the file: they are read from the
+//! interfaces at run time, so one file runs unchanged on every frontend built alike.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+use crate::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_SLOTS_PER_BACKEND};
+use crate::wire::MacAddr;
+
+// ---------------------------------------------------------------------------------------------
+// Runtime types
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Interface VIP traffic arrives on (the seed's `net1`, vlan100).
+    pub ingress: String,
+    /// Interface frames to backends leave on (the seed's `net2`, vlan200). May equal `ingress`.
+    pub egress: String,
+    pub services: Vec<Service>,
+}
+
+impl Config {
+    /// One-arm mode: one interface for both directions.
+    pub fn one_arm(&self) -> bool {
+        self.ingress == self.egress
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => crate::wire::IPPROTO_TCP,
+            Protocol::Udp => crate::wire::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Which fields of a packet choose its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum FlowKey {
+    /// Source and destination address, protocol, source and destination port (the default).
+    #[default]
+    #[serde(rename = "5-tuple")]
+    FiveTuple,
+    /// Source address only: every connection of a client reaches the same backend.
+    #[serde(rename = "src-ip")]
+    SrcIp,
+    /// Source address and source port.
+    #[serde(rename = "src-ip-port")]
+    SrcIpPort,
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlowKey::FiveTuple => "5-tuple",
+            FlowKey::SrcIp => "src-ip",
+            FlowKey::SrcIpPort => "src-ip-port",
+        })
+    }
+}
+
+/// One virtual service: a VIP, a protocol and a port (or all ports), with its backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub protocol: Protocol,
+    /// `None` = every port of the VIP for this protocol.
+    pub port: Option<u16>,
+    pub flow_key: FlowKey,
+    pub table_size: u32,
+    pub backends: Vec<Backend>,
+}
+
+impl Service {
+    /// `10.201.0.1:80/tcp` or `10.201.0.1:*/udp`.
+    pub fn endpoint(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{}/{}", self.vip, p, self.protocol),
+            None => format!("{}:*/{}", self.vip, self.protocol),
+        }
+    }
+
+    /// The table inputs: every backend with its configured weight.
+    pub fn table_backends(&self) -> Vec<maglev::TableBackend> {
+        self.backends.iter().map(|b| maglev::TableBackend { ip: b.ip, weight: b.weight }).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    /// The backend's real IP on the egress network: its identity in the table.
+    pub ip: Ipv4Addr,
+    /// Relative share of new flows; 0 = drained (no slots).
+    pub weight: u32,
+    /// A static MAC skips ARP resolution for this backend.
+    pub mac: Option<MacAddr>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// One problem found in a configuration file, with its location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `service[0].backend[2].weight`.
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the configuration file: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}:{} {message}", path.display(), location.map_or(String::new(), |(l, c)| format!("{l}:{c}:")))]
+    Parse { path: PathBuf, location: Option<(usize, usize)>, message: String },
+    #[error("{}", render_problems(path, problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{}:{}:{}: {}: {}", path.display(), p.line, p.column, p.key, p.message));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// File types
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    interfaces: FileInterfaces,
+    #[serde(rename = "service", default)]
+    services: Vec<Spanned<FileService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInterfaces {
+    ingress: Spanned<String>,
+    egress: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileService {
+    name: Option<Spanned<String>>,
+    vip: Spanned<String>,
+    protocol: Protocol,
+    port: Spanned<PortSpec>,
+    #[serde(default)]
+    flow_key: FlowKey,
+    table_size: Option<Spanned<i64>>,
+    #[serde(rename = "backend", default)]
+    backends: Vec<Spanned<FileBackend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    ip: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+    mac: Option<Spanned<String>>,
+}
+
+/// `port = 80` or `port = "all"`; range problems are reported by validation with a location.
+#[derive(Debug, Clone, Copy)]
+enum PortSpec {
+    Number(i64),
+    All,
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number 1..=65535 or the string \"all\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortSpec, E> {
+                Ok(PortSpec::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortSpec, E> {
+                Ok(PortSpec::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortSpec, E> {
+                if v == "all" { Ok(PortSpec::All) } else { Err(E::invalid_value(de::Unexpected::Str(v), &self)) }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation
+
+/// Read and validate a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(&text, path)
+}
+
+/// Parse and validate configuration text; `path` is used in messages only.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let (location, message) = toml_error_message(text, &e);
+        ConfigError::Parse { path: path.to_path_buf(), location, message }
+    })?;
+    let mut v = Validator { text, problems: Vec::new() };
+    let cfg = v.config(file);
+    if v.problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError::Invalid { path: path.to_path_buf(), problems: v.problems })
+    }
+}
+
+/// toml's message, with the offending line quoted under it, and its location.
+fn toml_error_message(text: &str, e: &toml::de::Error) -> (Option<(usize, usize)>, String) {
+    let msg = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim_end();
+            (Some((line, col)), format!("{msg}\n    | {snippet}"))
+        }
+        None => (None, msg.to_string()),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+    (line, col)
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, span: std::ops::Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.problems.push(Problem { line, column, key: key.into(), message: message.into() });
+    }
+
+    fn interface(&mut self, name: &Spanned<String>, key: &str) -> String {
+        let n = name.get_ref();
+        if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', '\t', ':']) || n == "." || n == ".." {
+            self.problem(
+                name.span(),
+                key,
+                format!("`{n}` is not a valid interface name (1..=15 characters, no '/', ':' or spaces)"),
+            );
+        }
+        n.clone()
+    }
+
+    fn ipv4(&mut self, s: &Spanned<String>, key: &str) -> Option<Ipv4Addr> {
+        match s.get_ref().parse::<Ipv4Addr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                let what = if s.get_ref().parse::<std::net::Ipv6Addr>().is_ok() {
+                    "is an IPv6 address; only IPv4 services are supported"
+                } else {
+                    "is not an IPv4 address"
+                };
+                self.problem(s.span(), key, format!("`{}` {what}", s.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, file: FileConfig) -> Config {
+        let ingress = self.interface(&file.interfaces.ingress, "interfaces.ingress");
+        let egress = self.interface(&file.interfaces.egress, "interfaces.egress");
+        if file.services.is_empty() {
+            self.problem(0..0, "service", "no [[service]] is configured; maglevd would forward nothing");
+        }
+        // Keep each service's index in the file: a service whose VIP is invalid is left out, and
+        // later messages must still name the right `service[i]`.
+        let services: Vec<(usize, Service)> =
+            file.services.iter().enumerate().filter_map(|(i, s)| Some((i, self.service(i, s)?))).collect();
+        self.cross_service(&file.services, &services);
+        let services = services.into_iter().map(|(_, s)| s).collect();
+        Config { ingress, egress, services }
+    }
+
+    fn service(&mut self, i: usize, spanned: &Spanned<FileService>) -> Option<Service> {
+        let s = spanned.get_ref();
+        let key = format!("service[{i}]");
+        let vip = self.ipv4(&s.vip, &format!("{key}.vip"));
+        if let Some(vip) = vip
+            && (vip.is_unspecified() || vip.is_multicast() || vip.is_broadcast() || vip.is_loopback())
+        {
+            self.problem(
+                s.vip.span(),
+                format!("{key}.vip"),
+                format!("`{vip}` cannot be a VIP (unspecified, loopback, multicast or broadcast)"),
+            );
+        }
+        let port = match *s.port.get_ref() {
+            PortSpec::All => None,
+            PortSpec::Number(p) if (1..=65535).contains(&p) => Some(p as u16),
+            PortSpec::Number(p) => {
+                self.problem(
+                    s.port.span(),
+                    format!("{key}.port"),
+                    format!("{p} is out of range 1..=65535 (or \"all\")"),
+                );
+                None
+            }
+        };
+        let table_size = match &s.table_size {
+            None => DEFAULT_TABLE_SIZE,
+            Some(t) => {
+                let v = *t.get_ref();
+                if !(3..=MAX_TABLE_SIZE as i64).contains(&v) {
+                    self.problem(
+                        t.span(),
+                        format!("{key}.table_size"),
+                        format!("{v} is out of range 3..={MAX_TABLE_SIZE}"),
+                    );
+                    DEFAULT_TABLE_SIZE
+                } else if !maglev::is_prime(v as u32) {
+                    self.problem(
+                        t.span(),
+                        format!("{key}.table_size"),
+                        format!("{v} is not a prime (Maglev needs a prime table size; e.g. 65537, 131071, 262139)"),
+                    );
+                    DEFAULT_TABLE_SIZE
+                } else {
+                    v as u32
+                }
+            }
+        };
+        let min = s.backends.len() as u64 * MIN_SLOTS_PER_BACKEND;
+        if (table_size as u64) < min {
+            let span = s.table_size.as_ref().map_or(spanned.span(), |t| t.span());
+            self.problem(span, format!("{key}.table_size"), format!(
+                "{table_size} is too small for {} backends: at least {MIN_SLOTS_PER_BACKEND} slots per backend ({min}) are needed",
+                s.backends.len()
+            ));
+        }
+        if s.backends.is_empty() {
+            self.problem(spanned.span(), format!("{key}.backend"), "the service has no [[service.backend]]");
+        }
+
+        let mut backends = Vec::new();
+        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
+        for (j, b) in s.backends.iter().enumerate() {
+            let bkey = format!("{key}.backend[{j}]");
+            let b = b.get_ref();
+            let ip = self.ipv4(&b.ip, &format!("{bkey}.ip"));
+            if let Some(ip) = ip {
+                if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+                    self.problem(b.ip.span(), format!("{bkey}.ip"), format!("`{ip}` cannot be a backend address"));
+                }
+                if let Some(first) = seen.insert(ip, j) {
+                    self.problem(
+                        b.ip.span(),
+                        format!("{bkey}.ip"),
+                        format!("{ip} is already backend[{first}] of this service"),
+                    );
+                }
+            }
+            let weight = match &b.weight {
+                None => 1,
+                Some(w) => {
+                    let v = *w.get_ref();
+                    if (0..=MAX_WEIGHT as i64).contains(&v) {
+                        v as u32
+                    } else {
+                        self.problem(
+                            w.span(),
+                            format!("{bkey}.weight"),
+                            format!("{v} is out of range 0..={MAX_WEIGHT} (0 drains the backend)"),
+                        );
+                        0
+                    }
+                }
+            };
+            let mac = match &b.mac {
+                None => None,
+                Some(m) => match m.get_ref().parse::<MacAddr>() {
+                    Ok(mac) if mac.is_unicast() => Some(mac),
+                    Ok(mac) => {
+                        self.problem(m.span(), format!("{bkey}.mac"), format!("{mac} is not a unicast MAC address"));
+                        None
+                    }
+                    Err(e) => {
+                        self.problem(m.span(), format!("{bkey}.mac"), e.to_string());
+                        None
+                    }
+                },
+            };
+            if let Some(ip) = ip {
+                backends.push(Backend { ip, weight, mac });
+            }
+        }
+        let vip = vip?;
+        let name = match &s.name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                self.problem(n.span(), format!("{key}.name"), "the name is empty");
+                String::new()
+            }
+            Some(n) => n.get_ref().clone(),
+            None => match port {
+                Some(p) => format!("{vip}:{p}/{}", s.protocol),
+                None => format!("{vip}:*/{}", s.protocol),
+            },
+        };
+        Some(Service { name, vip, protocol: s.protocol, port, flow_key: s.flow_key, table_size, backends })
+    }
+
+    /// Checks across services: unique names, no two services claiming the same VIP/protocol/port,
+    /// and no backend that is also a VIP.
+    fn cross_service(&mut self, files: &[Spanned<FileService>], services: &[(usize, Service)]) {
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        // (VIP, protocol) → the (port, file index) of every service claiming it so far.
+        type Claims = BTreeMap<(Ipv4Addr, Protocol), Vec<(Option<u16>, usize)>>;
+        let mut claims = Claims::new();
+        for (i, s) in services {
+            let file = files[*i].get_ref();
+            let span = file.vip.span();
+            if let Some(first) = names.insert(&s.name, *i) {
+                let span = file.name.as_ref().map_or(span.clone(), |n| n.span());
+                self.problem(
+                    span,
+                    format!("service[{i}].name"),
+                    format!("`{}` is already the name of service[{first}]", s.name),
+                );
+            }
+            let entry = claims.entry((s.vip, s.protocol)).or_default();
+            for &(port, other) in entry.iter() {
+                if port == s.port || port.is_none() || s.port.is_none() {
+                    let what = if port == s.port {
+                        "the same VIP, protocol and port as"
+                    } else {
+                        "overlapping ports (\"all\") with"
+                    };
+                    self.problem(
+                        span.clone(),
+                        format!("service[{i}]"),
+                        format!("{} has {what} service[{other}]", s.endpoint()),
+                    );
+                }
+            }
+            entry.push((s.port, *i));
+            for (j, b) in s.backends.iter().enumerate() {
+                if services.iter().any(|(_, o)| o.vip == b.ip) {
+                    let span = file.backends.get(j).map_or(span.clone(), |f| f.get_ref().ip.span());
+                    self.problem(
+                        span,
+                        format!("service[{i}].backend[{j}].ip"),
+                        format!("{} is a VIP; a backend must be a real address", b.ip),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Warnings about a valid configuration that still deserves attention (printed by `check`).
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &cfg.services {
+        let n = s.backends.len() as u64;
+        if (s.table_size as u64) < 100 * n {
+            out.push(format!(
+                "service {}: table_size {} gives {} slots per backend; the Maglev paper recommends at least 100 (table_size ≥ {}) for even balance",
+                s.name, s.table_size, s.table_size as u64 / n.max(1), 100 * n
+            ));
+        }
+        if s.backends.iter().all(|b| b.weight == 0) {
+            out.push(format!("service {}: every backend has weight 0: all its traffic will be dropped", s.name));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+use super::*;
+
+const SEED: &str = include_str!("../../config/maglevd.toml");
+
+fn check(text: &str) -> Result<Config, ConfigError> {
+    parse(text, Path::new("test.toml"))
+}
+
+/// The full error text for an invalid configuration.
+fn error(text: &str) -> String {
+    match check(text) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const HEAD: &str = "[interfaces]\ningress = \"net1\"\negress = \"net2\"\n";
+
+fn one_service(body: &str) -> String {
+    format!("{HEAD}[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\n{body}")
+}
+
+#[test]
+fn example_config_is_the_seed_setup() {
+    let c = check(SEED).unwrap();
+    assert_eq!(c.ingress, "net1");
+    assert_eq!(c.egress, "net2");
+    assert!(!c.one_arm());
+    assert_eq!(c.services.len(), 1);
+    let s = &c.services[0];
+    assert_eq!(s.name, "web");
+    assert_eq!(s.vip, Ipv4Addr::new(10, 201, 0, 1));
+    assert_eq!((s.protocol, s.port, s.flow_key, s.table_size), (Protocol::Tcp, Some(80), FlowKey::FiveTuple, 65537));
+    let ips: Vec<String> = s.backends.iter().map(|b| b.ip.to_string()).collect();
+    assert_eq!(ips, ["10.158.200.251", "10.158.200.252", "10.158.200.253"]);
+    assert!(s.backends.iter().all(|b| b.weight == 1 && b.mac.is_none()));
+    assert!(warnings(&c).is_empty());
+}
+
+#[test]
+fn defaults_and_all_ports() {
+    let c =
+        check(&one_service("port = \"all\"\n[[service.backend]]\nip = \"10.0.0.1\"\nmac = \"c2:b0:57:49:47:aa\"\n"))
+            .unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.port, None);
+    assert_eq!(s.name, "10.201.0.1:*/tcp");
+    assert_eq!(s.flow_key, FlowKey::FiveTuple);
+    assert_eq!(s.table_size, 65537);
+    assert_eq!(s.backends[0].weight, 1);
+    assert_eq!(s.backends[0].mac, Some("c2:b0:57:49:47:aa".parse().unwrap()));
+}
+
+#[test]
+fn flow_keys_parse() {
+    for (word, key) in
+        [("5-tuple", FlowKey::FiveTuple), ("src-ip", FlowKey::SrcIp), ("src-ip-port", FlowKey::SrcIpPort)]
+    {
+        let c =
+            check(&one_service(&format!("port = 53\nflow_key = \"{word}\"\n[[service.backend]]\nip = \"10.0.0.1\"\n")))
+                .unwrap();
+        assert_eq!(c.services[0].flow_key, key);
+        assert_eq!(key.to_string(), word);
+    }
+}
+
+#[test]
+fn one_arm_mode() {
+    let text = SEED.replace("egress = \"net2\"", "egress = \"net1\"");
+    assert!(check(&text).unwrap().one_arm());
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let text = SEED.replacen("weight = 1                #", "wieght = 1 #", 1);
+    let line = text.lines().position(|l| l.starts_with("wieght")).unwrap() + 1;
+    let e = error(&text);
+    assert!(e.starts_with(&format!("test.toml:{line}:1: unknown field `wieght`")), "{e}");
+    assert!(e.contains("unknown field `wieght`"), "{e}");
+    let e = error(&format!("{HEAD}color = \"blue\"\n"));
+    assert!(e.contains("unknown field `color`") && e.contains("test.toml:4:"), "{e}");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let e = error("[interfaces\n");
+    assert!(e.starts_with("test.toml:1:12: unclosed table"), "{e}");
+    assert!(e.ends_with("    | [interfaces"), "{e}");
+}
+
+#[test]
+fn missing_sections_and_keys() {
+    assert!(error("").contains("missing field `interfaces`"));
+    let e = error(HEAD);
+    assert!(e.contains("service: no [[service]] is configured"), "{e}");
+    let e = error(&format!("{HEAD}[[service]]\nvip = \"10.201.0.1\"\nport = 80\n"));
+    assert!(e.contains("missing field `protocol`"), "{e}");
+}
+
+#[test]
+fn bad_values_are_named_and_located() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("vip = \"10.201.0.300\"", "service[0].vip: `10.201.0.300` is not an IPv4 address", "test.toml:6:7"),
+        ("vip = \"2001:db8::1\"", "is an IPv6 address; only IPv4 services are supported", "test.toml:6:7"),
+        ("vip = \"224.0.0.1\"", "cannot be a VIP", "test.toml:6:7"),
+        ("port = 0", "service[0].port: 0 is out of range 1..=65535", "test.toml:7:8"),
+        ("port = 70000", "70000 is out of range", "test.toml:7:8"),
+        ("table_size = 65536", "service[0].table_size: 65536 is not a prime", "test.toml:8:14"),
+        ("table_size = 2", "2 is out of range 3..=16777213", ""),
+        ("table_size = 13", "13 is too small for 2 backends", ""),
+        ("weight = 70000", "service[0].backend[0].weight: 70000 is out of range 0..=65535", "test.toml:11:10"),
+        ("weight = -1", "-1 is out of range", ""),
+        ("mac = \"c2:b0:57:49:47\"", "service[0].backend[0].mac: `c2:b0:57:49:47` is not a MAC address", ""),
+        ("mac = \"ff:ff:ff:ff:ff:ff\"", "is not a unicast MAC address", ""),
+        ("ip = \"10.0.0.256\"", "service[0].backend[0].ip: `10.0.0.256` is not an IPv4 address", ""),
+        ("ip = \"10.201.0.1\"", "10.201.0.1 is a VIP; a backend must be a real address", ""),
+        ("ip = \"10.0.0.2\"", "service[0].backend[1].ip: 10.0.0.2 is already backend[0]", ""),
+        ("ip = \"0.0.0.0\"", "cannot be a backend address", ""),
+    ];
+    for &(line, want, at) in cases {
+        let mut body = "port = 80\ntable_size = 251\n[[service.backend]]\nip = \"10.0.0.1\"\nweight = 1\nmac = \"c2:b0:57:49:47:aa\"\n[[service.backend]]\nip = \"10.0.0.2\"\n".to_string();
+        let field = line.split(" =").next().unwrap();
+        if field == "vip" {
+            body = body.replace("port = 80", &format!("{line}\nport = 80"));
+        } else if field == "ip" {
+            body = body.replacen("ip = \"10.0.0.1\"", line, 1);
+        } else {
+            let prefix = format!("{field} =");
+            let replaced: Vec<String> =
+                body.lines().map(|l| if l.starts_with(&prefix) { line.to_string() } else { l.to_string() }).collect();
+            body = replaced.join("\n") + "\n";
+        }
+        let mut text = format!("{HEAD}[[service]]\n");
+        if field != "vip" {
+            text.push_str("vip = \"10.201.0.1\"\n");
+        }
+        text.push_str("protocol = \"tcp\"\n");
+        text.push_str(&body);
+        let e = error(&text);
+        assert!(e.contains(want), "{line}: got {e}\n--- config:\n{text}");
+        if !at.is_empty() {
+            assert!(e.starts_with(at), "{line}: expected location {at}, got {e}\n--- config:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn bad_enums_and_types() {
+    let e = error(&one_service("port = 80\nprotocol2 = 1\n"));
+    assert!(e.contains("unknown field `protocol2`"), "{e}");
+    let e = error(&format!("{HEAD}[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"sctp\"\nport = 80\n"));
+    assert!(e.contains("unknown variant `sctp`") && e.contains("test.toml:6:"), "{e}");
+    let e = error(&one_service("port = \"some\"\n"));
+    assert!(e.contains("\"all\""), "{e}");
+    let e = error(&one_service("port = 80\nflow_key = \"4-tuple\"\n"));
+    assert!(e.contains("unknown variant `4-tuple`"), "{e}");
+    let e = error(&one_service("port = 80\n[[service.backend]]\nip = \"10.0.0.1\"\nweight = \"heavy\"\n"));
+    assert!(e.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn interface_names() {
+    let e = error(&SEED.replace("ingress = \"net1\"", "ingress = \"a-very-long-interface-name\""));
+    assert!(e.contains("interfaces.ingress: `a-very-long-interface-name` is not a valid interface name"), "{e}");
+    let e = error(&SEED.replace("egress = \"net2\"", "egress = \"\""));
+    assert!(e.contains("interfaces.egress"), "{e}");
+}
+
+#[test]
+fn overlapping_services() {
+    let svc = |port: &str| {
+        format!(
+            "[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = {port}\n[[service.backend]]\nip = \"10.0.0.1\"\n"
+        )
+    };
+    let e = error(&format!("{HEAD}{}{}", svc("80"), svc("80")));
+    assert!(e.contains("service[1]: 10.201.0.1:80/tcp has the same VIP, protocol and port as service[0]"), "{e}");
+    assert!(e.contains("`10.201.0.1:80/tcp` is already the name of service[0]"), "{e}");
+    let e = error(&format!("{HEAD}{}{}", svc("80"), svc("\"all\"")));
+    assert!(e.contains("overlapping ports"), "{e}");
+    // Different ports, or the same port over different protocols, are fine.
+    check(&format!("{HEAD}{}{}", svc("80"), svc("443"))).unwrap();
+    let udp = svc("80").replace("tcp", "udp");
+    check(&format!("{HEAD}{}{}", svc("80"), udp)).unwrap();
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = one_service("port = 0\ntable_size = 100\n[[service.backend]]\nip = \"x\"\nweight = 99999\n");
+    let e = error(&text);
+    assert_eq!(e.lines().count(), 4, "{e}");
+}
+
+#[test]
+fn warnings_for_small_tables_and_all_drained() {
+    let c = check(&one_service("port = 80\ntable_size = 101\n[[service.backend]]\nip = \"10.0.0.1\"\nweight = 0\n[[service.backend]]\nip = \"10.0.0.2\"\nweight = 0\n")).unwrap();
+    let w = warnings(&c);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].contains("recommends at least 100"));
+    assert!(w[1].contains("every backend has weight 0"));
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let e = load(Path::new("/nonexistent/maglevd.toml")).unwrap_err().to_string();
+    assert!(e.starts_with("/nonexistent/maglevd.toml: cannot read the configuration file"), "{e}");
+}
+
+#[test]
+fn arbitrary_text_never_panics() {
+    // A few hostile inputs; the property test in tests/ covers random ones.
+    for t in [
+        "\u{0}",
+        "[[service]]\n[[service]]",
+        "interfaces = 5",
+        "[interfaces]\ningress = 1\negress = []",
+        "[[service.backend]]\nip=1",
+    ] {
+        let _ = check(t);
+    }
+}
