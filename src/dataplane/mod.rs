@@ -1,0 +1,293 @@
+//! The forwarding hot path: `forward(frame, snapshot) -> Verdict`, a pure function over one
+//! Ethernet frame and an immutable [`Snapshot`].
+//!
+//! # Contract
+//! * **No I/O, no allocation, no lock, no panic** on any input. Every index is bounds-checked by
+//!   the typed views of [`crate::wire`] or by an explicit length check before it is used.
+//! * On [`Verdict::Forward`] the frame's destination MAC is the backend's and its source MAC the
+//!   egress interface's; **no other byte changes** (direct server return: the IP packet, TTL and
+//!   checksums are untouched, the backend holds the VIP itself). On [`Verdict::Pass`] and
+//!   [`Verdict::Drop`] the frame is not modified at all. Property tests check all of this.
+//! * Frames that are not for a VIP are [`Verdict::Pass`]ed: left to the kernel. Every frame for a
+//!   VIP is either forwarded or dropped with a [`DropReason`]; each reason has its own counter.
+//!
+//! # Which backend
+//! The service is found by (destination VIP, protocol, destination port), falling back to the
+//! VIP's "all ports" service. The flow hash is XXH3-64 (`xxhash-rust`, a specified and frozen
+//! algorithm) seeded with [`FLOW_SEED`], over the bytes of the service's [`FlowKey`] in network
+//! order (see [`flow_hash`]). The hash picks a slot of the service's Maglev table
+//! ([`crate::maglev::Table::lookup`]). Every frontend with the same configuration and backend
+//! state therefore picks the same backend for the same packet — which is what lets ECMP spread a
+//! VIP over several frontends and move flows between them.
+//!
+//! * **IP fragments** carry no ports after the first one. All fragments of a datagram (the first
+//!   included) are hashed with the ports set to zero, whatever the flow key, so they reach the same
+//!   backend, which reassembles them. They use the VIP's *fragment service* for the protocol: its
+//!   "all ports" service, else its only service for that protocol; a VIP with several port services
+//!   for one protocol cannot attribute fragments and drops them ([`DropReason::FragmentNoService`]).
+//! * **ICMP errors** (destination unreachable, including fragmentation needed, and time exceeded)
+//!   sent to a VIP quote the header of a packet the backend sent *from* the VIP. They are hashed as
+//!   the quoted flow's reverse — the client's packets — so they reach the backend that owns the flow
+//!   (this is what makes path-MTU discovery work through the balancer).
+//! * **IPv4 options** are dropped ([`DropReason::Ipv4Options`]), as Katran does: they are rare in
+//!   legitimate VIP traffic and common in attacks. **TTL ≤ 1** is dropped: the balancer is a hop.
+
+mod snapshot;
+
+pub use snapshot::{BackendState, Links, ServiceState, Snapshot};
+
+use crate::config::FlowKey;
+use crate::wire::{
+    self, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, Ipv4Header,
+};
+
+/// Seed of the flow hash: the ASCII bytes `"mlvflow1"` read as a little-endian u64. Fixed forever
+/// (changing it remaps every flow).
+pub const FLOW_SEED: u64 = u64::from_le_bytes(*b"mlvflow1");
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The MACs were rewritten: transmit the frame on the egress interface.
+    Forward { service: u16, backend: u32 },
+    /// Not ours: leave it to the kernel.
+    Pass(PassReason),
+    /// Ours but unusable: count and discard.
+    Drop(DropReason),
+}
+
+macro_rules! reasons {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vm])* $v,)* }
+        impl $name {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            /// Number of reasons (the length of a counter array).
+            pub const COUNT: usize = Self::ALL.len();
+            /// The reason's name in metrics and logs (snake_case).
+            pub fn name(self) -> &'static str {
+                match self { $($name::$v => $s,)* }
+            }
+            /// Index into a counter array.
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a frame was dropped. Each has a counter.
+    DropReason {
+        /// Shorter than an Ethernet header.
+        EthTruncated = "eth_truncated",
+        /// IPv4 ethertype but shorter than a minimal IPv4 header.
+        Ipv4Truncated = "ipv4_truncated",
+        /// IPv4 ethertype but the version field is not 4.
+        Ipv4Version = "ipv4_version",
+        /// IHL below 5.
+        Ipv4HeaderLength = "ipv4_header_length",
+        /// IHL above 5: IP options.
+        Ipv4Options = "ipv4_options",
+        /// Total length below the header or beyond the frame.
+        Ipv4TotalLength = "ipv4_total_length",
+        /// Header checksum wrong.
+        Ipv4Checksum = "ipv4_checksum",
+        /// TTL 0 or 1.
+        TtlExpired = "ttl_expired",
+        /// TCP/UDP header incomplete.
+        L4Truncated = "l4_truncated",
+        /// For a VIP, but no service matches the protocol and port.
+        NoService = "no_service",
+        /// The service has no usable backend (all drained, down or unresolved).
+        NoBackend = "no_backend",
+        /// A fragment for a VIP whose fragment service is ambiguous or missing.
+        FragmentNoService = "fragment_no_service",
+        /// ICMP to a VIP that is not an error we relay (e.g. echo).
+        IcmpUnsupported = "icmp_unsupported",
+        /// ICMP error whose quoted header is truncated or malformed.
+        IcmpMalformed = "icmp_malformed",
+        /// ICMP error quoting a flow that belongs to no service.
+        IcmpNoService = "icmp_no_service",
+    }
+}
+
+reasons! {
+    /// Why a frame was left to the kernel. Each has a counter.
+    PassReason {
+        /// Not IPv4 (ARP, IPv6, VLAN-tagged, anything else).
+        NotIpv4 = "not_ipv4",
+        /// Not addressed to the ingress interface's MAC (broadcast, multicast, other host).
+        NotOurMac = "not_our_mac",
+        /// IPv4 but the destination is not a VIP.
+        NotVip = "not_vip",
+    }
+}
+
+/// The flow hash: XXH3-64 with [`FLOW_SEED`] over the key's bytes, all in network order:
+///
+/// | key | bytes hashed |
+/// |---|---|
+/// | `5-tuple` | src addr (4), dst addr (4), protocol (1), src port (2), dst port (2) |
+/// | `src-ip` | src addr (4) |
+/// | `src-ip-port` | src addr (4), src port (2) |
+///
+/// Fragments are hashed with both ports 0.
+#[inline]
+pub fn flow_hash(key: FlowKey, src: u32, dst: u32, proto: u8, sport: u16, dport: u16) -> u64 {
+    use xxhash_rust::xxh3::xxh3_64_with_seed;
+    match key {
+        FlowKey::FiveTuple => {
+            let mut b = [0u8; 13];
+            b[0..4].copy_from_slice(&src.to_be_bytes());
+            b[4..8].copy_from_slice(&dst.to_be_bytes());
+            b[8] = proto;
+            b[9..11].copy_from_slice(&sport.to_be_bytes());
+            b[11..13].copy_from_slice(&dport.to_be_bytes());
+            xxh3_64_with_seed(&b, FLOW_SEED)
+        }
+        FlowKey::SrcIp => xxh3_64_with_seed(&src.to_be_bytes(), FLOW_SEED),
+        FlowKey::SrcIpPort => {
+            let mut b = [0u8; 6];
+            b[0..4].copy_from_slice(&src.to_be_bytes());
+            b[4..6].copy_from_slice(&sport.to_be_bytes());
+            xxh3_64_with_seed(&b, FLOW_SEED)
+        }
+    }
+}
+
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_HEADER_LEN: usize = 8;
+
+/// Decide what to do with `frame` and, on [`Verdict::Forward`], rewrite its MAC addresses in place.
+pub fn forward(frame: &mut [u8], snap: &Snapshot) -> Verdict {
+    let decision = classify(frame, snap);
+    if let Verdict::Forward { service, backend } = decision {
+        // A snapshot's tables only hold backends with a known MAC, and `classify` has checked the
+        // frame's length; the `else` arms are defence in depth, never a silent pass-through.
+        let (Some(mac), Some(mut eth)) = (snap.backend_mac(service, backend), EthernetFrame::new_checked(&mut *frame))
+        else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        eth.set_addrs(mac, snap.links().egress_mac);
+    }
+    decision
+}
+
+/// The decision, without touching the frame.
+fn classify(frame: &[u8], snap: &Snapshot) -> Verdict {
+    use DropReason as D;
+    let Some(eth) = EthernetFrame::new_checked(frame) else {
+        return Verdict::Drop(D::EthTruncated);
+    };
+    if eth.ethertype() != ETHERTYPE_IPV4 {
+        return Verdict::Pass(PassReason::NotIpv4);
+    }
+    if eth.dst() != snap.links().ingress_mac {
+        return Verdict::Pass(PassReason::NotOurMac);
+    }
+    let packet = eth.payload();
+    let Some(ip) = Ipv4Header::new_checked(packet) else {
+        return Verdict::Drop(D::Ipv4Truncated);
+    };
+    if ip.version() != 4 {
+        return Verdict::Drop(D::Ipv4Version);
+    }
+    let dst = ip.dst_raw();
+    if !snap.is_vip(dst) {
+        return Verdict::Pass(PassReason::NotVip);
+    }
+    let ihl = ip.header_len();
+    if ihl < IPV4_MIN_HEADER_LEN {
+        return Verdict::Drop(D::Ipv4HeaderLength);
+    }
+    if ihl > IPV4_MIN_HEADER_LEN {
+        return Verdict::Drop(D::Ipv4Options);
+    }
+    let total = ip.total_len();
+    if total < ihl || total > packet.len() {
+        return Verdict::Drop(D::Ipv4TotalLength);
+    }
+    if !ip.checksum_ok(ihl) {
+        return Verdict::Drop(D::Ipv4Checksum);
+    }
+    if ip.ttl() <= 1 {
+        return Verdict::Drop(D::TtlExpired);
+    }
+    let src = ip.src_raw();
+    let proto = ip.protocol();
+    if ip.is_fragment() {
+        let Some(svc) = snap.fragment_service(dst, proto) else {
+            return Verdict::Drop(D::FragmentNoService);
+        };
+        return pick(snap, svc, src, dst, proto, 0, 0);
+    }
+    // `total ≤ packet.len()`, so this slice is in bounds; it excludes Ethernet padding.
+    let l4 = &packet[ihl..total];
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let min = if proto == IPPROTO_TCP { 20 } else { 8 };
+            if l4.len() < min {
+                return Verdict::Drop(D::L4Truncated);
+            }
+            let (sport, dport) = (wire::read16(l4, 0), wire::read16(l4, 2));
+            match snap.service(dst, proto, dport) {
+                Some(svc) => pick(snap, svc, src, dst, proto, sport, dport),
+                None => Verdict::Drop(D::NoService),
+            }
+        }
+        IPPROTO_ICMP => icmp_error(snap, l4, dst),
+        _ => Verdict::Drop(D::NoService),
+    }
+}
+
+/// An ICMP message to VIP `vip`: relay errors about a VIP flow to the flow's backend.
+fn icmp_error(snap: &Snapshot, icmp: &[u8], vip: u32) -> Verdict {
+    use DropReason as D;
+    let Some(&kind) = icmp.first() else {
+        return Verdict::Drop(D::IcmpMalformed);
+    };
+    if kind != ICMP_DEST_UNREACHABLE && kind != ICMP_TIME_EXCEEDED {
+        return Verdict::Drop(D::IcmpUnsupported);
+    }
+    // The quoted packet: at least its IP header and the 4 bytes of ports.
+    let Some(inner) = icmp.get(ICMP_HEADER_LEN..).and_then(Ipv4Header::new_checked) else {
+        return Verdict::Drop(D::IcmpMalformed);
+    };
+    let ihl = inner.header_len();
+    if inner.version() != 4 || ihl < IPV4_MIN_HEADER_LEN || inner.frag_offset() != 0 {
+        return Verdict::Drop(D::IcmpMalformed);
+    }
+    let Some(ports) = icmp.get(ICMP_HEADER_LEN + ihl..ICMP_HEADER_LEN + ihl + 4) else {
+        return Verdict::Drop(D::IcmpMalformed);
+    };
+    let proto = inner.protocol();
+    // The quoted packet went from the VIP (a backend's reply) to the client.
+    if inner.src_raw() != vip || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return Verdict::Drop(D::IcmpNoService);
+    }
+    let (vip_port, client_port) = (wire::read16(ports, 0), wire::read16(ports, 2));
+    match snap.service(vip, proto, vip_port) {
+        // Hash the client → VIP direction, exactly like the flow's own packets.
+        Some(svc) => pick(snap, svc, inner.dst_raw(), vip, proto, client_port, vip_port),
+        None => Verdict::Drop(D::IcmpNoService),
+    }
+}
+
+#[inline]
+fn pick(snap: &Snapshot, svc: u16, src: u32, dst: u32, proto: u8, sport: u16, dport: u16) -> Verdict {
+    let Some(state) = snap.service_state(svc) else {
+        return Verdict::Drop(DropReason::NoService);
+    };
+    let hash = flow_hash(state.flow_key, src, dst, proto, sport, dport);
+    match state.table.lookup(hash) {
+        Some(backend) => Verdict::Forward { service: svc, backend },
+        None => Verdict::Drop(DropReason::NoBackend),
+    }
+}
+
+#[cfg(test)]
+mod tests;

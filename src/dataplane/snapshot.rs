@@ -1,0 +1,186 @@
+//! The immutable forwarding state: every service, its table and its backends' MACs, plus the
+//! interfaces' MACs, under one generation number. The control plane builds a new snapshot on every
+//! change and publishes it whole (workers load it once per batch), so a worker never sees a table
+//! from one generation with MACs from another.
+
+use std::net::Ipv4Addr;
+
+use crate::config::{Backend, Config, FlowKey, Protocol};
+use crate::maglev::{self, Table, TableBackend, TableError};
+use crate::wire::MacAddr;
+
+/// The MAC addresses of the interfaces the daemon serves (read from the interfaces at run time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Links {
+    /// VIP frames arrive addressed to this MAC.
+    pub ingress_mac: MacAddr,
+    /// Forwarded frames leave with this source MAC.
+    pub egress_mac: MacAddr,
+}
+
+/// One backend in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendState {
+    pub ip: Ipv4Addr,
+    pub weight: u32,
+    /// Known MAC (static or resolved); `None` keeps the backend out of the table.
+    pub mac: Option<MacAddr>,
+}
+
+impl BackendState {
+    /// In the table: a positive weight and a known MAC.
+    pub fn usable(&self) -> bool {
+        self.weight > 0 && self.mac.is_some()
+    }
+}
+
+/// One service in a snapshot. Backend indices (in verdicts and table slots) index `backends`,
+/// which keeps the configuration's order.
+#[derive(Debug, Clone)]
+pub struct ServiceState {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub port: Option<u16>,
+    pub flow_key: FlowKey,
+    pub table: Table,
+    pub backends: Box<[BackendState]>,
+}
+
+/// Marks "all ports" in a service key (ports are 16 bits, so this cannot collide).
+const ALL_PORTS: u64 = 1 << 16;
+
+fn service_key(vip: u32, proto: u8, port: Option<u16>) -> u64 {
+    (vip as u64) << 24 | (proto as u64) << 17 | port.map_or(ALL_PORTS, u64::from)
+}
+
+fn fragment_key(vip: u32, proto: u8) -> u64 {
+    (vip as u64) << 8 | proto as u64
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    generation: u64,
+    links: Links,
+    /// Sorted, unique VIP addresses (host order).
+    vips: Box<[u32]>,
+    /// Sorted (service key, service index).
+    keys: Box<[(u64, u16)]>,
+    /// Sorted (fragment key, service index): the service that takes a VIP's fragments.
+    fragments: Box<[(u64, u16)]>,
+    services: Box<[ServiceState]>,
+}
+
+/// The MAC of a backend if it is usable now: static from the configuration, else resolved.
+pub type Resolver<'a> = &'a dyn Fn(&Backend) -> Option<MacAddr>;
+
+impl Snapshot {
+    /// Build the snapshot for `cfg`. `resolve` supplies the MAC of each backend without a static
+    /// one (`None`: unresolved or otherwise unusable, so it gets no slots).
+    pub fn build(cfg: &Config, links: Links, resolve: Resolver<'_>, generation: u64) -> Result<Snapshot, TableError> {
+        let mut services = Vec::with_capacity(cfg.services.len());
+        for s in &cfg.services {
+            let backends: Box<[BackendState]> = s
+                .backends
+                .iter()
+                .map(|b| BackendState { ip: b.ip, weight: b.weight, mac: b.mac.or_else(|| resolve(b)) })
+                .collect();
+            let inputs: Vec<TableBackend> = backends
+                .iter()
+                .map(|b| TableBackend { ip: b.ip, weight: if b.usable() { b.weight } else { 0 } })
+                .collect();
+            let table = maglev::build(&inputs, s.table_size)?;
+            services.push(ServiceState {
+                name: s.name.clone(),
+                vip: s.vip,
+                protocol: s.protocol,
+                port: s.port,
+                flow_key: s.flow_key,
+                table,
+                backends,
+            });
+        }
+        Ok(Self::from_services(services, links, generation))
+    }
+
+    fn from_services(services: Vec<ServiceState>, links: Links, generation: u64) -> Snapshot {
+        let mut vips: Vec<u32> = services.iter().map(|s| u32::from(s.vip)).collect();
+        vips.sort_unstable();
+        vips.dedup();
+        let mut keys: Vec<(u64, u16)> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (service_key(s.vip.into(), s.protocol.number(), s.port), i as u16))
+            .collect();
+        keys.sort_unstable();
+        // Fragment service per (VIP, protocol): the "all ports" service, else the only one.
+        let mut fragments = Vec::new();
+        let mut by_vip_proto: Vec<(u64, Option<u16>, u16)> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (fragment_key(s.vip.into(), s.protocol.number()), s.port, i as u16))
+            .collect();
+        by_vip_proto.sort_unstable();
+        for group in by_vip_proto.chunk_by(|a, b| a.0 == b.0) {
+            let all = group.iter().find(|g| g.1.is_none());
+            match (all, group) {
+                (Some(&(k, _, i)), _) | (None, &[(k, _, i)]) => fragments.push((k, i)),
+                _ => {}
+            }
+        }
+        Snapshot {
+            generation,
+            links,
+            vips: vips.into(),
+            keys: keys.into(),
+            fragments: fragments.into(),
+            services: services.into(),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    pub fn services(&self) -> &[ServiceState] {
+        &self.services
+    }
+
+    /// Is `addr` (host order) a VIP of any service?
+    #[inline]
+    pub fn is_vip(&self, addr: u32) -> bool {
+        self.vips.binary_search(&addr).is_ok()
+    }
+
+    /// The service for a VIP, protocol and destination port: the exact port first, then the VIP's
+    /// "all ports" service.
+    #[inline]
+    pub fn service(&self, vip: u32, proto: u8, port: u16) -> Option<u16> {
+        let find = |k: u64| self.keys.binary_search_by_key(&k, |e| e.0).ok().map(|i| self.keys[i].1);
+        find(service_key(vip, proto, Some(port))).or_else(|| find(service_key(vip, proto, None)))
+    }
+
+    /// The service that takes fragments for a VIP and protocol, if one is unambiguous.
+    #[inline]
+    pub fn fragment_service(&self, vip: u32, proto: u8) -> Option<u16> {
+        let k = fragment_key(vip, proto);
+        self.fragments.binary_search_by_key(&k, |e| e.0).ok().map(|i| self.fragments[i].1)
+    }
+
+    /// The state of service `svc`, if it exists.
+    #[inline]
+    pub fn service_state(&self, svc: u16) -> Option<&ServiceState> {
+        self.services.get(svc as usize)
+    }
+
+    /// The MAC of a backend of a service, if both exist and the MAC is known.
+    #[inline]
+    pub fn backend_mac(&self, svc: u16, backend: u32) -> Option<MacAddr> {
+        self.services.get(svc as usize)?.backends.get(backend as usize)?.mac
+    }
+}
