@@ -1,5 +1,26 @@
-//! maglevd — a userspace Maglev L4 load balancer (direct server return).
+//! maglevd — a userspace Maglev L4 load balancer for direct server return (DSR), replacing IPVS
+//! (`ipvsadm -s mh`, direct routing) on frontends behind an ECMP router.
+//!
+//! # Layers (each depends only on the ones above it)
+//!
+//! | module | role | state / I/O |
+//! |---|---|---|
+//! | [`wire`] | typed views over Ethernet/IPv4 bytes, MAC addresses | none |
+//! | [`maglev`] | the Maglev lookup table: a pure function of (backends, weights, size) | none |
+//! | [`ipvs_mh`] | the kernel's `ip_vs_mh` table and lookup, bit for bit (compatibility mode) | none |
+//! | [`config`] | TOML file types and validation into runtime types | reads the file |
+//! | [`dataplane`] | the immutable [`dataplane::Snapshot`] and the hot path `forward(frame, snapshot)` | none |
+//!
+//! The hot path ([`dataplane::forward`]) allocates nothing, takes no lock and makes no syscall; it
+//! returns a [`dataplane::Verdict`] and the caller counts it.
+//!
+//! # Determinism
+//! Every hash that decides a backend is a specified algorithm with fixed, documented keys: the
+//! table permutations use SipHash-1-3 ([`maglev::K_OFFSET`], [`maglev::K_SKIP`]), the flow hash
+//! XXH3-64 ([`dataplane::FLOW_SEED`]). Frontends with the same configuration pick the same backend
+//! for the same packet, on every run, machine and build.
 pub mod config;
 pub mod dataplane;
+pub mod ipvs_mh;
 pub mod maglev;
 pub mod wire;
