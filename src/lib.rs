@@ -23,4 +23,5 @@ pub mod config;
 pub mod dataplane;
 pub mod ipvs_mh;
 pub mod maglev;
+pub mod report;
 pub mod wire;
