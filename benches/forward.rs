@@ -4,7 +4,6 @@
 //! MACs, so the result is the same every time).
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
