@@ -23,5 +23,6 @@ pub mod config;
 pub mod dataplane;
 pub mod ipvs_mh;
 pub mod maglev;
+pub mod neigh;
 pub mod report;
 pub mod wire;
