@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what the tests need on a fresh machine (Debian): the namespace lab's tools and servers,
+# and the Rust components for the lint checks. Idempotent; needs root for apt-get.
+set -euo pipefail
+pkgs=(iproute2 procps nginx-light curl wrk tcpdump ethtool openssl coreutils python3)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# nginx-light and nginx both provide the nginx binary.
+if command -v nginx >/dev/null 2>&1; then
+    missing=("${missing[@]/nginx-light/}")
+fi
+read -r -a missing <<<"${missing[*]}"
+if ((${#missing[@]})); then
+    if [[ $EUID -ne 0 ]]; then
+        echo "tests/setup.sh: missing packages ${missing[*]}; run as root to install them" >&2
+        exit 1
+    fi
+    echo "tests/setup.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Lint components (present with a default rustup profile; added if not).
+for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
