@@ -23,6 +23,7 @@ pub mod config;
 pub mod dataplane;
 pub mod ipvs_mh;
 pub mod maglev;
+pub mod metrics;
 pub mod neigh;
 pub mod report;
 pub mod wire;
