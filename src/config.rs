@@ -31,7 +31,34 @@ pub struct Config {
     pub ingress: String,
     /// Interface frames to backends leave on (the seed's `net2`, vlan200). May equal `ingress`.
     pub egress: String,
+    /// The ingress interface's real IP when the kernel does not hold it: maglevd then answers ARP
+    /// for it. `None`: the kernel owns the interface's addresses and answers for them.
+    pub ingress_address: Option<Ipv4Addr>,
+    /// Sender address of ARP probes for backends; `None`: the egress interface's first IPv4.
+    pub egress_address: Option<Ipv4Addr>,
+    pub daemon: Daemon,
     pub services: Vec<Service>,
+}
+
+/// Process settings (`[daemon]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    /// Worker threads; `None` = one per CPU.
+    pub workers: Option<usize>,
+    /// Listen address of the `/metrics` and `/healthz` HTTP endpoint; `None` disables it.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// Default metrics listen address: loopback of the frontend's network namespace.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";
+
+/// Most workers accepted (one RX and one TX ring each).
+pub const MAX_WORKERS: usize = 64;
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon { workers: None, metrics: DEFAULT_METRICS.parse().ok() }
+    }
 }
 
 impl Config {
@@ -171,6 +198,7 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     interfaces: FileInterfaces,
+    daemon: Option<FileDaemon>,
     #[serde(rename = "service", default)]
     services: Vec<Spanned<FileService>>,
 }
@@ -180,6 +208,16 @@ struct FileConfig {
 struct FileInterfaces {
     ingress: Spanned<String>,
     egress: Spanned<String>,
+    ingress_address: Option<Spanned<String>>,
+    egress_address: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDaemon {
+    workers: Option<Spanned<i64>>,
+    /// `"ADDR:PORT"`, or `""` to disable.
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +358,11 @@ impl Validator<'_> {
     fn config(&mut self, file: FileConfig) -> Config {
         let ingress = self.interface(&file.interfaces.ingress, "interfaces.ingress");
         let egress = self.interface(&file.interfaces.egress, "interfaces.egress");
+        let ingress_address =
+            file.interfaces.ingress_address.as_ref().and_then(|a| self.ipv4(a, "interfaces.ingress_address"));
+        let egress_address =
+            file.interfaces.egress_address.as_ref().and_then(|a| self.ipv4(a, "interfaces.egress_address"));
+        let daemon = file.daemon.as_ref().map_or_else(Daemon::default, |d| self.daemon(d));
         if file.services.is_empty() {
             self.problem(0..0, "service", "no [[service]] is configured; maglevd would forward nothing");
         }
@@ -328,8 +371,48 @@ impl Validator<'_> {
         let services: Vec<(usize, Service)> =
             file.services.iter().enumerate().filter_map(|(i, s)| Some((i, self.service(i, s)?))).collect();
         self.cross_service(&file.services, &services);
-        let services = services.into_iter().map(|(_, s)| s).collect();
-        Config { ingress, egress, services }
+        let services: Vec<Service> = services.into_iter().map(|(_, s)| s).collect();
+        if let (Some(a), Some(span)) = (ingress_address, file.interfaces.ingress_address.as_ref())
+            && services.iter().any(|s| s.vip == a)
+        {
+            self.problem(
+                span.span(),
+                "interfaces.ingress_address",
+                format!("{a} is a VIP; maglevd never answers ARP for a VIP"),
+            );
+        }
+        Config { ingress, egress, ingress_address, egress_address, daemon, services }
+    }
+
+    fn daemon(&mut self, d: &FileDaemon) -> Daemon {
+        let mut out = Daemon::default();
+        if let Some(w) = &d.workers {
+            match *w.get_ref() {
+                0 => out.workers = None,
+                n if (1..=MAX_WORKERS as i64).contains(&n) => out.workers = Some(n as usize),
+                n => self.problem(
+                    w.span(),
+                    "daemon.workers",
+                    format!("{n} is out of range 0..={MAX_WORKERS} (0 = one per CPU)"),
+                ),
+            }
+        }
+        if let Some(m) = &d.metrics {
+            let text = m.get_ref().trim();
+            if text.is_empty() {
+                out.metrics = None;
+            } else {
+                match text.parse::<std::net::SocketAddr>() {
+                    Ok(a) => out.metrics = Some(a),
+                    Err(_) => self.problem(
+                        m.span(),
+                        "daemon.metrics",
+                        format!("`{text}` is not ADDRESS:PORT (or \"\" to disable)"),
+                    ),
+                }
+            }
+        }
+        out
     }
 
     fn service(&mut self, i: usize, spanned: &Spanned<FileService>) -> Option<Service> {

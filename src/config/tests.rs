@@ -219,3 +219,30 @@ fn arbitrary_text_never_panics() {
         let _ = check(t);
     }
 }
+
+#[test]
+fn daemon_section_and_interface_addresses() {
+    let c = check(SEED).unwrap();
+    assert_eq!(c.daemon, Daemon::default());
+    assert_eq!(c.daemon.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!((c.ingress_address, c.egress_address), (None, None));
+    let text = SEED
+        .replace(
+            "egress = \"net2\"",
+            "egress = \"net2\"\ningress_address = \"10.158.100.2\"\negress_address = \"10.158.200.2\"",
+        )
+        .replace("workers = 0 ", "workers = 2 ")
+        .replace("metrics = \"127.0.0.1:9100\"", "metrics = \"\"");
+    let c = check(&text).unwrap();
+    assert_eq!(c.ingress_address, Some(Ipv4Addr::new(10, 158, 100, 2)));
+    assert_eq!(c.egress_address, Some(Ipv4Addr::new(10, 158, 200, 2)));
+    assert_eq!(c.daemon, Daemon { workers: Some(2), metrics: None });
+    let bad = text.replace("workers = 2", "workers = 500").replace("metrics = \"\"", "metrics = \"localhost\"");
+    let e = error(&bad);
+    assert!(e.contains("daemon.workers: 500 is out of range"), "{e}");
+    assert!(e.contains("daemon.metrics: `localhost` is not ADDRESS:PORT"), "{e}");
+    let e = error(&text.replace("10.158.100.2", "10.201.0.1"));
+    assert!(e.contains("interfaces.ingress_address: 10.201.0.1 is a VIP"), "{e}");
+    let e = error(&text.replace("10.158.200.2\"", "10.158.200\""));
+    assert!(e.contains("interfaces.egress_address: `10.158.200` is not an IPv4 address"), "{e}");
+}
