@@ -39,6 +39,43 @@
 //! * Errors name the interface and the system call that failed; flush
 //!   outcomes such as `EAGAIN`/`ENOBUFS` are counted results, not errors.
 
+//!
+//! # Forwarding with one copy
+//! The RX closure may push into a TX ring: the frame is rewritten in its RX
+//! slot and copied once, RX slot → TX slot, with its vnet header.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use maglevd::io::{RxConfig, RxRing, TxConfig, TxRing, VipFilter};
+//! # fn main() -> Result<(), maglevd::io::IoError> {
+//! let vips = ["192.0.2.10".parse().unwrap()];
+//! let filter = VipFilter::new(&vips, false).build()?;
+//! let mut rx = RxRing::open("eth0", &RxConfig { filter: Some(filter), ..RxConfig::super_frames(256) })?;
+//! let mut tx = TxRing::open("eth1", &TxConfig::super_frames(256))?;
+//! let (backend_mac, our_mac) = ([0x02, 0, 0, 0, 0, 1], tx.interface().mac);
+//! let mut dropped = 0u64;
+//! for _ in 0..1_000_000 {
+//!     let n = rx.recv_batch(256, |f| {
+//!         if f.truncated || f.data.len() < 14 {
+//!             dropped += 1;
+//!             return;
+//!         }
+//!         f.data[0..6].copy_from_slice(&backend_mac);
+//!         f.data[6..12].copy_from_slice(&our_mac);
+//!         if tx.push(f.vnet.as_ref(), f.data).is_err() {
+//!             dropped += 1; // RingFull / FrameTooBig: count, never block
+//!         }
+//!     });
+//!     if n > 0 || tx.queued() > 0 {
+//!         tx.flush(); // one send() for the whole batch
+//!     } else {
+//!         rx.wait(Duration::from_millis(10))?;
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
 pub mod bpf;
 pub mod iface;
 pub mod mem;

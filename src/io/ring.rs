@@ -1045,10 +1045,12 @@ impl TxRing {
                 self.qstart = 0;
             }
         }
-        if status == FlushStatus::Sent {
+        let syscalls = (self.stats.sends - sends_before) as u32;
+        // Only a single successful send() reports every byte it sent (after a
+        // failed first attempt the bytes of that attempt are unknown).
+        if status == FlushStatus::Sent && syscalls == 1 {
             self.stats.kernel_dropped_bytes += consumed.saturating_sub(bytes);
         }
-        let syscalls = (self.stats.sends - sends_before) as u32;
         FlushOutcome {
             syscalls,
             frames,
