@@ -21,6 +21,7 @@
 //! for the same packet, on every run, machine and build.
 pub mod config;
 pub mod dataplane;
+pub mod io;
 pub mod ipvs_mh;
 pub mod maglev;
 pub mod metrics;
