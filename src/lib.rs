@@ -20,6 +20,7 @@
 //! XXH3-64 ([`dataplane::FLOW_SEED`]). Frontends with the same configuration pick the same backend
 //! for the same packet, on every run, machine and build.
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod io;
 pub mod ipvs_mh;

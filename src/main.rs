@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use maglevd::{config, report};
+use maglevd::{config, daemon, report};
 
 #[derive(Parser, Debug)]
 #[command(name = "maglevd", version, about = "Userspace Maglev L4 load balancer (direct server return)")]
@@ -16,6 +16,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the load balancer: forward VIP traffic from the ingress to the egress interface.
+    /// Needs CAP_NET_RAW (AF_PACKET rings) and CAP_NET_ADMIN (large socket send buffers).
+    /// SIGHUP reloads the configuration; SIGTERM stops.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Forwarding threads (default: daemon.workers, else one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// RX ring slots per worker (each holds one frame of up to 64 KiB).
+        #[arg(long, default_value_t = 512)]
+        rx_slots: usize,
+        /// TX ring slots per worker.
+        #[arg(long, default_value_t = 256)]
+        tx_slots: usize,
+    },
     /// Validate a configuration and print a summary of its services and backends.
     Check {
         #[arg(short, long, value_name = "FILE")]
@@ -39,8 +55,23 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Run { config, workers, rx_slots, tx_slots } => {
+            let opts = daemon::Options { workers, rx_slots, tx_slots, ..daemon::Options::new(config) };
+            match daemon::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(daemon::DaemonError::Config(e)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => check(&config),
         Command::Table { config, compare } => table(&config, compare.as_deref()),
     }

@@ -47,14 +47,18 @@ io_counters! {
     rx_truncated,
     /// Frames the kernel could not put in the ring (PACKET_STATISTICS drops).
     rx_ring_drops,
+    /// `poll()` on the RX ring failed (unexpected; the worker sleeps and retries).
+    rx_wait_errors,
     /// Frames handed to the TX ring.
     tx_frames,
     /// Bytes of those frames.
     tx_bytes,
     /// Frames dropped because the TX ring had no free slot.
     tx_ring_full,
-    /// Frames too big for a TX slot.
+    /// Frames too big for a TX slot or the egress MTU.
     tx_too_big,
+    /// Frames whose virtio-net header the TX ring refused.
+    tx_bad_vnet,
     /// `send()` calls (one per batch).
     tx_flushes,
     /// `send()` returned EAGAIN/EWOULDBLOCK (frames stay queued and go with the next flush).
@@ -63,8 +67,6 @@ io_counters! {
     tx_enobufs,
     /// `send()` failed otherwise.
     tx_errors,
-    /// TX slots the kernel rejected (TP_STATUS_WRONG_FORMAT).
-    tx_wrong_format,
 }
 
 /// All counters of one worker.

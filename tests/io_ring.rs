@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
 use maglevd::io::{
-    Capabilities, Fanout, FlushStatus, PacketSocket, RingVersion, RxConfig, RxRing, TxConfig,
-    TxError, TxRing, VipFilter, VnetHdr, enter_netns,
+    Capabilities, Fanout, FlushStatus, PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxError, TxRing,
+    VipFilter, VnetHdr, enter_netns,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -29,11 +29,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn run(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .unwrap_or_else(|e| panic!("spawn `{cmd}`: {e}"));
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap_or_else(|e| panic!("spawn `{cmd}`: {e}"));
     assert!(
         out.status.success(),
         "`{cmd}` failed: {}{}",
@@ -61,11 +57,7 @@ struct Netns {
 
 impl Netns {
     fn new() -> Netns {
-        let name = format!(
-            "mlvio-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("mlvio-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         run(&format!("ip netns add {name}"));
         let ns = Netns { name };
         ns.sh("ip link set lo up; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; \
@@ -84,21 +76,14 @@ impl Netns {
 
     /// A veth pair `a` (here) ↔ `b` (in `peer`), both up, IPv6 off.
     fn veth(&self, a: &str, peer: &Netns, b: &str) {
-        run(&format!(
-            "ip -n {} link add {a} type veth peer name {b} netns {}",
-            self.name, peer.name
-        ));
+        run(&format!("ip -n {} link add {a} type veth peer name {b} netns {}", self.name, peer.name));
         self.sh(&format!("ip link set {a} up"));
         peer.sh(&format!("ip link set {b} up"));
     }
 
     fn mac(&self, ifname: &str) -> [u8; 6] {
         let s = self.sh(&format!("cat /sys/class/net/{ifname}/address"));
-        let v: Vec<u8> = s
-            .trim()
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16).unwrap())
-            .collect();
+        let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
         v.try_into().unwrap()
     }
 
@@ -117,34 +102,20 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
 /// One namespace with veth v0 ↔ v1.
 fn pair() -> Netns {
     let ns = Netns::new();
-    run(&format!(
-        "ip -n {0} link add v0 type veth peer name v1",
-        ns.name
-    ));
+    run(&format!("ip -n {0} link add v0 type veth peer name v1", ns.name));
     ns.sh("ip link set v0 up; ip link set v1 up");
     ns
 }
 
-fn udp_frame(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .udp(sport, 9);
+fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src.octets(), dst.octets(), 64).udp(sport, 9);
     let mut v = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut v, payload).unwrap();
     v
@@ -178,10 +149,7 @@ fn collect(rx: &mut RxRing, want: usize) -> Vec<(Vec<u8>, Option<VnetHdr>, bool)
 }
 
 fn marker(frame: &[u8]) -> Option<&[u8]> {
-    frame
-        .windows(4)
-        .position(|w| w == b"MLV:")
-        .map(|i| &frame[i..(i + 8).min(frame.len())])
+    frame.windows(4).position(|w| w == b"MLV:").map(|i| &frame[i..(i + 8).min(frame.len())])
 }
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -196,27 +164,15 @@ fn rx_ring_receives_only_what_the_bpf_filter_passes() {
     let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
     ns.run(|| {
         let filter = VipFilter::new(&[VIP], true).build().unwrap();
-        let cfg = RxConfig {
-            filter: Some(filter),
-            frame_count: 64,
-            ..RxConfig::default()
-        };
+        let cfg = RxConfig { filter: Some(filter), frame_count: 64, ..RxConfig::default() };
         let mut rx = RxRing::open("v1", &cfg).unwrap();
         assert_eq!(rx.interface().mac, m1);
         assert!(rx.interface().mtu >= 1500);
         let mut tx = PacketSocket::open("v0", 0x0800).unwrap();
         for i in 0..5u8 {
-            tx.send(&udp_frame(
-                m0,
-                m1,
-                CLIENT,
-                VIP,
-                1000,
-                &[b'M', b'L', b'V', b':', b'v', b'i', b'p', b'0' + i],
-            ))
-            .unwrap();
-            tx.send(&udp_frame(m0, m1, CLIENT, OTHER, 1000, b"MLV:oth_"))
+            tx.send(&udp_frame(m0, m1, CLIENT, VIP, 1000, &[b'M', b'L', b'V', b':', b'v', b'i', b'p', b'0' + i]))
                 .unwrap();
+            tx.send(&udp_frame(m0, m1, CLIENT, OTHER, 1000, b"MLV:oth_")).unwrap();
         }
         tx.send(&arp_frame(m0)).unwrap();
         tx.send(&arp_frame(m0)).unwrap();
@@ -226,21 +182,8 @@ fn rx_ring_receives_only_what_the_bpf_filter_passes() {
         tx.send(&v6).unwrap();
         let got = collect(&mut rx, 7);
         let vips: Vec<&[u8]> = got.iter().filter_map(|(f, _, _)| marker(f)).collect();
-        let arps = got
-            .iter()
-            .filter(|(f, _, _)| f[12..14] == [0x08, 0x06])
-            .count();
-        assert_eq!(
-            vips,
-            [
-                b"MLV:vip0",
-                b"MLV:vip1",
-                b"MLV:vip2",
-                b"MLV:vip3",
-                b"MLV:vip4"
-            ],
-            "{got:?}"
-        );
+        let arps = got.iter().filter(|(f, _, _)| f[12..14] == [0x08, 0x06]).count();
+        assert_eq!(vips, [b"MLV:vip0", b"MLV:vip1", b"MLV:vip2", b"MLV:vip3", b"MLV:vip4"], "{got:?}");
         assert_eq!(arps, 2);
         assert_eq!(got.len(), 7, "only VIP and ARP frames pass");
         assert!(got.iter().all(|(_, v, t)| v.is_none() && !t));
@@ -248,8 +191,7 @@ fn rx_ring_receives_only_what_the_bpf_filter_passes() {
         assert_eq!((st.packets, st.drops, st.malformed), (7, 0, 0));
         // Replacing the filter at run time: now nothing passes.
         rx.set_filter(&maglevd::io::BpfProgram::drop_all()).unwrap();
-        tx.send(&udp_frame(m0, m1, CLIENT, VIP, 1000, b"MLV:late"))
-            .unwrap();
+        tx.send(&udp_frame(m0, m1, CLIENT, VIP, 1000, b"MLV:late")).unwrap();
         assert!(collect(&mut rx, 1).is_empty());
     });
 }
@@ -262,9 +204,7 @@ fn rx_ring_v3_receives() {
     let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
     ns.run(|| {
         let cfg = RxConfig {
-            version: RingVersion::V3 {
-                block_timeout_ms: 1,
-            },
+            version: RingVersion::V3 { block_timeout_ms: 1 },
             filter: Some(VipFilter::new(&[VIP], false).build().unwrap()),
             frame_count: 256,
             ..RxConfig::default()
@@ -273,15 +213,7 @@ fn rx_ring_v3_receives() {
         assert!(rx.layout().block_size >= 256 << 10);
         let mut tx = PacketSocket::open("v0", 0x0800).unwrap();
         for i in 0..20u8 {
-            tx.send(&udp_frame(
-                m0,
-                m1,
-                CLIENT,
-                VIP,
-                1000,
-                &[b'M', b'L', b'V', b':', b'v', b'3', b'_', i],
-            ))
-            .unwrap();
+            tx.send(&udp_frame(m0, m1, CLIENT, VIP, 1000, &[b'M', b'L', b'V', b':', b'v', b'3', b'_', i])).unwrap();
         }
         let got = collect(&mut rx, 20);
         assert_eq!(got.len(), 20);
@@ -300,122 +232,48 @@ fn tx_ring_sends_a_batch_with_one_send_and_ignore_outgoing_works() {
     let ns = pair();
     let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
     ns.run(|| {
-        let cfg = RxConfig {
-            frame_count: 64,
-            ..RxConfig::default()
-        };
+        let cfg = RxConfig { frame_count: 64, ..RxConfig::default() };
         let mut rx1 = RxRing::open("v1", &cfg).unwrap();
         // On v0: one ring that ignores our own TX, one that does not, and one
         // fanout member that ignores it (needs the fanout flag).
         let mut rx0_ign = RxRing::open("v0", &cfg).unwrap();
-        let mut rx0_all = RxRing::open(
-            "v0",
-            &RxConfig {
-                ignore_outgoing: false,
-                ..cfg.clone()
-            },
-        )
-        .unwrap();
-        let mut rx0_fan = RxRing::open(
-            "v0",
-            &RxConfig {
-                fanout: Some(Fanout::hash(4242)),
-                ..cfg.clone()
-            },
-        )
-        .unwrap();
-        let mut tx = TxRing::open(
-            "v0",
-            &TxConfig {
-                frame_count: 64,
-                ..TxConfig::default()
-            },
-        )
-        .unwrap();
-        assert!(
-            tx.sndbuf() >= tx.memory(),
-            "SO_SNDBUFFORCE applied: {} < {}",
-            tx.sndbuf(),
-            tx.memory()
-        );
+        let mut rx0_all = RxRing::open("v0", &RxConfig { ignore_outgoing: false, ..cfg.clone() }).unwrap();
+        let mut rx0_fan = RxRing::open("v0", &RxConfig { fanout: Some(Fanout::hash(4242)), ..cfg.clone() }).unwrap();
+        let mut tx = TxRing::open("v0", &TxConfig { frame_count: 64, ..TxConfig::default() }).unwrap();
+        assert!(tx.sndbuf() >= tx.memory(), "SO_SNDBUFFORCE applied: {} < {}", tx.sndbuf(), tx.memory());
         for i in 0..8u8 {
-            tx.push(
-                None,
-                &udp_frame(
-                    m0,
-                    m1,
-                    CLIENT,
-                    VIP,
-                    2000,
-                    &[b'M', b'L', b'V', b':', b't', b'x', b'_', b'0' + i],
-                ),
-            )
-            .unwrap();
+            tx.push(None, &udp_frame(m0, m1, CLIENT, VIP, 2000, &[b'M', b'L', b'V', b':', b't', b'x', b'_', b'0' + i]))
+                .unwrap();
         }
         assert_eq!(tx.queued(), 8);
         let out = tx.flush();
-        assert_eq!(
-            (out.syscalls, out.frames, out.backlog, out.status),
-            (1, 8, 0, FlushStatus::Sent),
-            "{out:?}"
-        );
+        assert_eq!((out.syscalls, out.frames, out.backlog, out.status), (1, 8, 0, FlushStatus::Sent), "{out:?}");
         assert_eq!(tx.stats().sends, 1);
         let got = collect(&mut rx1, 8);
-        let marks: Vec<u8> = got
-            .iter()
-            .filter_map(|(f, _, _)| marker(f))
-            .map(|m| m[7])
-            .collect();
+        let marks: Vec<u8> = got.iter().filter_map(|(f, _, _)| marker(f)).map(|m| m[7]).collect();
         assert_eq!(marks, b"01234567", "peer receives all 8 in order");
         // Nothing queued: flush makes no system call.
         assert_eq!(tx.flush().syscalls, 0);
 
-        let own = |r: &mut RxRing| {
-            collect(r, 8)
-                .iter()
-                .filter(|(f, _, _)| marker(f).is_some())
-                .count()
-        };
+        let own = |r: &mut RxRing| collect(r, 8).iter().filter(|(f, _, _)| marker(f).is_some()).count();
         // Frames sent with PACKET_QDISC_BYPASS skip the taps entirely
         // (dev_direct_xmit does not call dev_queue_xmit_nit).
         assert_eq!(own(&mut rx0_all), 0, "bypassed TX is invisible to taps");
         // Through the qdisc path the taps see them, unless told to ignore.
-        let mut txq = TxRing::open(
-            "v0",
-            &TxConfig {
-                frame_count: 64,
-                qdisc_bypass: false,
-                ..TxConfig::default()
-            },
-        )
-        .unwrap();
+        let mut txq =
+            TxRing::open("v0", &TxConfig { frame_count: 64, qdisc_bypass: false, ..TxConfig::default() }).unwrap();
         for i in 0..8u8 {
             txq.push(
                 None,
-                &udp_frame(
-                    m0,
-                    m1,
-                    CLIENT,
-                    VIP,
-                    2001,
-                    &[b'M', b'L', b'V', b':', b'q', b'd', b'_', b'0' + i],
-                ),
+                &udp_frame(m0, m1, CLIENT, VIP, 2001, &[b'M', b'L', b'V', b':', b'q', b'd', b'_', b'0' + i]),
             )
             .unwrap();
         }
         assert_eq!(txq.flush().frames, 8);
         assert_eq!(collect(&mut rx1, 8).len(), 8);
-        assert_eq!(
-            own(&mut rx0_all),
-            8,
-            "without PACKET_IGNORE_OUTGOING our TX is seen"
-        );
+        assert_eq!(own(&mut rx0_all), 8, "without PACKET_IGNORE_OUTGOING our TX is seen");
         assert_eq!(own(&mut rx0_ign), 0, "PACKET_IGNORE_OUTGOING hides our TX");
-        assert_eq!(
-            own(&mut rx0_fan),
-            0,
-            "PACKET_FANOUT_FLAG_IGNORE_OUTGOING hides our TX"
-        );
+        assert_eq!(own(&mut rx0_fan), 0, "PACKET_FANOUT_FLAG_IGNORE_OUTGOING hides our TX");
         println!(
             "TX ring: {} slots of {} B, {} KiB, sndbuf {} KiB",
             tx.layout().frame_nr,
@@ -433,22 +291,8 @@ fn tx_ring_rejects_and_recovers() {
     let ns = pair();
     let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
     ns.run(|| {
-        let mut rx1 = RxRing::open(
-            "v1",
-            &RxConfig {
-                frame_count: 64,
-                ..RxConfig::default()
-            },
-        )
-        .unwrap();
-        let mut tx = TxRing::open(
-            "v0",
-            &TxConfig {
-                frame_count: 4,
-                ..TxConfig::default()
-            },
-        )
-        .unwrap();
+        let mut rx1 = RxRing::open("v1", &RxConfig { frame_count: 64, ..RxConfig::default() }).unwrap();
+        let mut tx = TxRing::open("v0", &TxConfig { frame_count: 4, ..TxConfig::default() }).unwrap();
         let frame = udp_frame(m0, m1, CLIENT, VIP, 3000, b"MLV:full");
         // Slot count is rounded to whole blocks (2 per 4 KiB page).
         let slots = tx.layout().frame_nr;
@@ -456,23 +300,10 @@ fn tx_ring_rejects_and_recovers() {
             tx.push(None, &frame).unwrap();
         }
         assert_eq!(tx.push(None, &frame), Err(TxError::RingFull));
-        assert!(matches!(
-            tx.push(None, &[0u8; 10]),
-            Err(TxError::FrameTooBig { .. })
-        ));
-        assert!(matches!(
-            tx.push(None, &vec![0u8; 1600]),
-            Err(TxError::FrameTooBig { max: 1518, .. })
-        ));
-        let gso = VnetHdr {
-            gso_type: VnetHdr::GSO_TCPV4,
-            gso_size: 1000,
-            ..VnetHdr::default()
-        };
-        assert!(
-            matches!(tx.push(Some(&gso), &frame), Err(TxError::BadVnetHdr(_))),
-            "no vnet on this ring"
-        );
+        assert!(matches!(tx.push(None, &[0u8; 10]), Err(TxError::FrameTooBig { .. })));
+        assert!(matches!(tx.push(None, &vec![0u8; 1600]), Err(TxError::FrameTooBig { max: 1518, .. })));
+        let gso = VnetHdr { gso_type: VnetHdr::GSO_TCPV4, gso_size: 1000, ..VnetHdr::default() };
+        assert!(matches!(tx.push(Some(&gso), &frame), Err(TxError::BadVnetHdr(_))), "no vnet on this ring");
         assert_eq!(tx.flush().frames as usize, slots);
         assert_eq!(collect(&mut rx1, slots).len(), slots);
         // Slots come back: the ring keeps working.
@@ -489,35 +320,15 @@ fn tx_ring_rejects_and_recovers() {
         // A frame the kernel rejects (GSO TCP header on a UDP packet) is
         // discarded by the kernel (PACKET_LOSS), counted, and does not stall
         // the ring.
-        let mut vtx = TxRing::open(
-            "v0",
-            &TxConfig {
-                frame_count: 8,
-                vnet_hdr: true,
-                ..TxConfig::default()
-            },
-        )
-        .unwrap();
+        let mut vtx = TxRing::open("v0", &TxConfig { frame_count: 8, vnet_hdr: true, ..TxConfig::default() }).unwrap();
         let bad = udp_frame(m0, m1, CLIENT, VIP, 3001, &[7u8; 600]);
         let good1 = udp_frame(m0, m1, CLIENT, VIP, 3002, b"MLV:good");
         let good2 = udp_frame(m0, m1, CLIENT, VIP, 3003, b"MLV:goo2");
         vtx.push(None, &good1).unwrap();
-        vtx.push(
-            Some(&VnetHdr {
-                gso_type: VnetHdr::GSO_TCPV4,
-                gso_size: 100,
-                ..VnetHdr::default()
-            }),
-            &bad,
-        )
-        .unwrap();
+        vtx.push(Some(&VnetHdr { gso_type: VnetHdr::GSO_TCPV4, gso_size: 100, ..VnetHdr::default() }), &bad).unwrap();
         vtx.push(Some(&VnetHdr::default()), &good2).unwrap();
         let out = vtx.flush();
-        assert_eq!(
-            (out.frames, out.backlog, out.status),
-            (3, 0, FlushStatus::Sent),
-            "{out:?}"
-        );
+        assert_eq!((out.frames, out.backlog, out.status), (3, 0, FlushStatus::Sent), "{out:?}");
         assert_eq!(vtx.stats().kernel_dropped_bytes, bad.len() as u64);
         let got = collect(&mut rx1, 2);
         let marks: Vec<&[u8]> = got.iter().filter_map(|(f, _, _)| marker(f)).collect();
@@ -534,26 +345,12 @@ fn fanout_keeps_each_flow_on_one_socket() {
     let ns = pair();
     let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
     ns.run(|| {
-        let cfg = RxConfig {
-            fanout: Some(Fanout::hash(7)),
-            frame_count: 1024,
-            ..RxConfig::default()
-        };
+        let cfg = RxConfig { fanout: Some(Fanout::hash(7)), frame_count: 1024, ..RxConfig::default() };
         let mut a = RxRing::open("v1", &cfg).unwrap();
         let mut b = RxRing::open("v1", &cfg).unwrap();
         // A member with different flags is refused by the kernel.
-        let e = RxRing::open(
-            "v1",
-            &RxConfig {
-                ignore_outgoing: false,
-                ..cfg.clone()
-            },
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().starts_with("v1: setsockopt(PACKET_FANOUT): "),
-            "{e}"
-        );
+        let e = RxRing::open("v1", &RxConfig { ignore_outgoing: false, ..cfg.clone() }).unwrap_err();
+        assert!(e.to_string().starts_with("v1: setsockopt(PACKET_FANOUT): "), "{e}");
         let mut tx = TxRing::open("v0", &TxConfig::default()).unwrap();
         const FLOWS: u16 = 32;
         const PER_FLOW: usize = 8;
@@ -575,32 +372,17 @@ fn fanout_keeps_each_flow_on_one_socket() {
         let (mut ga, mut gb) = (Vec::new(), Vec::new());
         let deadline = Instant::now() + Duration::from_secs(2);
         while ga.len() + gb.len() < total && Instant::now() < deadline {
-            a.recv_batch(256, |f| {
-                ga.push(u16::from_be_bytes([f.data[34], f.data[35]]))
-            });
-            b.recv_batch(256, |f| {
-                gb.push(u16::from_be_bytes([f.data[34], f.data[35]]))
-            });
+            a.recv_batch(256, |f| ga.push(u16::from_be_bytes([f.data[34], f.data[35]])));
+            b.recv_batch(256, |f| gb.push(u16::from_be_bytes([f.data[34], f.data[35]])));
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(ga.len() + gb.len(), total);
         for flow in 0..FLOWS {
             let port = 10_000 + flow;
-            let (na, nb) = (
-                ga.iter().filter(|&&p| p == port).count(),
-                gb.iter().filter(|&&p| p == port).count(),
-            );
-            assert!(
-                (na, nb) == (PER_FLOW, 0) || (na, nb) == (0, PER_FLOW),
-                "flow {flow} split {na}/{nb}"
-            );
+            let (na, nb) = (ga.iter().filter(|&&p| p == port).count(), gb.iter().filter(|&&p| p == port).count());
+            assert!((na, nb) == (PER_FLOW, 0) || (na, nb) == (0, PER_FLOW), "flow {flow} split {na}/{nb}");
         }
-        assert!(
-            !ga.is_empty() && !gb.is_empty(),
-            "hash spread flows over both sockets: {}/{}",
-            ga.len(),
-            gb.len()
-        );
+        assert!(!ga.is_empty() && !gb.is_empty(), "hash spread flows over both sockets: {}/{}", ga.len(), gb.len());
         println!("fanout: {} / {} frames over 2 sockets", ga.len(), gb.len());
     });
 }
@@ -661,10 +443,7 @@ fn tx_ring_vnet_gso_super_frame_is_kept_or_segmented() {
         // arrives with its vnet header on a vnet RX ring.
         let mut rx = RxRing::open(
             "v1",
-            &RxConfig {
-                filter: Some(VipFilter::new(&[VIP], false).build().unwrap()),
-                ..RxConfig::super_frames(32)
-            },
+            &RxConfig { filter: Some(VipFilter::new(&[VIP], false).build().unwrap()), ..RxConfig::super_frames(32) },
         )
         .unwrap();
         assert!(rx.max_frame() >= maglevd::io::MAX_SUPER_FRAME);
@@ -706,11 +485,7 @@ fn tx_ring_vnet_gso_super_frame_is_kept_or_segmented() {
         // Qdisc bypass refuses frames that need software GSO (ENOBUFS); the
         // flush retries once through the qdisc path, which segments.
         let out = tx.flush();
-        assert_eq!(
-            (out.status, out.frames, out.syscalls),
-            (FlushStatus::Sent, 1, 2),
-            "{out:?}"
-        );
+        assert_eq!((out.status, out.frames, out.syscalls), (FlushStatus::Sent, 1, 2), "{out:?}");
         assert_eq!((tx.stats().enobufs, tx.stats().bypass_fallbacks), (1, 1));
         let segs = collect(&mut rx, 45);
         assert_eq!(segs.len(), 64_000usize.div_ceil(1448), "segments");
@@ -721,11 +496,7 @@ fn tx_ring_vnet_gso_super_frame_is_kept_or_segmented() {
             let ip = &s[14..34];
             assert_eq!(fold(ones_sum(ip, 0)), 0xffff, "IPv4 header checksum");
             let l4 = &s[34..];
-            assert_eq!(
-                fold(ones_sum(l4, pseudo(ip, l4.len()))),
-                0xffff,
-                "TCP checksum completed by the kernel"
-            );
+            assert_eq!(fold(ones_sum(l4, pseudo(ip, l4.len()))), 0xffff, "TCP checksum completed by the kernel");
             joined.extend_from_slice(&l4[20..]);
         }
         assert_eq!(joined, payload, "segments carry the payload in order");
@@ -757,14 +528,7 @@ fn forward(
     ready: &AtomicUsize,
 ) -> FwdStats {
     let filter = VipFilter::new(&[accept], false).build().unwrap();
-    let mut rx = RxRing::open(
-        rx_if,
-        &RxConfig {
-            filter: Some(filter),
-            ..RxConfig::super_frames(256)
-        },
-    )
-    .unwrap();
+    let mut rx = RxRing::open(rx_if, &RxConfig { filter: Some(filter), ..RxConfig::super_frames(256) }).unwrap();
     let mut tx = TxRing::open(tx_if, &TxConfig::super_frames(256)).unwrap();
     let src = tx.interface().mac;
     let mut st = FwdStats::default();
@@ -798,11 +562,7 @@ fn forward(
             st.nobufs += u64::from(o.status == FlushStatus::NoBufs);
         }
         if n == 0 {
-            let t = if tx.queued() > 0 {
-                Duration::from_micros(200)
-            } else {
-                Duration::from_millis(5)
-            };
+            let t = if tx.queued() > 0 { Duration::from_micros(200) } else { Duration::from_millis(5) };
             rx.wait(t).unwrap();
         }
     }
@@ -840,19 +600,10 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
     b.sh("ip addr add 10.77.0.2/24 dev b0; ip addr add 10.78.0.2/24 dev b1");
     let (fm0, fm1, am0, bm0) = (f.mac("f0"), f.mac("f1"), a.mac("a0"), b.mac("b0"));
     let hex = |m: [u8; 6]| maglevd::io::iface::format_mac(&m);
-    a.sh(&format!(
-        "ip neigh replace 10.77.0.2 lladdr {} dev a0 nud permanent",
-        hex(fm0)
-    ));
-    b.sh(&format!(
-        "ip neigh replace 10.77.0.1 lladdr {} dev b0 nud permanent",
-        hex(fm1)
-    ));
+    a.sh(&format!("ip neigh replace 10.77.0.2 lladdr {} dev a0 nud permanent", hex(fm0)));
+    b.sh(&format!("ip neigh replace 10.77.0.1 lladdr {} dev b0 nud permanent", hex(fm1)));
     let offloads = a.sh("ethtool -k a0 | grep -E \"^(tcp-segmentation-offload|tx-checksumming)\"");
-    assert!(
-        offloads.matches(": on").count() == 2,
-        "default offloads: {offloads}"
-    );
+    assert!(offloads.matches(": on").count() == 2, "default offloads: {offloads}");
 
     let stop = AtomicBool::new(false);
     let ready = AtomicUsize::new(0);
@@ -877,19 +628,14 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
         if h1.is_finished() || h2.is_finished() {
             stop.store(true, Ordering::SeqCst);
             let (r1, r2) = (h1.join(), h2.join());
-            panic!(
-                "forwarder failed to start: {:?} {:?}",
-                r1.err().map(|_| "A→B"),
-                r2.err().map(|_| "B→A")
-            );
+            panic!("forwarder failed to start: {:?} {:?}", r1.err().map(|_| "A→B"), r2.err().map(|_| "B→A"));
         }
         // Server in B: read everything, answer with its hash, then send DOWN bytes.
         let server = s.spawn(|| {
             b.enter();
             let l = TcpListener::bind("10.77.0.2:5001").unwrap();
             let echo = UdpSocket::bind("0.0.0.0:7007").unwrap();
-            echo.set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
+            echo.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             listening.store(true, Ordering::SeqCst);
             l.set_nonblocking(true).unwrap();
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -906,8 +652,7 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
             c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let mut got = Vec::with_capacity(UP);
             c.read_to_end(&mut got).unwrap();
-            c.write_all(&xxhash_rust::xxh3::xxh3_64(&got).to_be_bytes())
-                .unwrap();
+            c.write_all(&xxhash_rust::xxh3::xxh3_64(&got).to_be_bytes()).unwrap();
             c.write_all(&down).unwrap();
             drop(c);
             // UDP echo until the client says stop.
@@ -932,11 +677,7 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let t0 = Instant::now();
-            let mut c = TcpStream::connect_timeout(
-                &"10.77.0.2:5001".parse().unwrap(),
-                Duration::from_secs(5),
-            )
-            .unwrap();
+            let mut c = TcpStream::connect_timeout(&"10.77.0.2:5001".parse().unwrap(), Duration::from_secs(5)).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             c.write_all(&up).unwrap();
             c.shutdown(std::net::Shutdown::Write).unwrap();
@@ -944,11 +685,7 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
             c.read_to_end(&mut back).unwrap();
             let secs = t0.elapsed().as_secs_f64();
             assert_eq!(back.len(), 8 + DOWN, "bytes back");
-            assert_eq!(
-                &back[..8],
-                &xxhash_rust::xxh3::xxh3_64(&up).to_be_bytes(),
-                "server received the upload intact"
-            );
+            assert_eq!(&back[..8], &xxhash_rust::xxh3::xxh3_64(&up).to_be_bytes(), "server received the upload intact");
             assert!(back[8..] == down[..], "download intact");
             // Latency: UDP echo through the forwarder vs the direct veth.
             let u = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -976,12 +713,7 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
             }
             u.send_to(b"stop", via).unwrap();
             let _ = u.recv_from(&mut buf);
-            (
-                secs,
-                median(&mut tv),
-                median(&mut td),
-                tv.iter().max().copied().unwrap_or_default(),
-            )
+            (secs, median(&mut tv), median(&mut td), tv.iter().max().copied().unwrap_or_default())
         });
         let lat = client.join().unwrap_or_else(|p| {
             stop.store(true, Ordering::SeqCst);
@@ -1009,18 +741,9 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
         med_fwd.saturating_sub(med_direct) / 2,
         max_fwd
     );
-    assert!(
-        fwd_ab.gso_frames > 0 && fwd_ab.max_frame > 1514,
-        "super-frames crossed A→B: {fwd_ab:?}"
-    );
-    assert!(
-        fwd_ba.gso_frames > 0,
-        "super-frames crossed B→A: {fwd_ba:?}"
-    );
+    assert!(fwd_ab.gso_frames > 0 && fwd_ab.max_frame > 1514, "super-frames crossed A→B: {fwd_ab:?}");
+    assert!(fwd_ba.gso_frames > 0, "super-frames crossed B→A: {fwd_ba:?}");
     assert!(fwd_ab.csum_partial > 0);
     assert_eq!(fwd_ab.truncated + fwd_ba.truncated, 0);
-    assert!(
-        med_fwd < Duration::from_millis(5),
-        "lone-packet latency through V2 rings: {med_fwd:?}"
-    );
+    assert!(med_fwd < Duration::from_millis(5), "lone-packet latency through V2 rings: {med_fwd:?}");
 }

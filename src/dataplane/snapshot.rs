@@ -151,6 +151,11 @@ impl Snapshot {
         &self.services
     }
 
+    /// Every VIP, ascending.
+    pub fn vip_addrs(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.vips.iter().map(|&v| Ipv4Addr::from(v))
+    }
+
     /// Is `addr` (host order) a VIP of any service?
     #[inline]
     pub fn is_vip(&self, addr: u32) -> bool {

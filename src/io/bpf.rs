@@ -88,9 +88,7 @@ pub struct BpfProgram {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BpfError {
     /// More instructions than the kernel accepts.
-    #[error(
-        "BPF program has {len} instructions, more than the kernel limit of {MAX_INSNS} (too many VIPs)"
-    )]
+    #[error("BPF program has {len} instructions, more than the kernel limit of {MAX_INSNS} (too many VIPs)")]
     TooLong {
         /// Program length.
         len: usize,
@@ -111,26 +109,12 @@ impl BpfProgram {
 
     /// `ret #0xffffffff`.
     pub fn accept_all() -> BpfProgram {
-        BpfProgram {
-            insns: vec![Insn {
-                code: OP_RET_K,
-                jt: 0,
-                jf: 0,
-                k: ACCEPT,
-            }],
-        }
+        BpfProgram { insns: vec![Insn { code: OP_RET_K, jt: 0, jf: 0, k: ACCEPT }] }
     }
 
     /// `ret #0`: useful to drain a socket before installing the real filter.
     pub fn drop_all() -> BpfProgram {
-        BpfProgram {
-            insns: vec![Insn {
-                code: OP_RET_K,
-                jt: 0,
-                jf: 0,
-                k: DROP,
-            }],
-        }
+        BpfProgram { insns: vec![Insn { code: OP_RET_K, jt: 0, jf: 0, k: DROP }] }
     }
 
     /// The instructions.
@@ -140,22 +124,11 @@ impl BpfProgram {
 
     /// The program as `libc::sock_filter`s.
     pub fn to_sock_filters(&self) -> Vec<libc::sock_filter> {
-        self.insns
-            .iter()
-            .map(|i| libc::sock_filter {
-                code: i.code,
-                jt: i.jt,
-                jf: i.jf,
-                k: i.k,
-            })
-            .collect()
+        self.insns.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect()
     }
 
     pub(crate) fn raw(&self) -> Vec<(u16, u8, u8, u32)> {
-        self.insns
-            .iter()
-            .map(|i| (i.code, i.jt, i.jf, i.k))
-            .collect()
+        self.insns.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()
     }
 }
 
@@ -182,11 +155,7 @@ enum Op {
 impl VipFilter {
     /// Filter for `vips`, with ARP accepted or not.
     pub fn new(vips: &[Ipv4Addr], accept_arp: bool) -> VipFilter {
-        VipFilter {
-            vips: vips.to_vec(),
-            accept_arp,
-            accept_vlan: false,
-        }
+        VipFilter { vips: vips.to_vec(), accept_arp, accept_vlan: false }
     }
 
     /// Generates the program (see the module docs for its shape).
@@ -282,33 +251,13 @@ fn assemble(ops: &[Op], nlabels: usize) -> Result<BpfProgram, BpfError> {
         let at = insns.len();
         let insn = match *op {
             Op::Label(_) => continue,
-            Op::Ld(code, k) => Insn {
-                code,
-                jt: 0,
-                jf: 0,
-                k,
-            },
-            Op::Ret(k) => Insn {
-                code: OP_RET_K,
-                jt: 0,
-                jf: 0,
-                k,
-            },
-            Op::Ja(l) => Insn {
-                code: OP_JA,
-                jt: 0,
-                jf: 0,
-                k: rel(at, l)? as u32,
-            },
+            Op::Ld(code, k) => Insn { code, jt: 0, jf: 0, k },
+            Op::Ret(k) => Insn { code: OP_RET_K, jt: 0, jf: 0, k },
+            Op::Ja(l) => Insn { code: OP_JA, jt: 0, jf: 0, k: rel(at, l)? as u32 },
             Op::Jeq(k, t, f) => {
                 let jt = u8::try_from(rel(at, t)?).map_err(|_| BpfError::JumpRange)?;
                 let jf = u8::try_from(rel(at, f)?).map_err(|_| BpfError::JumpRange)?;
-                Insn {
-                    code: OP_JEQ_K,
-                    jt,
-                    jf,
-                    k,
-                }
+                Insn { code: OP_JEQ_K, jt, jf, k }
             }
         };
         insns.push(insn);
@@ -409,13 +358,7 @@ pub(crate) mod tests {
     #[test]
     fn vlan_option() {
         let vips = [Ipv4Addr::new(192, 0, 2, 7)];
-        let p = VipFilter {
-            vips: vips.to_vec(),
-            accept_arp: false,
-            accept_vlan: true,
-        }
-        .build()
-        .unwrap();
+        let p = VipFilter { vips: vips.to_vec(), accept_arp: false, accept_vlan: true }.build().unwrap();
         assert_eq!(run(&p, &vlan_ipv4_to(vips[0])), ACCEPT);
         assert_eq!(run(&p, &vlan_ipv4_to(Ipv4Addr::new(192, 0, 2, 8))), DROP);
         assert_eq!(run(&p, &ipv4_to(vips[0])), ACCEPT);
@@ -435,11 +378,7 @@ pub(crate) mod tests {
             assert_eq!(run(&p, &ipv4_to(vip(i))), want, "vip index {i}");
         }
         // Every conditional jump stays within range by construction.
-        assert!(
-            p.insns()
-                .iter()
-                .all(|i| i.code != OP_JEQ_K || (i.jt as usize) <= CHUNK + 1)
-        );
+        assert!(p.insns().iter().all(|i| i.code != OP_JEQ_K || (i.jt as usize) <= CHUNK + 1));
     }
 
     #[test]
@@ -452,10 +391,7 @@ pub(crate) mod tests {
     #[test]
     fn too_many_vips() {
         let vips: Vec<Ipv4Addr> = (0..5000).map(vip).collect();
-        assert!(matches!(
-            VipFilter::new(&vips, false).build(),
-            Err(BpfError::TooLong { .. })
-        ));
+        assert!(matches!(VipFilter::new(&vips, false).build(), Err(BpfError::TooLong { .. })));
         let vips: Vec<Ipv4Addr> = (0..3900).map(vip).collect();
         assert!(VipFilter::new(&vips, false).build().is_ok());
     }

@@ -30,23 +30,12 @@ impl InterfaceInfo {
     /// Looks the interface up; a missing one gives
     /// [`IoError::NoSuchInterface`] naming it.
     pub fn lookup(name: &str) -> Result<InterfaceInfo, IoError> {
-        let ifindex =
-            sys::if_nametoindex(name).map_err(|e| IoError::sys(name, "if_nametoindex", e))?;
+        let ifindex = sys::if_nametoindex(name).map_err(|e| IoError::sys(name, "if_nametoindex", e))?;
         let addrs = sys::ifaddrs().map_err(|e| IoError::sys(name, "getifaddrs", e))?;
-        let mut info = InterfaceInfo {
-            name: name.to_string(),
-            ifindex,
-            mac: [0; 6],
-            ipv4: Vec::new(),
-            mtu: 0,
-        };
+        let mut info = InterfaceInfo { name: name.to_string(), ifindex, mac: [0; 6], ipv4: Vec::new(), mtu: 0 };
         for a in addrs {
             match a {
-                sys::IfAddr::Link {
-                    name: n,
-                    ifindex: i,
-                    mac: Some(m),
-                } if n == name || i == ifindex => info.mac = m,
+                sys::IfAddr::Link { name: n, ifindex: i, mac: Some(m) } if n == name || i == ifindex => info.mac = m,
                 sys::IfAddr::V4 { name: n, addr } if n == name => info.ipv4.push(addr),
                 _ => {}
             }
@@ -77,10 +66,7 @@ impl InterfaceInfo {
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 #[cfg(test)]
@@ -105,9 +91,6 @@ mod tests {
 
     #[test]
     fn mac_format() {
-        assert_eq!(
-            format_mac(&[0, 0x1b, 0x21, 0xaa, 0xbb, 0x0c]),
-            "00:1b:21:aa:bb:0c"
-        );
+        assert_eq!(format_mac(&[0, 0x1b, 0x21, 0xaa, 0xbb, 0x0c]), "00:1b:21:aa:bb:0c");
     }
 }

@@ -4,9 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{
-    FlushOutcome, FlushStatus, IoError, RxDevice, RxFrame, RxStatus, TxDevice, TxError, VnetHdr,
-};
+use super::{FlushOutcome, FlushStatus, IoError, RxDevice, RxFrame, RxStatus, TxDevice, TxError, VnetHdr};
 
 /// A frame queued in a [`MemRx`] or sent through a [`MemTx`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -26,10 +24,7 @@ pub struct MemFrame {
 impl MemFrame {
     /// A plain frame.
     pub fn new(data: Vec<u8>) -> MemFrame {
-        MemFrame {
-            data,
-            ..MemFrame::default()
-        }
+        MemFrame { data, ..MemFrame::default() }
     }
 }
 
@@ -118,19 +113,12 @@ impl MemTx {
 impl TxDevice for MemTx {
     fn push(&mut self, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), TxError> {
         if frame.len() < 14 || frame.len() > self.max_frame {
-            return Err(TxError::FrameTooBig {
-                len: frame.len(),
-                max: self.max_frame,
-            });
+            return Err(TxError::FrameTooBig { len: frame.len(), max: self.max_frame });
         }
         if self.pending.len() >= self.capacity {
             return Err(TxError::RingFull);
         }
-        self.pending.push(MemFrame {
-            data: frame.to_vec(),
-            vnet: vnet.copied(),
-            ..MemFrame::default()
-        });
+        self.pending.push(MemFrame { data: frame.to_vec(), vnet: vnet.copied(), ..MemFrame::default() });
         Ok(())
     }
 
@@ -140,24 +128,12 @@ impl TxDevice for MemTx {
         }
         self.syscalls += 1;
         if let Some(status) = self.fail_next.take() {
-            return FlushOutcome {
-                syscalls: 1,
-                frames: 0,
-                bytes: 0,
-                backlog: self.pending.len() as u32,
-                status,
-            };
+            return FlushOutcome { syscalls: 1, frames: 0, bytes: 0, backlog: self.pending.len() as u32, status };
         }
         let frames = self.pending.len() as u32;
         let bytes = self.pending.iter().map(|f| f.data.len() as u64).sum();
         self.sent.append(&mut self.pending);
-        FlushOutcome {
-            syscalls: 1,
-            frames,
-            bytes,
-            backlog: 0,
-            status: FlushStatus::Sent,
-        }
+        FlushOutcome { syscalls: 1, frames, bytes, backlog: 0, status: FlushStatus::Sent }
     }
 
     fn queued(&self) -> usize {
@@ -171,12 +147,7 @@ mod tests {
 
     /// A miniature worker loop generic over the devices: rewrite MACs, push,
     /// flush once per batch.
-    fn forward<R: RxDevice, T: TxDevice>(
-        rx: &mut R,
-        tx: &mut T,
-        dst: [u8; 6],
-        src: [u8; 6],
-    ) -> (usize, u32) {
+    fn forward<R: RxDevice, T: TxDevice>(rx: &mut R, tx: &mut T, dst: [u8; 6], src: [u8; 6]) -> (usize, u32) {
         let mut dropped = 0u32;
         let n = rx.recv_batch(64, |f| {
             if f.truncated || f.data.len() < 14 {
@@ -199,23 +170,14 @@ mod tests {
         for i in 0..5u8 {
             rx.inject(MemFrame::new(vec![i; 60]));
         }
-        rx.inject(MemFrame {
-            data: vec![9; 60],
-            wire_len: Some(9000),
-            ..MemFrame::default()
-        });
+        rx.inject(MemFrame { data: vec![9; 60], wire_len: Some(9000), ..MemFrame::default() });
         let mut tx = MemTx::new(4);
         let (n, dropped) = forward(&mut rx, &mut tx, [0xaa; 6], [0xbb; 6]);
         assert_eq!(n, 6);
         assert_eq!(dropped, 2); // one truncated, one ring full
         assert_eq!(tx.sent.len(), 4);
         assert_eq!(tx.syscalls, 1);
-        assert_eq!(
-            &tx.sent[0].data[..12],
-            &[
-                0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb
-            ]
-        );
+        assert_eq!(&tx.sent[0].data[..12], &[0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb]);
         assert_eq!(tx.sent[3].data[12], 3);
         assert!(!rx.wait(Duration::from_millis(1)).unwrap());
         assert_eq!(tx.flush(), FlushOutcome::default());
@@ -227,15 +189,9 @@ mod tests {
         tx.push(None, &[0u8; 60]).unwrap();
         tx.fail_next = Some(FlushStatus::Again);
         let o = tx.flush();
-        assert_eq!(
-            (o.status, o.backlog, tx.queued()),
-            (FlushStatus::Again, 1, 1)
-        );
+        assert_eq!((o.status, o.backlog, tx.queued()), (FlushStatus::Again, 1, 1));
         let o = tx.flush();
         assert_eq!((o.status, o.frames, tx.queued()), (FlushStatus::Sent, 1, 0));
-        assert!(matches!(
-            tx.push(None, &[0u8; 4]),
-            Err(TxError::FrameTooBig { .. })
-        ));
+        assert!(matches!(tx.push(None, &[0u8; 4]), Err(TxError::FrameTooBig { .. })));
     }
 }

@@ -87,10 +87,7 @@ use std::time::Duration;
 pub use bpf::{BpfError, BpfProgram, VipFilter};
 pub use iface::InterfaceInfo;
 pub use mem::{MemRx, MemTx};
-pub use ring::{
-    Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig,
-    TxRing,
-};
+pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
 pub use sys::enter_netns;
 
 /// `struct virtio_net_hdr` (10 bytes, legacy layout, host byte order) that the
@@ -137,14 +134,7 @@ impl VnetHdr {
     /// Parses the 10 header bytes (host byte order, as the kernel writes them).
     pub fn from_bytes(b: &[u8; Self::LEN]) -> Self {
         let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-        VnetHdr {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u(2),
-            gso_size: u(4),
-            csum_start: u(6),
-            csum_offset: u(8),
-        }
+        VnetHdr { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) }
     }
 
     /// Serialises the header (host byte order).
@@ -366,18 +356,10 @@ pub enum IoError {
 
 impl IoError {
     pub(crate) fn sys(iface: &str, call: &'static str, source: std::io::Error) -> Self {
-        if source.raw_os_error() == Some(libc::ENODEV)
-            && (call == "if_nametoindex" || call.starts_with("bind"))
-        {
-            return IoError::NoSuchInterface {
-                iface: iface.to_string(),
-            };
+        if source.raw_os_error() == Some(libc::ENODEV) && (call == "if_nametoindex" || call.starts_with("bind")) {
+            return IoError::NoSuchInterface { iface: iface.to_string() };
         }
-        IoError::Syscall {
-            iface: iface.to_string(),
-            call,
-            source,
-        }
+        IoError::Syscall { iface: iface.to_string(), call, source }
     }
 
     /// The errno of a failed system call, if that is what this is.
@@ -458,15 +440,9 @@ impl Capabilities {
     pub fn current() -> Result<Capabilities, IoError> {
         let text = std::fs::read_to_string("/proc/thread-self/status")
             .or_else(|_| std::fs::read_to_string("/proc/self/status"))
-            .map_err(|e| IoError::Syscall {
-                iface: "-".into(),
-                call: "read(/proc/self/status)",
-                source: e,
-            })?;
-        Self::parse_status(&text).ok_or_else(|| IoError::Config {
-            iface: "-".into(),
-            reason: "no CapEff line in /proc/self/status".into(),
-        })
+            .map_err(|e| IoError::Syscall { iface: "-".into(), call: "read(/proc/self/status)", source: e })?;
+        Self::parse_status(&text)
+            .ok_or_else(|| IoError::Config { iface: "-".into(), reason: "no CapEff line in /proc/self/status".into() })
     }
 
     /// Parses the `CapEff:` line of a `/proc/<pid>/status` text.
@@ -506,49 +482,21 @@ mod tests {
 
     #[test]
     fn vnet_roundtrip() {
-        let h = VnetHdr {
-            flags: 1,
-            gso_type: 0x81,
-            hdr_len: 66,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let h = VnetHdr { flags: 1, gso_type: 0x81, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
         assert_eq!(VnetHdr::from_bytes(&h.to_bytes()), h);
         assert!(h.is_gso() && h.needs_csum() && !h.is_plain());
         assert!(VnetHdr::default().is_plain());
-        assert!(
-            !VnetHdr {
-                gso_type: VnetHdr::GSO_ECN,
-                ..Default::default()
-            }
-            .is_gso()
-        );
+        assert!(!VnetHdr { gso_type: VnetHdr::GSO_ECN, ..Default::default() }.is_gso());
     }
 
     #[test]
     fn error_messages_name_iface_and_call() {
-        let e = IoError::sys(
-            "net1",
-            "setsockopt(PACKET_RX_RING)",
-            std::io::Error::from_raw_os_error(libc::EPERM),
-        );
-        assert_eq!(
-            e.to_string(),
-            "net1: setsockopt(PACKET_RX_RING): Operation not permitted (needs CAP_NET_RAW)"
-        );
+        let e = IoError::sys("net1", "setsockopt(PACKET_RX_RING)", std::io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(e.to_string(), "net1: setsockopt(PACKET_RX_RING): Operation not permitted (needs CAP_NET_RAW)");
         assert_eq!(e.errno(), Some(libc::EPERM));
-        let e = IoError::sys(
-            "net9",
-            "if_nametoindex",
-            std::io::Error::from_raw_os_error(libc::ENODEV),
-        );
+        let e = IoError::sys("net9", "if_nametoindex", std::io::Error::from_raw_os_error(libc::ENODEV));
         assert_eq!(e.to_string(), "net9: no such network interface");
-        let e = IoError::sys(
-            "eth0",
-            "setsockopt(SO_SNDBUFFORCE)",
-            std::io::Error::from_raw_os_error(libc::EPERM),
-        );
+        let e = IoError::sys("eth0", "setsockopt(SO_SNDBUFFORCE)", std::io::Error::from_raw_os_error(libc::EPERM));
         assert!(e.to_string().ends_with("(needs CAP_NET_ADMIN)"), "{e}");
     }
 
@@ -560,12 +508,7 @@ mod tests {
         assert!(c.net_raw && !c.net_admin);
         assert!(c.require_datapath().is_ok() && c.warning().is_some());
         let c = Capabilities::parse_status("CapEff:\t0000000000000000\n").unwrap();
-        assert!(
-            c.require_datapath()
-                .unwrap_err()
-                .to_string()
-                .contains("CAP_NET_RAW")
-        );
+        assert!(c.require_datapath().unwrap_err().to_string().contains("CAP_NET_RAW"));
         assert!(Capabilities::parse_status("nothing").is_none());
         assert!(Capabilities::parse_status("CapEff:\tzz").is_none());
         // The current process can always be read.

@@ -73,8 +73,7 @@ use super::bpf::BpfProgram;
 use super::iface::InterfaceInfo;
 use super::sys::{self, Mmap};
 use super::{
-    FlushOutcome, FlushStatus, IoError, RingStats, RxDevice, RxFrame, RxStatus, TxDevice, TxError,
-    TxStats, VnetHdr,
+    FlushOutcome, FlushStatus, IoError, RingStats, RxDevice, RxFrame, RxStatus, TxDevice, TxError, TxStats, VnetHdr,
 };
 
 /// Largest frame a 64 KiB GSO super-frame can be: IPv4 total length (65535)
@@ -95,8 +94,7 @@ const RX_HEADROOM: usize = ((TP3_HDR + SLL_LEN + 16 + 15) & !15) + VnetHdr::LEN;
 
 const ETH_P_ALL: u16 = 0x0003;
 const TX_BUSY: u32 = libc::TP_STATUS_SEND_REQUEST | libc::TP_STATUS_SENDING;
-const TX_STATE_MASK: u32 =
-    libc::TP_STATUS_SEND_REQUEST | libc::TP_STATUS_SENDING | libc::TP_STATUS_WRONG_FORMAT;
+const TX_STATE_MASK: u32 = libc::TP_STATUS_SEND_REQUEST | libc::TP_STATUS_SENDING | libc::TP_STATUS_WRONG_FORMAT;
 
 /// Ring flavour for RX.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,10 +122,7 @@ pub struct Fanout {
 impl Fanout {
     /// Hash fanout in group `group_id`, no defrag.
     pub fn hash(group_id: u16) -> Fanout {
-        Fanout {
-            group_id,
-            defrag: false,
-        }
+        Fanout { group_id, defrag: false }
     }
 }
 
@@ -174,20 +169,13 @@ impl RxConfig {
     /// Slots big enough for frames of `max_frame` bytes (Ethernet header
     /// included) without truncation.
     pub fn for_max_frame(max_frame: usize, frame_count: usize) -> RxConfig {
-        RxConfig {
-            frame_size: RX_HEADROOM + max_frame,
-            frame_count,
-            ..RxConfig::default()
-        }
+        RxConfig { frame_size: RX_HEADROOM + max_frame, frame_count, ..RxConfig::default() }
     }
 
     /// vnet header on and slots for 64 KiB GSO super-frames
     /// ([`MAX_SUPER_FRAME`]); 256 slots ≈ 18.5 MiB.
     pub fn super_frames(frame_count: usize) -> RxConfig {
-        RxConfig {
-            vnet_hdr: true,
-            ..RxConfig::for_max_frame(MAX_SUPER_FRAME, frame_count)
-        }
+        RxConfig { vnet_hdr: true, ..RxConfig::for_max_frame(MAX_SUPER_FRAME, frame_count) }
     }
 }
 
@@ -209,13 +197,7 @@ pub struct TxConfig {
 impl Default for TxConfig {
     /// 2048-byte slots × 1024 (2 MiB), no vnet header, qdisc bypass.
     fn default() -> Self {
-        TxConfig {
-            frame_size: 2048,
-            frame_count: 1024,
-            vnet_hdr: false,
-            qdisc_bypass: true,
-            sndbuf: None,
-        }
+        TxConfig { frame_size: 2048, frame_count: 1024, vnet_hdr: false, qdisc_bypass: true, sndbuf: None }
     }
 }
 
@@ -269,9 +251,7 @@ impl RingLayout {
         let min_pages = f.div_ceil(page).max(min_block.div_ceil(page)).max(1);
         let order0 = min_pages.next_power_of_two().trailing_zeros();
         if order0 > MAX_ORDER {
-            return Err(format!(
-                "frame size {min_frame} is larger than the largest ring block"
-            ));
+            return Err(format!("frame size {min_frame} is larger than the largest ring block"));
         }
         let mut best: Option<(usize, usize)> = None; // (block, waste)
         for order in order0..=(order0 + 4).min(MAX_ORDER) {
@@ -291,18 +271,10 @@ impl RingLayout {
         let block_nr = frame_count.div_ceil(fpb);
         let frame_nr = block_nr * fpb;
         let total = block_size.checked_mul(block_nr).ok_or("ring too large")?;
-        if u32::try_from(frame_nr).is_err()
-            || u32::try_from(block_nr).is_err()
-            || total > (1usize << 40)
-        {
+        if u32::try_from(frame_nr).is_err() || u32::try_from(block_nr).is_err() || total > (1usize << 40) {
             return Err("ring too large".into());
         }
-        Ok(RingLayout {
-            block_size,
-            block_nr,
-            frame_size,
-            frame_nr,
-        })
+        Ok(RingLayout { block_size, block_nr, frame_size, frame_nr })
     }
 
     /// Bytes mapped (and allocated by the kernel) for the ring.
@@ -331,20 +303,13 @@ impl RingLayout {
 }
 
 fn open_socket(iface: &InterfaceInfo, version: u32) -> Result<OwnedFd, IoError> {
-    let fd =
-        sys::packet_socket(0).map_err(|e| IoError::sys(&iface.name, "socket(AF_PACKET)", e))?;
+    let fd = sys::packet_socket(0).map_err(|e| IoError::sys(&iface.name, "socket(AF_PACKET)", e))?;
     sys::set_int(&fd, libc::SOL_PACKET, libc::PACKET_VERSION, version as i32)
         .map_err(|e| IoError::sys(&iface.name, "setsockopt(PACKET_VERSION)", e))?;
     Ok(fd)
 }
 
-fn set_opt(
-    fd: &OwnedFd,
-    iface: &str,
-    name: i32,
-    call: &'static str,
-    val: i32,
-) -> Result<(), IoError> {
+fn set_opt(fd: &OwnedFd, iface: &str, name: i32, call: &'static str, val: i32) -> Result<(), IoError> {
     sys::set_int(fd, libc::SOL_PACKET, name, val).map_err(|e| IoError::sys(iface, call, e))
 }
 
@@ -376,10 +341,7 @@ impl RxRing {
     pub fn open(name: &str, cfg: &RxConfig) -> Result<RxRing, IoError> {
         let iface = InterfaceInfo::lookup(name)?;
         let n = iface.name.as_str();
-        let cfg_err = |reason: String| IoError::Config {
-            iface: n.to_string(),
-            reason,
-        };
+        let cfg_err = |reason: String| IoError::Config { iface: n.to_string(), reason };
         let (version_no, min_block) = match cfg.version {
             RingVersion::V2 => (libc::tpacket_versions::TPACKET_V2 as u32, 0),
             RingVersion::V3 { block_timeout_ms } => {
@@ -389,36 +351,19 @@ impl RxRing {
                 (libc::tpacket_versions::TPACKET_V3 as u32, 256 * 1024)
             }
         };
-        let frame = if matches!(cfg.version, RingVersion::V3 { .. }) {
-            cfg.frame_size + V3_BLK_HDR
-        } else {
-            cfg.frame_size
-        };
-        let layout = RingLayout::plan(frame, cfg.frame_count, sys::page_size(), false, min_block)
-            .map_err(cfg_err)?;
+        let frame =
+            if matches!(cfg.version, RingVersion::V3 { .. }) { cfg.frame_size + V3_BLK_HDR } else { cfg.frame_size };
+        let layout = RingLayout::plan(frame, cfg.frame_count, sys::page_size(), false, min_block).map_err(cfg_err)?;
 
         let fd = open_socket(&iface, version_no)?;
         if cfg.vnet_hdr {
-            set_opt(
-                &fd,
-                n,
-                libc::PACKET_VNET_HDR,
-                "setsockopt(PACKET_VNET_HDR)",
-                1,
-            )?;
+            set_opt(&fd, n, libc::PACKET_VNET_HDR, "setsockopt(PACKET_VNET_HDR)", 1)?;
         }
         if cfg.ignore_outgoing {
-            set_opt(
-                &fd,
-                n,
-                libc::PACKET_IGNORE_OUTGOING,
-                "setsockopt(PACKET_IGNORE_OUTGOING)",
-                1,
-            )?;
+            set_opt(&fd, n, libc::PACKET_IGNORE_OUTGOING, "setsockopt(PACKET_IGNORE_OUTGOING)", 1)?;
         }
         if let Some(prog) = &cfg.filter {
-            sys::attach_filter(&fd, &prog.raw())
-                .map_err(|e| IoError::sys(n, "setsockopt(SO_ATTACH_FILTER)", e))?;
+            sys::attach_filter(&fd, &prog.raw()).map_err(|e| IoError::sys(n, "setsockopt(SO_ATTACH_FILTER)", e))?;
         }
         match cfg.version {
             RingVersion::V2 => sys::set_tpacket_req(&fd, libc::PACKET_RX_RING, &layout.req()),
@@ -439,10 +384,8 @@ impl RxRing {
             }
         }
         .map_err(|e| IoError::sys(n, "setsockopt(PACKET_RX_RING)", e))?;
-        let map = Mmap::map(&fd, layout.memory())
-            .map_err(|e| IoError::sys(n, "mmap(PACKET_RX_RING)", e))?;
-        sys::bind_ll(&fd, iface.ifindex, ETH_P_ALL)
-            .map_err(|e| IoError::sys(n, "bind(AF_PACKET)", e))?;
+        let map = Mmap::map(&fd, layout.memory()).map_err(|e| IoError::sys(n, "mmap(PACKET_RX_RING)", e))?;
+        sys::bind_ll(&fd, iface.ifindex, ETH_P_ALL).map_err(|e| IoError::sys(n, "bind(AF_PACKET)", e))?;
         if let Some(fo) = cfg.fanout {
             let mut flags = libc::PACKET_FANOUT_HASH;
             if fo.defrag {
@@ -452,13 +395,7 @@ impl RxRing {
                 flags |= libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
             }
             let arg = u32::from(fo.group_id) | (flags << 16);
-            set_opt(
-                &fd,
-                n,
-                libc::PACKET_FANOUT,
-                "setsockopt(PACKET_FANOUT)",
-                arg as i32,
-            )?;
+            set_opt(&fd, n, libc::PACKET_FANOUT, "setsockopt(PACKET_FANOUT)", arg as i32)?;
         }
         Ok(RxRing {
             iface,
@@ -492,10 +429,7 @@ impl RxRing {
     pub fn max_frame(&self) -> usize {
         match self.version {
             RingVersion::V2 => self.layout.frame_size.saturating_sub(RX_HEADROOM),
-            RingVersion::V3 { .. } => self
-                .layout
-                .block_size
-                .saturating_sub(V3_BLK_HDR + RX_HEADROOM),
+            RingVersion::V3 { .. } => self.layout.block_size.saturating_sub(V3_BLK_HDR + RX_HEADROOM),
         }
     }
 
@@ -516,9 +450,7 @@ impl RxRing {
         match self.version {
             RingVersion::V2 => {
                 let off = self.layout.frame_offset(self.head);
-                self.map
-                    .load_acquire(off)
-                    .is_some_and(|s| s & libc::TP_STATUS_USER != 0)
+                self.map.load_acquire(off).is_some_and(|s| s & libc::TP_STATUS_USER != 0)
             }
             RingVersion::V3 { .. } => {
                 self.v3.active
@@ -618,11 +550,7 @@ impl RxRing {
                 }
                 let num = self.map.read_u32(boff + 12).unwrap_or(0);
                 let first = self.map.read_u32(boff + 16).unwrap_or(0) as usize;
-                self.v3 = V3Cursor {
-                    active: true,
-                    left: num,
-                    off: first,
-                };
+                self.v3 = V3Cursor { active: true, left: num, off: first };
             }
             if self.v3.left == 0 {
                 self.release_block();
@@ -643,11 +571,7 @@ impl RxRing {
             let status = self.map.read_u32(base + 20).unwrap_or(0);
             let mac = self.map.read_u16(base + 24).unwrap_or(0) as usize;
             let tci = self.map.read_u32(base + 32).unwrap_or(0) as u16;
-            if mac >= TP3_HDR
-                && p.checked_add(mac)
-                    .and_then(|x| x.checked_add(snap))
-                    .is_some_and(|e| e <= bsz)
-            {
+            if mac >= TP3_HDR && p.checked_add(mac).and_then(|x| x.checked_add(snap)).is_some_and(|e| e <= bsz) {
                 let vnet = self.read_vnet(base, mac, TP3_HDR);
                 if let Some(data) = self.map.bytes_mut(base + mac, snap) {
                     f(RxFrame {
@@ -683,8 +607,7 @@ impl RxRing {
         if self.ready() {
             return Ok(true);
         }
-        let r = sys::poll_in(&self.fd, timeout)
-            .map_err(|e| IoError::sys(&self.iface.name, "poll", e))?;
+        let r = sys::poll_in(&self.fd, timeout).map_err(|e| IoError::sys(&self.iface.name, "poll", e))?;
         if r.error
             && let Some(e) = sys::take_socket_error(&self.fd)
         {
@@ -742,45 +665,24 @@ impl TxRing {
         let n = iface.name.as_str();
         let page = sys::page_size();
         let layout = RingLayout::plan(cfg.frame_size, cfg.frame_count, page, cfg.vnet_hdr, 0)
-            .map_err(|reason| IoError::Config {
-                iface: n.to_string(),
-                reason,
-            })?;
+            .map_err(|reason| IoError::Config { iface: n.to_string(), reason })?;
         let fd = open_socket(&iface, libc::tpacket_versions::TPACKET_V2 as u32)?;
         if cfg.vnet_hdr {
-            set_opt(
-                &fd,
-                n,
-                libc::PACKET_VNET_HDR,
-                "setsockopt(PACKET_VNET_HDR)",
-                1,
-            )?;
+            set_opt(&fd, n, libc::PACKET_VNET_HDR, "setsockopt(PACKET_VNET_HDR)", 1)?;
         }
         set_opt(&fd, n, libc::PACKET_LOSS, "setsockopt(PACKET_LOSS)", 1)?;
         if cfg.qdisc_bypass {
-            set_opt(
-                &fd,
-                n,
-                libc::PACKET_QDISC_BYPASS,
-                "setsockopt(PACKET_QDISC_BYPASS)",
-                1,
-            )?;
+            set_opt(&fd, n, libc::PACKET_QDISC_BYPASS, "setsockopt(PACKET_QDISC_BYPASS)", 1)?;
         }
-        let want = cfg
-            .sndbuf
-            .unwrap_or_else(|| layout.memory())
-            .clamp(1 << 16, (i32::MAX / 2) as usize) as i32;
+        let want = cfg.sndbuf.unwrap_or_else(|| layout.memory()).clamp(1 << 16, (i32::MAX / 2) as usize) as i32;
         if sys::set_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want).is_err() {
             sys::set_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, want)
                 .map_err(|e| IoError::sys(n, "setsockopt(SO_SNDBUF)", e))?;
         }
-        let sndbuf = sys::get_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
-            .unwrap_or(0)
-            .max(0) as usize;
+        let sndbuf = sys::get_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0).max(0) as usize;
         sys::set_tpacket_req(&fd, libc::PACKET_TX_RING, &layout.req())
             .map_err(|e| IoError::sys(n, "setsockopt(PACKET_TX_RING)", e))?;
-        let map = Mmap::map(&fd, layout.memory())
-            .map_err(|e| IoError::sys(n, "mmap(PACKET_TX_RING)", e))?;
+        let map = Mmap::map(&fd, layout.memory()).map_err(|e| IoError::sys(n, "mmap(PACKET_TX_RING)", e))?;
         sys::bind_ll(&fd, iface.ifindex, 0).map_err(|e| IoError::sys(n, "bind(AF_PACKET)", e))?;
         Ok(TxRing {
             iface,
@@ -857,9 +759,7 @@ impl TxRing {
                 return Ok(None);
             }
             self.stats.bad_vnet += 1;
-            return Err(TxError::BadVnetHdr(
-                "GSO/checksum offload needs a TX ring opened with vnet_hdr",
-            ));
+            return Err(TxError::BadVnetHdr("GSO/checksum offload needs a TX ring opened with vnet_hdr"));
         }
         let mut v = *v;
         let bad = |s: &mut Self, why| {
@@ -868,10 +768,7 @@ impl TxRing {
         };
         if v.is_gso() {
             let kind = v.gso_type & !VnetHdr::GSO_ECN;
-            if !matches!(
-                kind,
-                VnetHdr::GSO_TCPV4 | VnetHdr::GSO_TCPV6 | VnetHdr::GSO_UDP | VnetHdr::GSO_UDP_L4
-            ) {
+            if !matches!(kind, VnetHdr::GSO_TCPV4 | VnetHdr::GSO_TCPV6 | VnetHdr::GSO_UDP | VnetHdr::GSO_UDP_L4) {
                 return bad(self, "unknown gso_type");
             }
             if v.gso_size == 0 {
@@ -903,10 +800,7 @@ impl TxRing {
     ) -> Result<(), TxError> {
         let v = self.check(len, vnet)?;
         let base = self.layout.frame_offset(self.head);
-        let status = self
-            .map
-            .load_acquire(base)
-            .unwrap_or(libc::TP_STATUS_SENDING);
+        let status = self.map.load_acquire(base).unwrap_or(libc::TP_STATUS_SENDING);
         if status & TX_BUSY != 0 {
             self.stats.ring_full += 1;
             return Err(TxError::RingFull);
@@ -931,10 +825,7 @@ impl TxRing {
             let tagged = self.map.read_u16(base + TP2_HDR + voff + 12) == Some(0x8100u16.to_be());
             if !tagged {
                 self.stats.too_big += 1;
-                return Err(TxError::FrameTooBig {
-                    len,
-                    max: self.iface.mtu as usize + 14,
-                });
+                return Err(TxError::FrameTooBig { len, max: self.iface.mtu as usize + 14 });
             }
         }
         self.map.write_u32(base + 4, (len + voff) as u32);
@@ -964,10 +855,7 @@ impl TxRing {
         let mut n = 0;
         let mut i = self.head;
         while n < self.layout.frame_nr {
-            let st = self
-                .map
-                .load_acquire(self.layout.frame_offset(i))
-                .unwrap_or(TX_BUSY);
+            let st = self.map.load_acquire(self.layout.frame_offset(i)).unwrap_or(TX_BUSY);
             if st & TX_BUSY != 0 {
                 break;
             }
@@ -987,10 +875,7 @@ impl TxRing {
         let sends_before = self.stats.sends;
         let mut r = sys::send_kick(&self.fd);
         self.stats.sends += 1;
-        if self.bypass
-            && r.as_ref()
-                .is_err_and(|e| e.raw_os_error() == Some(libc::ENOBUFS))
-        {
+        if self.bypass && r.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOBUFS)) {
             // With PACKET_QDISC_BYPASS, dev_direct_xmit drops a frame that
             // would need software fix-ups (GSO segmentation or checksum on a
             // device without TSO/csum offload) and also reports a full device
@@ -1051,13 +936,7 @@ impl TxRing {
         if status == FlushStatus::Sent && syscalls == 1 {
             self.stats.kernel_dropped_bytes += consumed.saturating_sub(bytes);
         }
-        FlushOutcome {
-            syscalls,
-            frames,
-            bytes,
-            backlog: self.queued as u32,
-            status,
-        }
+        FlushOutcome { syscalls, frames, bytes, backlog: self.queued as u32, status }
     }
 }
 
@@ -1088,20 +967,9 @@ impl PacketSocket {
         let iface = InterfaceInfo::lookup(name)?;
         let n = iface.name.as_str();
         let fd = sys::packet_socket(0).map_err(|e| IoError::sys(n, "socket(AF_PACKET)", e))?;
-        set_opt(
-            &fd,
-            n,
-            libc::PACKET_IGNORE_OUTGOING,
-            "setsockopt(PACKET_IGNORE_OUTGOING)",
-            1,
-        )?;
-        sys::bind_ll(&fd, iface.ifindex, ethertype)
-            .map_err(|e| IoError::sys(n, "bind(AF_PACKET)", e))?;
-        Ok(PacketSocket {
-            iface,
-            fd,
-            ethertype,
-        })
+        set_opt(&fd, n, libc::PACKET_IGNORE_OUTGOING, "setsockopt(PACKET_IGNORE_OUTGOING)", 1)?;
+        sys::bind_ll(&fd, iface.ifindex, ethertype).map_err(|e| IoError::sys(n, "bind(AF_PACKET)", e))?;
+        Ok(PacketSocket { iface, fd, ethertype })
     }
 
     /// The interface.
@@ -1128,14 +996,11 @@ impl PacketSocket {
         for attempt in 0..2 {
             match sys::recv_buf(&self.fd, buf) {
                 Ok(n) => return Ok(Some(n.min(buf.len()))),
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EAGAIN)
-                        || e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(IoError::sys(name, "recv", e)),
             }
             if attempt == 0 {
-                let r =
-                    sys::poll_in(&self.fd, timeout).map_err(|e| IoError::sys(name, "poll", e))?;
+                let r = sys::poll_in(&self.fd, timeout).map_err(|e| IoError::sys(name, "poll", e))?;
                 if r.error
                     && let Some(e) = sys::take_socket_error(&self.fd)
                 {
@@ -1151,9 +1016,7 @@ impl PacketSocket {
 
     /// Sends one complete frame (Ethernet header included).
     pub fn send(&mut self, frame: &[u8]) -> Result<(), IoError> {
-        sys::send_buf(&self.fd, frame)
-            .map(|_| ())
-            .map_err(|e| IoError::sys(&self.iface.name, "send", e))
+        sys::send_buf(&self.fd, frame).map(|_| ()).map_err(|e| IoError::sys(&self.iface.name, "send", e))
     }
 }
 
@@ -1164,15 +1027,7 @@ mod tests {
     #[test]
     fn layout_small_frames() {
         let l = RingLayout::plan(2048, 4096, 4096, false, 0).unwrap();
-        assert_eq!(
-            l,
-            RingLayout {
-                block_size: 4096,
-                block_nr: 2048,
-                frame_size: 2048,
-                frame_nr: 4096
-            }
-        );
+        assert_eq!(l, RingLayout { block_size: 4096, block_nr: 2048, frame_size: 2048, frame_nr: 4096 });
         assert_eq!(l.memory(), 8 << 20);
         assert_eq!(l.frame_offset(3), 4096 + 2048);
     }

@@ -25,19 +25,11 @@ use std::time::Duration;
 use libc::{c_int, c_void, socklen_t};
 
 fn cvt(r: c_int) -> io::Result<c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
 fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
 /// `socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(protocol))`.
@@ -48,11 +40,8 @@ pub(crate) fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments; the returned descriptor
     // is owned by nobody else, so wrapping it in OwnedFd is sound.
     unsafe {
-        let fd = cvt(libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            c_int::from(protocol.to_be()),
-        ))?;
+        let fd =
+            cvt(libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, c_int::from(protocol.to_be())))?;
         Ok(OwnedFd::from_raw_fd(fd))
     }
 }
@@ -95,13 +84,7 @@ fn getsockopt<T: SockOpt>(fd: &OwnedFd, level: c_int, name: c_int) -> io::Result
     unsafe {
         let mut val: T = zeroed();
         let mut len = size_of::<T>() as socklen_t;
-        cvt(libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&mut val as *mut T).cast::<c_void>(),
-            &mut len,
-        ))?;
+        cvt(libc::getsockopt(fd.as_raw_fd(), level, name, (&mut val as *mut T).cast::<c_void>(), &mut len))?;
         Ok(val)
     }
 }
@@ -114,11 +97,7 @@ pub(crate) fn get_int(fd: &OwnedFd, level: c_int, name: c_int) -> io::Result<c_i
     getsockopt(fd, level, name)
 }
 
-pub(crate) fn set_tpacket_req(
-    fd: &OwnedFd,
-    name: c_int,
-    req: &libc::tpacket_req,
-) -> io::Result<()> {
+pub(crate) fn set_tpacket_req(fd: &OwnedFd, name: c_int, req: &libc::tpacket_req) -> io::Result<()> {
     setsockopt(fd, libc::SOL_PACKET, name, req)
 }
 
@@ -143,16 +122,10 @@ pub(crate) type RawInsn = (u16, u8, u8, u32);
 
 /// SO_ATTACH_FILTER with a classic BPF program.
 pub(crate) fn attach_filter(fd: &OwnedFd, insns: &[RawInsn]) -> io::Result<()> {
-    let mut filters: Vec<libc::sock_filter> = insns
-        .iter()
-        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
-        .collect();
-    let len =
-        u16::try_from(filters.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let prog = libc::sock_fprog {
-        len,
-        filter: filters.as_mut_ptr(),
-    };
+    let mut filters: Vec<libc::sock_filter> =
+        insns.iter().map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k }).collect();
+    let len = u16::try_from(filters.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog { len, filter: filters.as_mut_ptr() };
     // SAFETY: `prog` points at `filters`, which lives until after the call;
     // the kernel copies the program and does not keep the pointer.
     unsafe {
@@ -196,20 +169,13 @@ pub(crate) fn poll_in(fd: &OwnedFd, timeout: Duration) -> io::Result<PollResult>
     let ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
     // Round sub-millisecond non-zero timeouts up so a 200 µs wait still sleeps.
     let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, count 1.
     let r = unsafe { libc::poll(&mut pfd, 1, ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EINTR) {
-            return Ok(PollResult {
-                readable: false,
-                error: false,
-            });
+            return Ok(PollResult { readable: false, error: false });
         }
         return Err(e);
     }
@@ -239,14 +205,7 @@ pub(crate) fn send_kick(fd: &OwnedFd) -> io::Result<usize> {
 /// send() one frame on a bound packet socket.
 pub(crate) fn send_buf(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: pointer and length come from a valid slice.
-    cvt_size(unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            buf.as_ptr().cast::<c_void>(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    })
+    cvt_size(unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast::<c_void>(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
 /// recv() one frame without blocking; returns the full frame length
@@ -254,12 +213,7 @@ pub(crate) fn send_buf(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
 pub(crate) fn recv_buf(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: pointer and length come from a valid mutable slice.
     cvt_size(unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast::<c_void>(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-        )
+        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast::<c_void>(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_TRUNC)
     })
 }
 
@@ -278,11 +232,7 @@ pub(crate) fn if_nametoindex(name: &str) -> io::Result<u32> {
     if idx == 0 {
         let e = io::Error::last_os_error();
         // glibc reports ENODEV for a missing name; keep whatever it said.
-        return Err(if e.raw_os_error().unwrap_or(0) == 0 {
-            io::Error::from_raw_os_error(libc::ENODEV)
-        } else {
-            e
-        });
+        return Err(if e.raw_os_error().unwrap_or(0) == 0 { io::Error::from_raw_os_error(libc::ENODEV) } else { e });
     }
     Ok(idx)
 }
@@ -292,13 +242,8 @@ pub(crate) fn if_nametoindex(name: &str) -> io::Result<u32> {
 pub(crate) fn if_mtu(name: &str) -> io::Result<u32> {
     let c = c_name(name)?;
     // SAFETY: AF_INET datagram socket creation; owned immediately.
-    let sock = unsafe {
-        OwnedFd::from_raw_fd(cvt(libc::socket(
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            0,
-        ))?)
-    };
+    let sock =
+        unsafe { OwnedFd::from_raw_fd(cvt(libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))?) };
     // SAFETY: ifreq is POD; the name is copied with its length checked
     // (< IFNAMSIZ, so the terminating NUL fits); the kernel fills ifru_mtu.
     unsafe {
@@ -306,11 +251,7 @@ pub(crate) fn if_mtu(name: &str) -> io::Result<u32> {
         for (dst, src) in req.ifr_name.iter_mut().zip(c.as_bytes()) {
             *dst = *src as libc::c_char;
         }
-        cvt(libc::ioctl(
-            sock.as_raw_fd(),
-            libc::SIOCGIFMTU,
-            &mut req as *mut libc::ifreq,
-        ))?;
+        cvt(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req as *mut libc::ifreq))?;
         Ok(req.ifr_ifru.ifru_mtu.max(0) as u32)
     }
 }
@@ -319,11 +260,7 @@ pub(crate) fn if_mtu(name: &str) -> io::Result<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum IfAddr {
     /// AF_PACKET entry: link-layer info.
-    Link {
-        name: String,
-        ifindex: u32,
-        mac: Option<[u8; 6]>,
-    },
+    Link { name: String, ifindex: u32, mac: Option<[u8; 6]> },
     /// AF_INET entry.
     V4 { name: String, addr: Ipv4Addr },
 }
@@ -352,18 +289,11 @@ pub(crate) fn ifaddrs() -> io::Result<Vec<IfAddr>> {
                             m.copy_from_slice(&sll.sll_addr[..6]);
                             m
                         });
-                        out.push(IfAddr::Link {
-                            name,
-                            ifindex: sll.sll_ifindex.max(0) as u32,
-                            mac,
-                        });
+                        out.push(IfAddr::Link { name, ifindex: sll.sll_ifindex.max(0) as u32, mac });
                     }
                     libc::AF_INET => {
                         let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IfAddr::V4 {
-                            name,
-                            addr: Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                        });
+                        out.push(IfAddr::V4 { name, addr: Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) });
                     }
                     _ => {}
                 }
@@ -407,10 +337,7 @@ unsafe impl Send for Mmap {}
 
 impl std::fmt::Debug for Mmap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mmap")
-            .field("ptr", &self.ptr)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("Mmap").field("ptr", &self.ptr).field("len", &self.len).finish()
     }
 }
 
@@ -438,8 +365,7 @@ impl Mmap {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
         Ok(Mmap { ptr, len })
     }
 
@@ -466,9 +392,7 @@ impl Mmap {
     /// Release store of a status word: every read/write of the frame before
     /// it is ordered before the hand-back to the kernel.
     pub(crate) fn store_release(&self, off: usize, val: u32) -> bool {
-        self.atomic(off)
-            .map(|a| a.store(val, Ordering::Release))
-            .is_some()
+        self.atomic(off).map(|a| a.store(val, Ordering::Release)).is_some()
     }
 
     pub(crate) fn read_u32(&self, off: usize) -> Option<u32> {
@@ -492,13 +416,7 @@ impl Mmap {
             return false;
         }
         // SAFETY: in bounds; we own this slot (status says user/available).
-        unsafe {
-            self.ptr
-                .as_ptr()
-                .add(off)
-                .cast::<u32>()
-                .write_unaligned(val)
-        };
+        unsafe { self.ptr.as_ptr().add(off).cast::<u32>().write_unaligned(val) };
         true
     }
 
@@ -539,16 +457,8 @@ mod tests {
     fn missing_interface_is_enodev() {
         let e = if_nametoindex("mlv-no-such-if0").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
-        assert_eq!(
-            if_nametoindex("").unwrap_err().raw_os_error(),
-            Some(libc::ENODEV)
-        );
-        assert_eq!(
-            if_nametoindex("a-name-way-too-long-for-linux")
-                .unwrap_err()
-                .raw_os_error(),
-            Some(libc::ENODEV)
-        );
+        assert_eq!(if_nametoindex("").unwrap_err().raw_os_error(), Some(libc::ENODEV));
+        assert_eq!(if_nametoindex("a-name-way-too-long-for-linux").unwrap_err().raw_os_error(), Some(libc::ENODEV));
     }
 
     #[test]

@@ -1,0 +1,455 @@
+//! The daemon (`maglevd run`): the control plane around the forwarding workers.
+//!
+//! # Threads
+//! * **workers** (`--workers`, default one per CPU): each owns an RX ring on the ingress interface
+//!   (joined in one `PACKET_FANOUT` hash group, so a flow always lands on the same worker, and
+//!   filtered by a classic BPF program to VIP frames) and a TX ring on the egress interface. See
+//!   [`worker`].
+//! * **control** (the main thread): owns the configuration and the backend neighbour table, runs
+//!   ARP on the egress interface (answers for our address when the kernel does not, resolves
+//!   backend MACs), handles `SIGHUP` (reload) and `SIGTERM`/`SIGINT` (stop), and publishes a new
+//!   [`Snapshot`] whenever the configuration or a backend MAC changes.
+//! * **ingress ARP** (two-arm mode only): answers for the ingress address when the kernel does not,
+//!   and counts the requests for a VIP it refuses.
+//! * **metrics**: `/metrics` (Prometheus text) and `/healthz` over plain HTTP.
+//!
+//! # Publication
+//! The configuration, every table and every backend MAC form one immutable [`Snapshot`] with a
+//! generation number, swapped atomically (`arc-swap`); workers load it once per batch, so no
+//! packet ever sees a table of one generation with MACs of another.
+//!
+//! # Reload
+//! `SIGHUP` re-reads the file. An invalid file, or one that changes the interfaces (the rings are
+//! bound to them; that needs a restart), is refused with a logged error naming the problem, and
+//! the running configuration stays in force.
+
+mod http;
+pub mod worker;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, ConfigError};
+use crate::dataplane::{Links, Snapshot};
+use crate::io::{Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing, VipFilter};
+use crate::maglev::TableError;
+use crate::metrics::Counters;
+use crate::neigh::{self, Answer, NeighTable, NeighTimers, Responder};
+use crate::wire::{ETHERTYPE_ARP, MacAddr};
+
+/// What the workers, the control thread and the metrics endpoint share.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Set by SIGTERM/SIGINT: everyone finishes what they do and returns.
+    pub stop: Arc<AtomicBool>,
+    pub counters: Counters,
+    pub arp: ArpCounters,
+    /// Reloads refused (bad file); the running configuration stayed in force.
+    pub reload_failures: AtomicU64,
+}
+
+/// ARP counters (written by the control and ingress-ARP threads with atomic adds: ARP is rare).
+#[derive(Debug, Default)]
+pub struct ArpCounters {
+    /// Requests for our address answered by maglevd.
+    pub replies_sent: AtomicU64,
+    /// Requests for a VIP seen and deliberately left unanswered.
+    pub vip_requests_refused: AtomicU64,
+    /// Probes sent to resolve or refresh backend MACs.
+    pub probes_sent: AtomicU64,
+    /// Backend MACs learned or changed.
+    pub macs_learned: AtomicU64,
+    /// Backend MACs forgotten after unanswered refreshes.
+    pub macs_expired: AtomicU64,
+    /// ARP socket errors (receive or send).
+    pub errors: AtomicU64,
+}
+
+/// Command-line options of `maglevd run`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    /// Overrides `daemon.workers`.
+    pub workers: Option<usize>,
+    /// RX ring slots per worker (each slot holds a 64 KiB super-frame).
+    pub rx_slots: usize,
+    /// TX ring slots per worker.
+    pub tx_slots: usize,
+}
+
+impl Options {
+    pub fn new(config: PathBuf) -> Options {
+        Options { config, workers: None, rx_slots: 512, tx_slots: 256 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("building the lookup tables: {0}")]
+    Table(#[from] TableError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The kernel-independent facts about the interfaces the daemon serves.
+#[derive(Debug, Clone)]
+struct Interfaces {
+    ingress: InterfaceInfo,
+    egress: InterfaceInfo,
+    /// Sender address of our ARP probes on the egress interface.
+    egress_ip: Ipv4Addr,
+}
+
+impl Interfaces {
+    fn links(&self) -> Links {
+        Links { ingress_mac: MacAddr(self.ingress.mac), egress_mac: MacAddr(self.egress.mac) }
+    }
+}
+
+fn lookup_interfaces(cfg: &Config) -> Result<Interfaces, DaemonError> {
+    let ingress = InterfaceInfo::lookup(&cfg.ingress)?;
+    let egress = InterfaceInfo::lookup(&cfg.egress)?;
+    for i in [&ingress, &egress] {
+        if !MacAddr(i.mac).is_unicast() {
+            return Err(DaemonError::Setup(format!("{}: has no Ethernet MAC address ({})", i.name, i.mac_string())));
+        }
+    }
+    let egress_ip = match cfg.egress_address.or_else(|| egress.ipv4.first().copied()) {
+        Some(ip) => ip,
+        None => {
+            return Err(DaemonError::Setup(format!(
+                "{}: the egress interface has no IPv4 address and interfaces.egress_address is not set: \
+                 maglevd needs a sender address to resolve backend MACs by ARP",
+                egress.name
+            )));
+        }
+    };
+    Ok(Interfaces { ingress, egress, egress_ip })
+}
+
+/// Backends whose MAC must be resolved by ARP (no static MAC), over all services.
+fn arp_targets(cfg: &Config) -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> =
+        cfg.services.iter().flat_map(|s| s.backends.iter()).filter(|b| b.mac.is_none()).map(|b| b.ip).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn vips(cfg: &Config) -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> = cfg.services.iter().map(|s| s.vip).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The addresses maglevd answers ARP for on an interface: the configured one, unless the kernel
+/// holds it (then the kernel answers).
+fn answer_for(configured: Option<Ipv4Addr>, iface: &InterfaceInfo) -> Vec<Ipv4Addr> {
+    match configured {
+        Some(ip) if !iface.ipv4.contains(&ip) => vec![ip],
+        _ => Vec::new(),
+    }
+}
+
+fn build_snapshot(cfg: &Config, ifs: &Interfaces, neigh: &NeighTable, generation: u64) -> Result<Snapshot, TableError> {
+    Snapshot::build(cfg, ifs.links(), &|b| neigh.mac(b.ip), generation)
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub fn run(opts: &Options) -> Result<(), DaemonError> {
+    let cfg = config::load(&opts.config)?;
+    let ifs = lookup_interfaces(&cfg)?;
+    let workers = opts
+        .workers
+        .or(cfg.daemon.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, config::MAX_WORKERS);
+    info!(
+        config = %opts.config.display(),
+        ingress = %format!("{} {}", ifs.ingress.name, ifs.ingress.mac_string()),
+        egress = %format!("{} {} {}", ifs.egress.name, ifs.egress.mac_string(), ifs.egress_ip),
+        workers,
+        services = cfg.services.len(),
+        "starting"
+    );
+
+    // Everything that needs privileges is opened here, before any thread starts.
+    let now = Instant::now();
+    let mut neigh = NeighTable::new(MacAddr(ifs.egress.mac), ifs.egress_ip, NeighTimers::default());
+    neigh.set_targets(arp_targets(&cfg), now);
+    let snapshot = build_snapshot(&cfg, &ifs, &neigh, 1)?;
+    let filter = VipFilter::new(&vips(&cfg), false).build().map_err(IoError::from)?;
+    let group = (std::process::id() & 0xffff) as u16;
+    let mut rings = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let rx_cfg = RxConfig {
+            fanout: Some(Fanout::hash(group)),
+            filter: Some(filter.clone()),
+            ..RxConfig::super_frames(opts.rx_slots)
+        };
+        let rx = RxRing::open(&cfg.ingress, &rx_cfg)?;
+        let tx = TxRing::open(&cfg.egress, &TxConfig::super_frames(opts.tx_slots))?;
+        rings.push((rx, tx));
+    }
+    let memory: usize = rings.iter().map(|(rx, tx)| rx.memory() + tx.memory()).sum();
+    let egress_arp = PacketSocket::open(&cfg.egress, ETHERTYPE_ARP)?;
+    let ingress_arp = if cfg.one_arm() { None } else { Some(PacketSocket::open(&cfg.ingress, ETHERTYPE_ARP)?) };
+    let metrics = match cfg.daemon.metrics {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| DaemonError::Setup(format!("daemon.metrics: cannot listen on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    info!(ring_memory_mib = memory >> 20, "rings open");
+
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        stop: Arc::new(AtomicBool::new(false)),
+        counters: Counters::new(workers),
+        arp: ArpCounters::default(),
+        reload_failures: AtomicU64::new(0),
+    });
+    let reload = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // The first signal asks for a clean stop; a second one while stopping exits at once.
+        let set = signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&shared.stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&shared.stop)));
+        set.map_err(|e| DaemonError::Setup(format!("installing the signal handlers: {e}")))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .map_err(|e| DaemonError::Setup(format!("installing the SIGHUP handler: {e}")))?;
+
+    let mut handles = Vec::new();
+    for (i, (mut rx, mut tx)) in rings.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let h = std::thread::Builder::new()
+            .name(format!("maglevd-w{i}"))
+            .spawn(move || {
+                let Some(counters) = shared.counters.worker(i) else { return };
+                worker::run(&mut rx, &mut tx, &shared, counters);
+            })
+            .map_err(|e| DaemonError::Setup(format!("spawning worker {i}: {e}")))?;
+        handles.push(h);
+    }
+    if let Some(sock) = ingress_arp {
+        let arp_shared = Arc::clone(&shared);
+        let responder =
+            Responder::new(MacAddr(ifs.ingress.mac), answer_for(cfg.ingress_address, &ifs.ingress), vips(&cfg));
+        let responder = Arc::new(ArcSwap::from_pointee(responder));
+        let r = Arc::clone(&responder);
+        std::thread::Builder::new()
+            .name("maglevd-arp-in".into())
+            .spawn(move || ingress_arp_loop(sock, &r, &arp_shared))
+            .map_err(|e| DaemonError::Setup(format!("spawning the ARP thread: {e}")))?;
+        control_loop(opts, cfg, ifs, neigh, egress_arp, Some(responder), metrics, &shared, &reload)?;
+    } else {
+        control_loop(opts, cfg, ifs, neigh, egress_arp, None, metrics, &shared, &reload)?;
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    info!(counters = %shared.counters.totals().summary(), "stopped");
+    Ok(())
+}
+
+/// State of the control thread.
+struct Control<'a> {
+    opts: &'a Options,
+    cfg: Config,
+    ifs: Interfaces,
+    neigh: NeighTable,
+    responder: Responder,
+    ingress_responder: Option<Arc<ArcSwap<Responder>>>,
+    shared: &'a Shared,
+    generation: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn control_loop(
+    opts: &Options,
+    cfg: Config,
+    ifs: Interfaces,
+    neigh: NeighTable,
+    mut sock: PacketSocket,
+    ingress_responder: Option<Arc<ArcSwap<Responder>>>,
+    metrics: Option<std::net::TcpListener>,
+    shared: &Arc<Shared>,
+    reload: &AtomicBool,
+) -> Result<(), DaemonError> {
+    let responder = egress_responder(&cfg, &ifs);
+    let mut c = Control { opts, cfg, ifs, neigh, responder, ingress_responder, shared, generation: 1 };
+    if let Some(listener) = metrics {
+        let shared = Arc::clone(shared);
+        std::thread::Builder::new()
+            .name("maglevd-http".into())
+            .spawn(move || http::serve(listener, &shared))
+            .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
+    }
+    let mut buf = [0u8; 256];
+    while !shared.stop.load(Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
+            c.reload();
+        }
+        let now = Instant::now();
+        let mut changed = c.poll_neigh(&mut sock, now);
+        let wait = c.neigh.next_deadline().map_or(Duration::from_millis(200), |d| d.saturating_duration_since(now));
+        match sock.recv(&mut buf, wait.clamp(Duration::from_millis(1), Duration::from_millis(200))) {
+            Ok(Some(n)) => changed |= c.on_frame(&mut sock, &buf[..n]),
+            Ok(None) => {}
+            Err(e) => {
+                shared.arp.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "ARP receive failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if changed {
+            c.publish();
+        }
+    }
+    Ok(())
+}
+
+fn egress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
+    Responder::new(MacAddr(ifs.egress.mac), answer_for(cfg.egress_address, &ifs.egress), vips(cfg))
+}
+
+impl Control<'_> {
+    /// Send due probes and expire entries; true if a MAC was lost.
+    fn poll_neigh(&mut self, sock: &mut PacketSocket, now: Instant) -> bool {
+        let mut probes = Vec::new();
+        let lost = self.neigh.poll(now, |p| probes.push(p));
+        for p in probes {
+            match sock.send(&self.neigh.probe_frame(&p)) {
+                Ok(()) => self.shared.arp.probes_sent.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    warn!(backend = %p.target, error = %e, "ARP probe failed");
+                    self.shared.arp.errors.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+        if lost {
+            self.shared.arp.macs_expired.fetch_add(1, Ordering::Relaxed);
+            for (ip, s) in self.neigh.entries() {
+                if s.mac().is_none() {
+                    warn!(backend = %ip, "backend MAC unresolved: out of the table until it answers ARP");
+                }
+            }
+        }
+        lost
+    }
+
+    /// One ARP frame from the egress interface; true if a MAC was learned or changed.
+    fn on_frame(&mut self, sock: &mut PacketSocket, frame: &[u8]) -> bool {
+        let Some(arp) = neigh::parse_arp(frame) else { return false };
+        match self.responder.handle(&arp) {
+            Answer::Reply(reply) => {
+                if sock.send(&reply).is_ok() {
+                    self.shared.arp.replies_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Answer::RefusedVip => {
+                self.shared.arp.vip_requests_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Answer::NotOurs => {}
+        }
+        let learned = self.neigh.on_arp(&arp, Instant::now());
+        if learned {
+            self.shared.arp.macs_learned.fetch_add(1, Ordering::Relaxed);
+            info!(backend = %arp.sender_ip, mac = %arp.sender_mac, "backend resolved");
+        }
+        learned
+    }
+
+    /// Build and publish a new snapshot from the current configuration and neighbour table.
+    fn publish(&mut self) {
+        match build_snapshot(&self.cfg, &self.ifs, &self.neigh, self.generation + 1) {
+            Ok(s) => {
+                self.generation += 1;
+                let usable: usize = s.services().iter().map(|s| s.backends.iter().filter(|b| b.usable()).count()).sum();
+                info!(generation = self.generation, usable_backends = usable, "snapshot published");
+                self.shared.snapshot.store(Arc::new(s));
+            }
+            Err(e) => error!(error = %e, "cannot build the lookup tables; keeping the previous snapshot"),
+        }
+    }
+
+    /// Re-read the configuration; keep the running one if the new one is unusable.
+    fn reload(&mut self) {
+        let path: &Path = &self.opts.config;
+        let new = match config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);
+                error!("reload refused, running configuration kept: {e}");
+                return;
+            }
+        };
+        if new.ingress != self.cfg.ingress || new.egress != self.cfg.egress {
+            self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);
+            error!(
+                "reload refused, running configuration kept: {}: the interfaces changed ({} → {}, {} → {}); that needs a restart",
+                path.display(),
+                self.cfg.ingress,
+                new.ingress,
+                self.cfg.egress,
+                new.egress
+            );
+            return;
+        }
+        if let Err(e) = crate::report::tables(&new) {
+            self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);
+            error!("reload refused, running configuration kept: {}: {e}", path.display());
+            return;
+        }
+        self.neigh.set_targets(arp_targets(&new), Instant::now());
+        self.responder = egress_responder(&new, &self.ifs);
+        if let Some(r) = &self.ingress_responder {
+            r.store(Arc::new(Responder::new(
+                MacAddr(self.ifs.ingress.mac),
+                answer_for(new.ingress_address, &self.ifs.ingress),
+                vips(&new),
+            )));
+        }
+        self.cfg = new;
+        info!(config = %path.display(), services = self.cfg.services.len(), "configuration reloaded");
+        self.publish();
+    }
+}
+
+fn ingress_arp_loop(mut sock: PacketSocket, responder: &ArcSwap<Responder>, shared: &Shared) {
+    let mut buf = [0u8; 256];
+    while !shared.stop.load(Ordering::Relaxed) {
+        match sock.recv(&mut buf, Duration::from_millis(200)) {
+            Ok(Some(n)) => {
+                let Some(arp) = neigh::parse_arp(&buf[..n]) else { continue };
+                match responder.load().handle(&arp) {
+                    Answer::Reply(reply) => match sock.send(&reply) {
+                        Ok(()) => shared.arp.replies_sent.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => shared.arp.errors.fetch_add(1, Ordering::Relaxed),
+                    },
+                    Answer::RefusedVip => shared.arp.vip_requests_refused.fetch_add(1, Ordering::Relaxed),
+                    Answer::NotOurs => 0,
+                };
+            }
+            Ok(None) => {}
+            Err(e) => {
+                shared.arp.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "ARP receive failed on the ingress interface");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

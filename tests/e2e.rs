@@ -1,0 +1,388 @@
+//! End to end through the seed's topology in network namespaces (tests/lab/lab.sh): a client behind
+//! an ECMP router, two frontends running the real `maglevd` binary with config/maglevd.toml, three
+//! nginx backends holding the VIP on `lo` and replying straight to the router (DSR).
+//!
+//! Runs as root (tests/run-all.sh); fails, never skips, when the environment is missing. All
+//! traffic stays inside the namespaces the test creates and removes.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use maglevd::io::{InterfaceInfo, PacketSocket};
+use maglevd::neigh::{Arp, build_arp, parse_arp};
+use maglevd::wire::{MacAddr, internet_checksum};
+use support::lab::{Lab, VIP, http_get, http_get_from, repo, text};
+
+const FE1_NET1_MAC: [u8; 6] = [0xc2, 0xb0, 0x57, 0x49, 0x47, 0xf1];
+
+fn total(m: &BTreeMap<String, f64>, prefix: &str) -> f64 {
+    m.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+}
+
+fn drops(lab: &Lab, fe: &str) -> f64 {
+    total(&lab.metrics(fe), "maglevd_drop_total")
+}
+
+fn forwarded(lab: &Lab, fe: &str) -> f64 {
+    lab.metrics(fe).get("maglevd_forwarded_total").copied().unwrap_or(0.0)
+}
+
+/// A request from the client with a fixed source port: the same flow every time for one port.
+/// Returns the name of the backend that answered.
+fn get_from_port(lab: &Lab, port: u16) -> String {
+    let src = SocketAddr::from(([192, 168, 100, 1], port));
+    match lab.in_ns("client", move || http_get_from(src, SocketAddr::from((VIP, 80)), "/")) {
+        Ok(body) => body.trim().to_string(),
+        Err(e) => panic!("request from port {port} failed: {e}"),
+    }
+}
+
+/// Send the router's VIP traffic to one frontend only (`Some(net1 ip)`), or restore ECMP.
+fn route_vip_via(lab: &Lab, via: Option<&str>) {
+    match via {
+        Some(ip) => lab.sh("router", &["ip", "route", "replace", "10.201.0.1/32", "via", ip, "dev", "vlan100"]),
+        None => lab.sh(
+            "router",
+            &[
+                "ip",
+                "route",
+                "replace",
+                "10.201.0.1/32",
+                "nexthop",
+                "via",
+                "10.158.100.2",
+                "dev",
+                "vlan100",
+                "nexthop",
+                "via",
+                "10.158.100.3",
+                "dev",
+                "vlan100",
+            ],
+        ),
+    };
+}
+
+#[test]
+fn seed_topology_end_to_end() {
+    let t0 = Instant::now();
+    let mut lab = Lab::up("mlvt");
+    let cfg = repo().join("config/maglevd.toml");
+    for fe in ["fe1", "fe2"] {
+        lab.start_maglevd(fe, &cfg, &["--workers", "2"]);
+    }
+    for fe in ["fe1", "fe2"] {
+        lab.wait_ready(fe, Duration::from_secs(15));
+    }
+    eprintln!("maglevd ready on fe1 and fe2 after {:?}", t0.elapsed());
+
+    spread_and_direct_return(&lab);
+    wrk_through_the_vip(&lab);
+    arp_never_for_the_vip(&lab);
+    let flows = same_flow_same_backend_on_both_frontends(&lab);
+    large_transfer_intact(&lab);
+    malformed_frames_are_counted(&mut lab);
+    restart_keeps_flows(&mut lab, &flows);
+
+    for fe in ["fe1", "fe2"] {
+        let m = lab.metrics(fe);
+        eprintln!(
+            "{fe}: forwarded {} dropped {} tx_enobufs {} tx_eagain {} rx_truncated {}",
+            forwarded(&lab, fe),
+            drops(&lab, fe),
+            m["maglevd_tx_enobufs_total"],
+            m["maglevd_tx_eagain_total"],
+            m["maglevd_rx_truncated_total"]
+        );
+    }
+    eprintln!("end-to-end suite took {:?}", t0.elapsed());
+}
+
+/// (a) ≥ 3000 connections all succeed and spread within 15 % of an even share; (b) no reply ever
+/// crosses a frontend.
+fn spread_and_direct_return(lab: &Lab) {
+    // Watch for packets from the VIP (replies) on every interface of both frontends; a capture on
+    // the router's vlan200 is the positive control that replies exist and are seen.
+    let watch = |ns: &str, iface: &str| {
+        let name = lab.ns(ns);
+        let iface = iface.to_string();
+        std::thread::spawn(move || {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &name,
+                    "timeout",
+                    "-s",
+                    "INT",
+                    "8",
+                    "tcpdump",
+                    "-i",
+                    &iface,
+                    "-nn",
+                    "-q",
+                    "-p",
+                    "src host 10.201.0.1",
+                ])
+                .output()
+                .expect("tcpdump");
+            let err = text(&out.stderr);
+            err.lines()
+                .find_map(|l| l.strip_suffix(" packets captured").and_then(|n| n.trim().parse::<u64>().ok()))
+                .unwrap_or_else(|| panic!("tcpdump in {name} printed no count: {err}"))
+        })
+    };
+    let captures = [watch("fe1", "any"), watch("fe2", "any"), watch("router", "vlan200")];
+    std::thread::sleep(Duration::from_millis(800)); // tcpdump attaches
+
+    let n = 3000;
+    let addr = SocketAddr::from((VIP, 80));
+    let (counts, failures) = lab.in_ns("client", move || {
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        let mut failures = Vec::new();
+        for i in 0..n {
+            match http_get(addr, "/") {
+                Ok(body) => *counts.entry(body.trim().to_string()).or_default() += 1,
+                Err(e) => failures.push(format!("request {i}: {e}")),
+            }
+        }
+        (counts, failures)
+    });
+    let [fe1, fe2, router] = captures.map(|h| h.join().expect("capture thread"));
+    eprintln!("(a) {n} connections through the VIP: {counts:?}");
+    eprintln!("(b) packets from the VIP seen on fe1: {fe1}, fe2: {fe2}; on the router's vlan200: {router}");
+    assert!(failures.is_empty(), "{} of {n} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert_eq!(counts.keys().map(String::as_str).collect::<Vec<_>>(), ["be1", "be2", "be3"]);
+    for (be, c) in &counts {
+        let share = *c as f64 / (n as f64 / 3.0);
+        assert!((0.85..=1.15).contains(&share), "{be} got {c} of {n}: outside 15 % of an even share");
+    }
+    assert_eq!((fe1, fe2), (0, 0), "replies crossed a frontend");
+    assert!(router >= n as u64, "the positive control saw only {router} reply packets on the router");
+    assert!(forwarded(lab, "fe1") > 0.0 && forwarded(lab, "fe2") > 0.0, "ECMP used only one frontend");
+}
+
+/// wrk, bounded in time, through the VIP: every request answered.
+fn wrk_through_the_vip(lab: &Lab) {
+    let out = lab.sh("client", &["wrk", "-t", "2", "-c", "32", "-d", "3s", "--timeout", "2s", "http://10.201.0.1/"]);
+    let rate = out.lines().find_map(|l| l.strip_prefix("Requests/sec:")).map(str::trim).unwrap_or("?");
+    eprintln!("(a) wrk keep-alive through the VIP: {rate} req/s");
+    assert!(!out.contains("Socket errors") && !out.contains("Non-2xx"), "wrk saw errors:\n{out}");
+    assert!(rate.parse::<f64>().unwrap_or(0.0) > 100.0, "wrk rate too low:\n{out}");
+}
+
+/// (c) Nobody answers ARP for the VIP on either segment; the frontends' and backends' real IPs
+/// do resolve.
+fn arp_never_for_the_vip(lab: &Lab) {
+    let ask = |ns: &'static str, iface: &'static str, target: Ipv4Addr, sender: Ipv4Addr| {
+        lab.in_ns(ns, move || {
+            let me = InterfaceInfo::lookup(iface).expect("router interface");
+            let mut sock = PacketSocket::open(iface, 0x0806).expect("ARP socket");
+            let req = Arp {
+                request: true,
+                sender_mac: MacAddr(me.mac),
+                sender_ip: sender,
+                target_mac: MacAddr::ZERO,
+                target_ip: target,
+            };
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                sock.send(&build_arp(MacAddr::BROADCAST, &req)).expect("send ARP");
+                let until = Instant::now() + Duration::from_millis(300);
+                let mut buf = [0u8; 128];
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    if let Ok(Some(n)) = sock.recv(&mut buf, left)
+                        && let Some(a) = parse_arp(&buf[..n]).filter(|a| !a.request && a.sender_ip == target)
+                    {
+                        answers.push(a.sender_mac);
+                    }
+                }
+            }
+            answers
+        })
+    };
+    let r100 = Ipv4Addr::new(10, 158, 100, 254);
+    let r200 = Ipv4Addr::new(10, 158, 200, 254);
+    let refused_before = lab.metrics("fe1")["maglevd_arp_vip_requests_refused_total"];
+    assert_eq!(ask("router", "vlan100", VIP, r100), vec![], "someone answered ARP for the VIP on vlan100");
+    assert_eq!(ask("router", "vlan200", VIP, r200), vec![], "someone answered ARP for the VIP on vlan200");
+    let fe1 = ask("router", "vlan100", Ipv4Addr::new(10, 158, 100, 2), r100);
+    assert!(fe1.contains(&MacAddr(FE1_NET1_MAC)), "fe1's real IP did not resolve: {fe1:?}");
+    let refused = lab.metrics("fe1")["maglevd_arp_vip_requests_refused_total"] - refused_before;
+    assert!(refused >= 3.0, "fe1's maglevd saw {refused} VIP requests, expected the 3 sent");
+    // maglevd resolved every backend by ARP on net2 (wait_ready checked backend_up), e.g.:
+    let m = lab.metrics("fe1");
+    eprintln!(
+        "(c) no ARP answer for the VIP on vlan100/vlan200; fe1 real IP resolves to {:?}; fe1 maglevd refused {refused} VIP requests, learned {} backend MACs",
+        fe1, m["maglevd_arp_macs_learned_total"]
+    );
+}
+
+/// (d) The same flow sent to fe1 and to fe2 reaches the same backend. Returns (source port,
+/// backend) pairs for the restart check.
+fn same_flow_same_backend_on_both_frontends(lab: &Lab) -> Vec<(u16, String)> {
+    let ports: Vec<u16> = (0..24).map(|i| 41000 + i * 37).collect();
+    let (f1, f2) = (forwarded(lab, "fe1"), forwarded(lab, "fe2"));
+    route_vip_via(lab, Some("10.158.100.2"));
+    let via_fe1: Vec<String> = ports.iter().map(|&p| get_from_port(lab, p)).collect();
+    route_vip_via(lab, Some("10.158.100.3"));
+    let via_fe2: Vec<String> = ports.iter().map(|&p| get_from_port(lab, p)).collect();
+    route_vip_via(lab, None);
+    assert!(forwarded(lab, "fe1") > f1 && forwarded(lab, "fe2") > f2, "the forced routes did not use both frontends");
+    assert_eq!(via_fe1, via_fe2, "a flow reached different backends through fe1 and fe2");
+    let distinct: std::collections::BTreeSet<&String> = via_fe1.iter().collect();
+    assert!(distinct.len() == 3, "24 flows should reach all three backends: {via_fe1:?}");
+    eprintln!("(d) 24 flows, each sent via fe1 then via fe2: same backend every time ({via_fe1:?})");
+    ports.into_iter().zip(via_fe1).collect()
+}
+
+/// (e) 100 MB through the VIP, default offloads (GSO super-frames cross the frontends), intact.
+fn large_transfer_intact(lab: &Lab) {
+    let want = std::fs::read_to_string(lab.dir().join("big.sha256")).expect("lab big.sha256");
+    for port in [45001u16, 45002, 45003] {
+        let t = Instant::now();
+        let out = lab.sh(
+            "client",
+            &["sh", "-c", &format!("curl -sS --http1.0 -m 60 --local-port {port} http://10.201.0.1/big | sha256sum")],
+        );
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(out.split_whitespace().next(), Some(want.trim()), "100 MB transfer from port {port} corrupted");
+        eprintln!(
+            "(e) 100 MB via the VIP from port {port}: sha256 ok, {:.2} Gbit/s",
+            100.0 * 8.0 / 1024.0 * 1.048_576 / secs
+        );
+    }
+    for fe in ["fe1", "fe2"] {
+        let m = lab.metrics(fe);
+        assert_eq!(m["maglevd_rx_truncated_total"], 0.0, "{fe} truncated super-frames");
+        assert_eq!(m["maglevd_tx_too_big_total"], 0.0, "{fe} could not send a super-frame");
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// A malformed frame for the VIP that passes the kernel filter (IPv4 ethertype, destination VIP) and
+/// that maglevd must drop: each has at least one defect of the header or length.
+fn malformed_vip_frame(rng: &mut Rng, src_mac: [u8; 6]) -> Vec<u8> {
+    let payload = (rng.next() % 64) as usize;
+    let mut f = vec![0u8; 14 + 20 + 20 + payload];
+    f[..6].copy_from_slice(&FE1_NET1_MAC);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let total = (f.len() - 14) as u16;
+    let ip = &mut f[14..34];
+    ip.copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 192, 168, 100, 1, 10, 201, 0, 1]);
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    for b in &mut f[34..] {
+        *b = rng.next() as u8;
+    }
+    let defect = rng.next() % 7;
+    match defect {
+        0 => f[14] = 0x40 | (rng.next() % 5) as u8,          // IHL below 5
+        1 => f[14] = 0x46 + (rng.next() % 9) as u8,          // options
+        2 => f[14] = ((rng.next() % 15) as u8 + 5) << 4 | 5, // version ≠ 4 (5..19 & 0xf → never 4 after the fix below)
+        3 => f[16..18].copy_from_slice(&(total + 1 + (rng.next() % 1000) as u16).to_be_bytes()), // beyond the frame
+        4 => f[22] = (rng.next() % 2) as u8,                 // TTL 0 or 1
+        5 => f.truncate(34 + (rng.next() % 19) as usize),    // TCP header cut short
+        _ => {}                                              // 6: only the bad checksum below
+    }
+    if defect == 2 && f[14] >> 4 == 4 {
+        f[14] = 0x65;
+    }
+    if defect == 5 {
+        let total = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+    }
+    let c = internet_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    if defect == 6 || defect == 4 && rng.next().is_multiple_of(2) {
+        f[25] ^= 0x5a; // a wrong checksum
+    }
+    f
+}
+
+/// (f) 10,000 malformed, truncated and random frames into fe1's net1: maglevd keeps running, counts
+/// every one that reached it as a drop, and still forwards.
+fn malformed_frames_are_counted(lab: &mut Lab) {
+    let before = lab.metrics("fe1");
+    let (vip_frames, other_frames) = lab.in_ns("router", || {
+        let me = InterfaceInfo::lookup("vlan100").expect("router vlan100");
+        let mut sock = PacketSocket::open("vlan100", 0x88b5).expect("raw socket");
+        let mut rng = Rng(0x6d61_676c_6576_6421);
+        let (mut vip, mut other) = (0u64, 0u64);
+        for i in 0..10_000u32 {
+            let frame = if i % 2 == 0 {
+                malformed_vip_frame(&mut rng, me.mac)
+            } else {
+                // Random bytes and truncations addressed to fe1: never for a VIP, so the kernel
+                // filter keeps them away from maglevd (or maglevd passes them).
+                let len = 14 + (rng.next() % 300) as usize;
+                let mut f: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                f[..6].copy_from_slice(&FE1_NET1_MAC);
+                f[6..12].copy_from_slice(&me.mac);
+                if f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[30..34] == [10, 201, 0, 1] {
+                    f[33] = 2;
+                }
+                f
+            };
+            let is_vip = i % 2 == 0;
+            if sock.send(&frame).is_ok() {
+                if is_vip { vip += 1 } else { other += 1 }
+            }
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        (vip, other)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lab.maglevd_alive("fe1"), "maglevd on fe1 died:\n{}", lab.maglevd_log("fe1"));
+    let after = lab.metrics("fe1");
+    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let dropped = total(&after, "maglevd_drop_total") - total(&before, "maglevd_drop_total");
+    let by_reason: Vec<String> = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("maglevd_drop_total"))
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(k, v)| format!("{}={v}", k.trim_start_matches("maglevd_drop_total{reason=\"").trim_end_matches("\"}")))
+        .collect();
+    eprintln!(
+        "(f) sent {vip_frames} malformed VIP frames + {other_frames} random frames to fe1; maglevd dropped {dropped} [{}], ring drops {}",
+        by_reason.join(" "),
+        d("maglevd_rx_ring_drops_total")
+    );
+    assert_eq!(dropped, vip_frames as f64, "every malformed VIP frame must be counted as a drop");
+    assert_eq!(d("maglevd_forwarded_total"), 0.0, "a malformed frame was forwarded");
+    // Still forwarding.
+    route_vip_via(lab, Some("10.158.100.2"));
+    let be = get_from_port(lab, 46000);
+    route_vip_via(lab, None);
+    assert!(be.starts_with("be"), "fe1 no longer forwards: {be}");
+}
+
+/// (g) Stopping and starting maglevd does not change which backend a flow reaches.
+fn restart_keeps_flows(lab: &mut Lab, flows: &[(u16, String)]) {
+    let cfg = repo().join("config/maglevd.toml");
+    let status = lab.stop_maglevd("fe1");
+    assert!(status.success(), "maglevd exited with {status} on SIGTERM:\n{}", lab.maglevd_log("fe1"));
+    lab.start_maglevd("fe1", &cfg, &["--workers", "2"]);
+    lab.wait_ready("fe1", Duration::from_secs(15));
+    route_vip_via(lab, Some("10.158.100.2"));
+    let again: Vec<(u16, String)> = flows.iter().map(|(p, _)| (*p, get_from_port(lab, *p))).collect();
+    route_vip_via(lab, None);
+    assert_eq!(again, flows, "flows moved across a restart");
+    eprintln!("(g) after a restart of fe1's maglevd, all {} flows reach the same backends", flows.len());
+}

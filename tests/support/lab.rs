@@ -1,0 +1,245 @@
+//! Drives the namespace lab (`tests/lab/lab.sh`) from Rust tests: builds it, runs commands and
+//! maglevd processes in its namespaces, reads maglevd's metrics, and tears everything down on drop
+//! (also when a test fails). Requires root; fails loudly, never skips.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn lab_sh() -> PathBuf {
+    repo().join("tests/lab/lab.sh")
+}
+
+/// A running lab; `down` on drop.
+pub struct Lab {
+    pub prefix: String,
+    daemons: Vec<(String, Child)>,
+}
+
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
+    assert!(
+        uid.split_whitespace().nth(1) == Some("0"),
+        "the end-to-end tests build network namespaces and must run as root (tests/run-all.sh as root)"
+    );
+}
+
+impl Lab {
+    pub fn up(prefix: &str) -> Lab {
+        require_root();
+        let lab = Lab { prefix: prefix.to_string(), daemons: Vec::new() };
+        let out = lab.script(&["up"]);
+        assert!(out.status.success(), "lab.sh up failed:\n{}{}", text(&out.stdout), text(&out.stderr));
+        eprintln!("{}", text(&out.stdout).trim());
+        lab
+    }
+
+    fn script(&self, args: &[&str]) -> Output {
+        Command::new(lab_sh()).args(args).env("LAB_PREFIX", &self.prefix).output().expect("run tests/lab/lab.sh")
+    }
+
+    /// Full name of a lab namespace.
+    pub fn ns(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    pub fn ns_path(&self, short: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.ns(short)))
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/{}-lab", self.prefix))
+    }
+
+    /// Run a command in a namespace and return its output (whatever its exit status).
+    pub fn exec(&self, short: &str, cmd: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.ns(short)]).args(cmd).output().expect("ip netns exec")
+    }
+
+    /// Run a command in a namespace; panic with its output if it fails.
+    pub fn sh(&self, short: &str, cmd: &[&str]) -> String {
+        let out = self.exec(short, cmd);
+        assert!(out.status.success(), "{short}: {cmd:?} failed:\n{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Start `maglevd run` in a namespace with the given config; stdout/stderr go to a log file in
+    /// the lab dir.
+    pub fn start_maglevd(&mut self, short: &str, config: &Path, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir().join(format!("maglevd-{short}.log"))).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(short), env!("CARGO_BIN_EXE_maglevd"), "run", "-c"])
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn maglevd");
+        self.daemons.push((short.to_string(), child));
+    }
+
+    pub fn maglevd_log(&self, short: &str) -> String {
+        std::fs::read_to_string(self.dir().join(format!("maglevd-{short}.log"))).unwrap_or_default()
+    }
+
+    /// Is the maglevd in `short` still running?
+    pub fn maglevd_alive(&mut self, short: &str) -> bool {
+        self.daemons.iter_mut().any(|(s, c)| s == short && matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM the maglevd in `short` and wait for it; returns its exit status.
+    pub fn stop_maglevd(&mut self, short: &str) -> std::process::ExitStatus {
+        let i = self.daemons.iter().position(|(s, _)| s == short).expect("a maglevd runs there");
+        let (_, mut child) = self.daemons.remove(i);
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("maglevd in {short} did not stop within 10 s of SIGTERM:\n{}", self.maglevd_log(short));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET a path of the maglevd HTTP endpoint in a namespace.
+    pub fn http_local(&self, short: &str, path: &str) -> (u16, String) {
+        let out = self
+            .exec(short, &["curl", "-s", "-m", "2", "-w", "\n%{http_code}", &format!("http://127.0.0.1:9100{path}")]);
+        let t = text(&out.stdout);
+        let (body, code) = t.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// maglevd's metrics in a namespace: `name{labels}` → value.
+    pub fn metrics(&self, short: &str) -> BTreeMap<String, f64> {
+        let (code, body) = self.http_local(short, "/metrics");
+        assert_eq!(code, 200, "{short}: /metrics answered {code}:\n{body}");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Wait until maglevd in `short` reports every backend usable (`/healthz` 200 and all
+    /// `maglevd_backend_up` 1).
+    pub fn wait_ready(&mut self, short: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            assert!(self.maglevd_alive(short), "maglevd in {short} exited:\n{}", self.maglevd_log(short));
+            let (code, _) = self.http_local(short, "/healthz");
+            if code == 200 {
+                let m = self.metrics(short);
+                let ups: Vec<f64> =
+                    m.iter().filter(|(k, _)| k.starts_with("maglevd_backend_up")).map(|(_, v)| *v).collect();
+                if !ups.is_empty() && ups.iter().all(|v| *v == 1.0) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "maglevd in {short} not ready after {timeout:?}:\n{}",
+                self.maglevd_log(short)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Run `f` on a thread inside namespace `short` (for sockets opened by the test itself).
+    pub fn in_ns<T: Send + 'static>(&self, short: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.ns_path(short);
+        std::thread::spawn(move || {
+            maglevd::io::enter_netns(&path).expect("setns into the lab namespace");
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+
+    /// An interface counter from /sys in a namespace.
+    pub fn counter(&self, short: &str, iface: &str, name: &str) -> u64 {
+        self.sh(short, &["cat", &format!("/sys/class/net/{iface}/statistics/{name}")]).trim().parse().expect("counter")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let daemons = std::mem::take(&mut self.daemons);
+        for (short, mut child) in daemons {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("--- maglevd log of {short}:\n{}", self.maglevd_log(&short));
+            }
+        }
+        let _ = self.script(&["down"]);
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One HTTP/1.0 GET (a new TCP connection), returning the body. Runs in the caller's namespace.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", addr.ip()).as_bytes())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") => {
+            Ok(body.to_string())
+        }
+        _ => Err(std::io::Error::other(format!("bad response: {resp:.200}"))),
+    }
+}
+
+/// One HTTP/1.0 GET from a fixed source address and port, so a test can send *the same flow* more
+/// than once. The socket is closed with an RST (SO_LINGER 0), which leaves no TIME_WAIT behind on
+/// either end, so the same 5-tuple can be used again at once. Runs in the caller's namespace.
+pub fn http_get_from(src: SocketAddr, dst: SocketAddr, path: &str) -> std::io::Result<String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&src.into())?;
+    s.connect_timeout(&dst.into(), Duration::from_secs(2))?;
+    s.set_linger(Some(Duration::ZERO))?;
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", dst.ip()).as_bytes())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") => {
+            Ok(body.to_string())
+        }
+        _ => Err(std::io::Error::other(format!("bad response: {resp:.200}"))),
+    }
+}
