@@ -49,8 +49,13 @@ fn mix() -> Vec<Vec<u8>> {
 fn bench(c: &mut Criterion) {
     let cfg = config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/maglevd.toml"))).unwrap();
     let links = Links { ingress_mac: MacAddr(INGRESS), egress_mac: MacAddr([0xc2, 0xb0, 0x57, 0x49, 0x47, 0xf2]) };
-    let snap = Snapshot::build(&cfg, links, &|b: &config::Backend| Some(MacAddr([2, 0, 0, 0, 0, b.ip.octets()[3]])), 1)
-        .unwrap();
+    let snap = Snapshot::build(
+        &cfg,
+        links,
+        &|b: &config::Backend| b.ipv4().map(|ip| MacAddr([2, 0, 0, 0, 0, ip.octets()[3]])),
+        1,
+    )
+    .unwrap();
     let mut frames = mix();
     let mut g = c.benchmark_group("forward");
     g.throughput(Throughput::Elements(frames.len() as u64));

@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
+use crate::ipvs_mh::{self, MhFlags};
 use crate::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_SLOTS_PER_BACKEND};
 use crate::wire::MacAddr;
 
@@ -119,42 +120,100 @@ impl fmt::Display for FlowKey {
     }
 }
 
+/// How a service's lookup table is built and consulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// maglevd's own Maglev table (`src/maglev/`), flow hash per [`FlowKey`]. The default.
+    Maglev,
+    /// The Linux kernel's `ip_vs_mh` scheduler, bit for bit (`src/ipvs_mh/`): the same backend as an
+    /// IPVS frontend for every new flow, for a gradual migration behind one ECMP router.
+    IpvsMh {
+        /// `CONFIG_IP_VS_MH_TAB_INDEX` (8..=17; the table size is the kernel's prime for it).
+        tab_index: u8,
+        flags: MhFlags,
+    },
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Algorithm::Maglev => f.write_str("maglev"),
+            Algorithm::IpvsMh { tab_index, flags } => {
+                write!(f, "ipvs-mh (tab_index {tab_index}")?;
+                if flags.mh_port {
+                    f.write_str(", mh-port")?;
+                }
+                if flags.mh_fallback {
+                    f.write_str(", mh-fallback")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
 /// One virtual service: a VIP, a protocol and a port (or all ports), with its backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
-    pub vip: Ipv4Addr,
+    /// IPv4 for every service the forwarder runs; IPv6 only in `ipvs-mh` services, which the
+    /// table/lookup/import tools handle but `maglevd run` refuses.
+    pub vip: IpAddr,
     pub protocol: Protocol,
-    /// `None` = every port of the VIP for this protocol.
+    /// `None` = every port of the VIP for this protocol (Maglev only).
     pub port: Option<u16>,
+    /// Maglev only; `ipvs-mh` hashes the client address (and port with `mh-port`).
     pub flow_key: FlowKey,
+    /// Slots in the table (for `ipvs-mh`, the kernel's prime for the tab index).
     pub table_size: u32,
+    pub algorithm: Algorithm,
+    /// In configuration order; for `ipvs-mh` that is the kernel's list order.
     pub backends: Vec<Backend>,
+}
+
+/// `10.201.0.1:80/tcp`, `10.201.0.1:*/udp`, `[2001:db8::1]:80/tcp`.
+pub fn endpoint(vip: IpAddr, port: Option<u16>, protocol: Protocol) -> String {
+    let addr = match vip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    match port {
+        Some(p) => format!("{addr}:{p}/{protocol}"),
+        None => format!("{addr}:*/{protocol}"),
+    }
 }
 
 impl Service {
     /// `10.201.0.1:80/tcp` or `10.201.0.1:*/udp`.
     pub fn endpoint(&self) -> String {
-        match self.port {
-            Some(p) => format!("{}:{}/{}", self.vip, p, self.protocol),
-            None => format!("{}:*/{}", self.vip, self.protocol),
-        }
-    }
-
-    /// The table inputs: every backend with its configured weight.
-    pub fn table_backends(&self) -> Vec<maglev::TableBackend> {
-        self.backends.iter().map(|b| maglev::TableBackend { ip: b.ip, weight: b.weight }).collect()
+        endpoint(self.vip, self.port, self.protocol)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backend {
     /// The backend's real IP on the egress network: its identity in the table.
-    pub ip: Ipv4Addr,
-    /// Relative share of new flows; 0 = drained (no slots).
+    pub ip: IpAddr,
+    /// `ipvs-mh` only: the destination port, an input of the kernel's permutation hash
+    /// (default: the service port, which ipvsadm forces for direct routing).
+    pub port: u16,
+    /// Relative share of new flows; 0 = drained (Maglev: no slots; `ipvs-mh`: keeps its slots but
+    /// is unavailable, as `ipvsadm -e -w 0` does).
     pub weight: u32,
+    /// `ipvs-mh` only: the weight the kernel built the table from (`last_weight`, SPEC §9); equal
+    /// to `weight` unless the backend was drained with `ipvsadm -e -w 0`.
+    pub last_weight: u32,
     /// A static MAC skips ARP resolution for this backend.
     pub mac: Option<MacAddr>,
+}
+
+impl Backend {
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        match self.ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -227,18 +286,30 @@ struct FileService {
     vip: Spanned<String>,
     protocol: Protocol,
     port: Spanned<PortSpec>,
-    #[serde(default)]
-    flow_key: FlowKey,
+    flow_key: Option<Spanned<FlowKey>>,
     table_size: Option<Spanned<i64>>,
+    algorithm: Option<Spanned<FileAlgorithm>>,
+    ipvs_tab_index: Option<Spanned<i64>>,
+    ipvs_flags: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(rename = "backend", default)]
     backends: Vec<Spanned<FileBackend>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum FileAlgorithm {
+    #[serde(rename = "maglev")]
+    Maglev,
+    #[serde(rename = "ipvs-mh")]
+    IpvsMh,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileBackend {
     ip: Spanned<String>,
+    port: Option<Spanned<i64>>,
     weight: Option<Spanned<i64>>,
+    last_weight: Option<Spanned<i64>>,
     mac: Option<Spanned<String>>,
 }
 
@@ -341,17 +412,41 @@ impl Validator<'_> {
     }
 
     fn ipv4(&mut self, s: &Spanned<String>, key: &str) -> Option<Ipv4Addr> {
-        match s.get_ref().parse::<Ipv4Addr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                let what = if s.get_ref().parse::<std::net::Ipv6Addr>().is_ok() {
-                    "is an IPv6 address; only IPv4 services are supported"
+        match self.ip(s, key, true)? {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// An address; with `v4_only`, an IPv6 one is reported as unsupported here.
+    fn ip(&mut self, s: &Spanned<String>, key: &str, v4_only: bool) -> Option<IpAddr> {
+        match s.get_ref().parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) if v4_only => {
+                let what = if key.ends_with(".vip") || key.contains(".backend[") {
+                    "is an IPv6 address; only `ipvs-mh` services may be IPv6 (for table, lookup and import-ipvs), the forwarder is IPv4"
                 } else {
-                    "is not an IPv4 address"
+                    "is an IPv6 address; an IPv4 address is needed here"
                 };
                 self.problem(s.span(), key, format!("`{}` {what}", s.get_ref()));
                 None
             }
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                let what = if v4_only { "IPv4" } else { "IP" };
+                self.problem(s.span(), key, format!("`{}` is not an {what} address", s.get_ref()));
+                None
+            }
+        }
+    }
+
+    /// A weight-like integer in 0..=MAX_WEIGHT.
+    fn weight(&mut self, w: &Spanned<i64>, key: String) -> u32 {
+        let v = *w.get_ref();
+        if (0..=MAX_WEIGHT as i64).contains(&v) {
+            v as u32
+        } else {
+            self.problem(w.span(), key, format!("{v} is out of range 0..={MAX_WEIGHT} (0 drains the backend)"));
+            0
         }
     }
 
@@ -373,7 +468,7 @@ impl Validator<'_> {
         self.cross_service(&file.services, &services);
         let services: Vec<Service> = services.into_iter().map(|(_, s)| s).collect();
         if let (Some(a), Some(span)) = (ingress_address, file.interfaces.ingress_address.as_ref())
-            && services.iter().any(|s| s.vip == a)
+            && services.iter().any(|s| s.vip == IpAddr::V4(a))
         {
             self.problem(
                 span.span(),
@@ -418,9 +513,46 @@ impl Validator<'_> {
     fn service(&mut self, i: usize, spanned: &Spanned<FileService>) -> Option<Service> {
         let s = spanned.get_ref();
         let key = format!("service[{i}]");
-        let vip = self.ipv4(&s.vip, &format!("{key}.vip"));
+        let mh = matches!(s.algorithm.as_ref().map(|a| *a.get_ref()), Some(FileAlgorithm::IpvsMh));
+        // Keys that belong to the other algorithm are mistakes, not silently ignored settings.
+        if mh {
+            if let Some(t) = &s.table_size {
+                self.problem(
+                    t.span(),
+                    format!("{key}.table_size"),
+                    "not used with algorithm = \"ipvs-mh\": the kernel's table size follows ipvs_tab_index",
+                );
+            }
+            if let Some(k) = &s.flow_key {
+                self.problem(k.span(), format!("{key}.flow_key"), "not used with algorithm = \"ipvs-mh\": it hashes the client address, and its port with ipvs_flags = [\"mh-port\"]");
+            }
+        } else {
+            if let Some(t) = &s.ipvs_tab_index {
+                self.problem(t.span(), format!("{key}.ipvs_tab_index"), "only used with algorithm = \"ipvs-mh\"");
+            }
+            if let Some(f) = &s.ipvs_flags {
+                self.problem(f.span(), format!("{key}.ipvs_flags"), "only used with algorithm = \"ipvs-mh\"");
+            }
+            for (j, b) in s.backends.iter().enumerate() {
+                let b = b.get_ref();
+                if let Some(p) = &b.port {
+                    self.problem(p.span(), format!("{key}.backend[{j}].port"), "only used with algorithm = \"ipvs-mh\" (maglevd forwards to the VIP's own port: direct server return)");
+                }
+                if let Some(w) = &b.last_weight {
+                    self.problem(
+                        w.span(),
+                        format!("{key}.backend[{j}].last_weight"),
+                        "only used with algorithm = \"ipvs-mh\"",
+                    );
+                }
+            }
+        }
+        let vip = self.ip(&s.vip, &format!("{key}.vip"), !mh);
         if let Some(vip) = vip
-            && (vip.is_unspecified() || vip.is_multicast() || vip.is_broadcast() || vip.is_loopback())
+            && (vip.is_unspecified()
+                || vip.is_multicast()
+                || vip.is_loopback()
+                || vip == IpAddr::V4(Ipv4Addr::BROADCAST))
         {
             self.problem(
                 s.vip.span(),
@@ -429,6 +561,14 @@ impl Validator<'_> {
             );
         }
         let port = match *s.port.get_ref() {
+            PortSpec::All if mh => {
+                self.problem(
+                    s.port.span(),
+                    format!("{key}.port"),
+                    "an ipvs-mh service has one port (IPVS services are per port)",
+                );
+                None
+            }
             PortSpec::All => None,
             PortSpec::Number(p) if (1..=65535).contains(&p) => Some(p as u16),
             PortSpec::Number(p) => {
@@ -440,50 +580,51 @@ impl Validator<'_> {
                 None
             }
         };
-        let table_size = match &s.table_size {
-            None => DEFAULT_TABLE_SIZE,
-            Some(t) => {
-                let v = *t.get_ref();
-                if !(3..=MAX_TABLE_SIZE as i64).contains(&v) {
-                    self.problem(
-                        t.span(),
-                        format!("{key}.table_size"),
-                        format!("{v} is out of range 3..={MAX_TABLE_SIZE}"),
-                    );
-                    DEFAULT_TABLE_SIZE
-                } else if !maglev::is_prime(v as u32) {
-                    self.problem(
-                        t.span(),
-                        format!("{key}.table_size"),
-                        format!("{v} is not a prime (Maglev needs a prime table size; e.g. 65537, 131071, 262139)"),
-                    );
-                    DEFAULT_TABLE_SIZE
-                } else {
-                    v as u32
-                }
-            }
-        };
+        let (algorithm, table_size) =
+            if mh { self.ipvs_params(s, &key) } else { (Algorithm::Maglev, self.table_size(s, &key)) };
         let min = s.backends.len() as u64 * MIN_SLOTS_PER_BACKEND;
-        if (table_size as u64) < min {
+        if !mh && (table_size as u64) < min {
             let span = s.table_size.as_ref().map_or(spanned.span(), |t| t.span());
             self.problem(span, format!("{key}.table_size"), format!(
                 "{table_size} is too small for {} backends: at least {MIN_SLOTS_PER_BACKEND} slots per backend ({min}) are needed",
                 s.backends.len()
             ));
         }
+        if mh && s.backends.len() as u64 > table_size as u64 {
+            self.problem(
+                spanned.span(),
+                format!("{key}.backend"),
+                format!(
+                    "{} backends are more than the {table_size} slots: the kernel refuses such a table",
+                    s.backends.len()
+                ),
+            );
+        }
         if s.backends.is_empty() {
             self.problem(spanned.span(), format!("{key}.backend"), "the service has no [[service.backend]]");
         }
 
         let mut backends = Vec::new();
-        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut seen: HashMap<IpAddr, usize> = HashMap::new();
         for (j, b) in s.backends.iter().enumerate() {
             let bkey = format!("{key}.backend[{j}]");
             let b = b.get_ref();
-            let ip = self.ipv4(&b.ip, &format!("{bkey}.ip"));
+            let ip = self.ip(&b.ip, &format!("{bkey}.ip"), !mh);
             if let Some(ip) = ip {
-                if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+                if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || ip == IpAddr::V4(Ipv4Addr::BROADCAST)
+                {
                     self.problem(b.ip.span(), format!("{bkey}.ip"), format!("`{ip}` cannot be a backend address"));
+                }
+                if let Some(v) = vip
+                    && v.is_ipv4() != ip.is_ipv4()
+                {
+                    self.problem(
+                        b.ip.span(),
+                        format!("{bkey}.ip"),
+                        format!(
+                            "{ip} is not of the VIP's address family (direct server return keeps the packet as it is)"
+                        ),
+                    );
                 }
                 if let Some(first) = seen.insert(ip, j) {
                     self.problem(
@@ -493,21 +634,19 @@ impl Validator<'_> {
                     );
                 }
             }
-            let weight = match &b.weight {
-                None => 1,
-                Some(w) => {
-                    let v = *w.get_ref();
-                    if (0..=MAX_WEIGHT as i64).contains(&v) {
-                        v as u32
-                    } else {
-                        self.problem(
-                            w.span(),
-                            format!("{bkey}.weight"),
-                            format!("{v} is out of range 0..={MAX_WEIGHT} (0 drains the backend)"),
-                        );
-                        0
-                    }
+            let weight = b.weight.as_ref().map_or(1, |w| self.weight(w, format!("{bkey}.weight")));
+            let last_weight = b.last_weight.as_ref().map_or(weight, |w| self.weight(w, format!("{bkey}.last_weight")));
+            let dest_port = match &b.port {
+                Some(p) if (0..=65535).contains(p.get_ref()) => *p.get_ref() as u16,
+                Some(p) => {
+                    self.problem(
+                        p.span(),
+                        format!("{bkey}.port"),
+                        format!("{} is out of range 0..=65535", p.get_ref()),
+                    );
+                    0
                 }
+                None => port.unwrap_or(0),
             };
             let mac = match &b.mac {
                 None => None,
@@ -524,7 +663,7 @@ impl Validator<'_> {
                 },
             };
             if let Some(ip) = ip {
-                backends.push(Backend { ip, weight, mac });
+                backends.push(Backend { ip, port: dest_port, weight, last_weight, mac });
             }
         }
         let vip = vip?;
@@ -534,12 +673,65 @@ impl Validator<'_> {
                 String::new()
             }
             Some(n) => n.get_ref().clone(),
-            None => match port {
-                Some(p) => format!("{vip}:{p}/{}", s.protocol),
-                None => format!("{vip}:*/{}", s.protocol),
+            None => endpoint(vip, port, s.protocol),
+        };
+        let flow_key = s.flow_key.as_ref().map_or(FlowKey::default(), |k| *k.get_ref());
+        Some(Service { name, vip, protocol: s.protocol, port, flow_key, table_size, algorithm, backends })
+    }
+
+    fn table_size(&mut self, s: &FileService, key: &str) -> u32 {
+        let Some(t) = &s.table_size else { return DEFAULT_TABLE_SIZE };
+        let v = *t.get_ref();
+        if !(3..=MAX_TABLE_SIZE as i64).contains(&v) {
+            self.problem(t.span(), format!("{key}.table_size"), format!("{v} is out of range 3..={MAX_TABLE_SIZE}"));
+            DEFAULT_TABLE_SIZE
+        } else if !maglev::is_prime(v as u32) {
+            self.problem(
+                t.span(),
+                format!("{key}.table_size"),
+                format!("{v} is not a prime (Maglev needs a prime table size; e.g. 65537, 131071, 262139)"),
+            );
+            DEFAULT_TABLE_SIZE
+        } else {
+            v as u32
+        }
+    }
+
+    /// `ipvs_tab_index` and `ipvs_flags` of an `ipvs-mh` service, and the table size they imply.
+    fn ipvs_params(&mut self, s: &FileService, key: &str) -> (Algorithm, u32) {
+        let tab_index = match &s.ipvs_tab_index {
+            None => ipvs_mh::DEFAULT_TAB_INDEX,
+            Some(t) => match u8::try_from(*t.get_ref()) {
+                Ok(v) if (ipvs_mh::MIN_TAB_INDEX..=ipvs_mh::MAX_TAB_INDEX).contains(&v) => v,
+                _ => {
+                    self.problem(
+                        t.span(),
+                        format!("{key}.ipvs_tab_index"),
+                        format!(
+                            "{} is out of range {}..={} (CONFIG_IP_VS_MH_TAB_INDEX; the kernel default is 12)",
+                            t.get_ref(),
+                            ipvs_mh::MIN_TAB_INDEX,
+                            ipvs_mh::MAX_TAB_INDEX
+                        ),
+                    );
+                    ipvs_mh::DEFAULT_TAB_INDEX
+                }
             },
         };
-        Some(Service { name, vip, protocol: s.protocol, port, flow_key: s.flow_key, table_size, backends })
+        let mut flags = MhFlags::default();
+        for f in s.ipvs_flags.iter().flat_map(|f| f.get_ref().iter()) {
+            match f.get_ref().as_str() {
+                "mh-port" => flags.mh_port = true,
+                "mh-fallback" => flags.mh_fallback = true,
+                other => self.problem(
+                    f.span(),
+                    format!("{key}.ipvs_flags"),
+                    format!("unknown flag `{other}` (known: \"mh-port\", \"mh-fallback\")"),
+                ),
+            }
+        }
+        let size = ipvs_mh::table_size(tab_index).unwrap_or(4093);
+        (Algorithm::IpvsMh { tab_index, flags }, size)
     }
 
     /// Checks across services: unique names, no two services claiming the same VIP/protocol/port,
@@ -547,7 +739,7 @@ impl Validator<'_> {
     fn cross_service(&mut self, files: &[Spanned<FileService>], services: &[(usize, Service)]) {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         // (VIP, protocol) → the (port, file index) of every service claiming it so far.
-        type Claims = BTreeMap<(Ipv4Addr, Protocol), Vec<(Option<u16>, usize)>>;
+        type Claims = BTreeMap<(IpAddr, Protocol), Vec<(Option<u16>, usize)>>;
         let mut claims = Claims::new();
         for (i, s) in services {
             let file = files[*i].get_ref();

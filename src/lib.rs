@@ -28,4 +28,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod neigh;
 pub mod report;
+pub mod table;
 pub mod wire;

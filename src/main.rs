@@ -42,8 +42,25 @@ enum Command {
     Table {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        #[arg(long, value_name = "OTHER")]
+        #[arg(long, value_name = "OTHER", conflicts_with = "dump")]
         compare: Option<PathBuf>,
+        /// Print every slot of every service: `SLOT BACKEND-IP` (`-` for none), e.g. to diff two
+        /// frontends' tables.
+        #[arg(long)]
+        dump: bool,
+    },
+    /// Print the backend a new flow from CLIENT to a service reaches (`none` if it is dropped),
+    /// on a frontend where every backend with weight > 0 is up. Works for both algorithms: with
+    /// ipvs-mh it is the backend the kernel's IPVS picks.
+    Lookup {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The service: its name, or the packet's destination VIP:PORT[/tcp|/udp] (IPv6 as [ADDR]:PORT).
+        #[arg(long, value_name = "SERVICE")]
+        service: String,
+        /// The client's address and source port (ADDR:PORT, IPv6 as [ADDR]:PORT).
+        #[arg(long, value_name = "ADDR:PORT")]
+        client: std::net::SocketAddr,
     },
 }
 
@@ -73,7 +90,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => check(&config),
-        Command::Table { config, compare } => table(&config, compare.as_deref()),
+        Command::Table { config, compare, dump } => table(&config, compare.as_deref(), dump),
+        Command::Lookup { config, service, client } => lookup(&config, &service, client),
     }
 }
 
@@ -95,7 +113,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn table(path: &std::path::Path, compare: Option<&std::path::Path>) -> ExitCode {
+fn table(path: &std::path::Path, compare: Option<&std::path::Path>, dump: bool) -> ExitCode {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -107,6 +125,17 @@ fn table(path: &std::path::Path, compare: Option<&std::path::Path>) -> ExitCode 
             return ExitCode::from(2);
         }
     };
+    if dump {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        return match report::dump(&tables, &mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: writing the dump: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let Some(other) = compare else {
         print!("{}", report::shares(&tables));
         return ExitCode::SUCCESS;
@@ -122,6 +151,32 @@ fn table(path: &std::path::Path, compare: Option<&std::path::Path>) -> ExitCode 
         }
         Err(e) => {
             eprintln!("error: {}: {e}", other.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn lookup(path: &std::path::Path, selector: &str, client: std::net::SocketAddr) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = report::find_service(&cfg, selector).and_then(|(service, dport)| {
+        let one = config::Config { services: vec![service.clone()], ..cfg.clone() };
+        let tables = report::tables(&one).map_err(|e| report::LookupError::BadSelector(e.to_string()))?;
+        report::lookup(&tables[0], dport, client)
+    });
+    match result {
+        Ok(Some(ip)) => {
+            println!("{ip}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("none");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
             ExitCode::from(2)
         }
     }

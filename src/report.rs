@@ -1,30 +1,36 @@
-//! Operator reports: the `check` summary, per-backend slot shares, and the disruption preview
-//! between two configurations (`table --compare`). Pure functions from validated configs to text.
+//! Operator reports: the `check` summary, per-backend slot shares, the disruption preview between
+//! two configurations (`table --compare`), the slot dump (`table --dump`) and the backend a
+//! given client reaches (`lookup`). Pure functions from validated configs to text; every table
+//! is built as if all backends were reachable (weights decide, as on a healthy frontend).
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{self, Config, Service};
-use crate::maglev::{self, Table, TableError};
+use crate::config::{self, Algorithm, Config, Protocol, Service};
+use crate::dataplane::flow_hash;
+use crate::table::{BuildError, ServiceTable};
 
-/// A service's table as built from the configuration alone (every backend with weight > 0 is
-/// assumed up and resolved), with its backend IPs.
+/// A service's table as built from the configuration alone, with its backend IPs.
 #[derive(Debug)]
-pub struct ServiceTable<'a> {
+pub struct ServiceTables<'a> {
     pub service: &'a Service,
-    pub table: Table,
-    pub ips: Vec<Ipv4Addr>,
+    pub table: ServiceTable,
+    pub ips: Vec<IpAddr>,
 }
 
 /// Build every service's table from the configuration.
-pub fn tables(cfg: &Config) -> Result<Vec<ServiceTable<'_>>, TableError> {
+pub fn tables(cfg: &Config) -> Result<Vec<ServiceTables<'_>>, BuildError> {
     cfg.services
         .iter()
         .map(|s| {
-            let table = maglev::build(&s.table_backends(), s.table_size)?;
-            Ok(ServiceTable { service: s, table, ips: s.backends.iter().map(|b| b.ip).collect() })
+            let table = ServiceTable::build(s, |_| true)?;
+            Ok(ServiceTables { service: s, table, ips: s.backends.iter().map(|b| b.ip).collect() })
         })
         .collect()
+}
+
+fn slot_ip(t: &ServiceTables<'_>, slot: usize) -> Option<IpAddr> {
+    t.table.slots().get(slot).and_then(|&i| t.ips.get(i as usize).copied())
 }
 
 /// The `check` summary.
@@ -34,19 +40,31 @@ pub fn summary(cfg: &Config) -> String {
     let _ = writeln!(out, "interfaces: ingress {} → egress {}{mode}", cfg.ingress, cfg.egress);
     for s in &cfg.services {
         let total: u64 = s.backends.iter().map(|b| b.weight as u64).sum();
+        let how = match s.algorithm {
+            Algorithm::Maglev => format!("maglev flow-key {}", s.flow_key),
+            mh => format!("{mh}, backends in kernel list order"),
+        };
         let _ = writeln!(
             out,
-            "service {}: {} flow-key {} table-size {} backends {}",
+            "service {}: {} {how} table-size {} backends {}",
             s.name,
             s.endpoint(),
-            s.flow_key,
             s.table_size,
             s.backends.len()
         );
         for b in &s.backends {
             let share = if total == 0 { 0.0 } else { 100.0 * b.weight as f64 / total as f64 };
             let mac = b.mac.map_or("resolved by ARP".to_string(), |m| format!("static mac {m}"));
-            let _ = writeln!(out, "  backend {:<15} weight {:>5} ({share:5.1}% of new flows), {mac}", b.ip, b.weight);
+            let extra = match s.algorithm {
+                Algorithm::IpvsMh { .. } => format!(" port {} last_weight {}", b.port, b.last_weight),
+                Algorithm::Maglev => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  backend {:<15} weight {:>5}{extra} ({share:5.1}% of new flows), {mac}",
+                b.ip.to_string(),
+                b.weight
+            );
         }
     }
     for w in config::warnings(cfg) {
@@ -56,7 +74,7 @@ pub fn summary(cfg: &Config) -> String {
 }
 
 /// Per-backend slot counts and shares of every service.
-pub fn shares(tables: &[ServiceTable<'_>]) -> String {
+pub fn shares(tables: &[ServiceTables<'_>]) -> String {
     let mut out = String::new();
     for t in tables {
         let s = t.service;
@@ -65,14 +83,21 @@ pub fn shares(tables: &[ServiceTable<'_>]) -> String {
             let _ = writeln!(out, "  no backend has a positive weight: every packet is dropped (no_backend)");
             continue;
         }
-        let total: u64 = s.backends.iter().map(|b| b.weight as u64).sum();
+        // ipvs-mh builds from last_weight; Maglev from weight.
+        let table_weight = |b: &config::Backend| match s.algorithm {
+            Algorithm::Maglev => b.weight,
+            Algorithm::IpvsMh { .. } => b.last_weight,
+        };
+        let total: u64 = s.backends.iter().map(|b| table_weight(b) as u64).sum();
         for (b, slots) in s.backends.iter().zip(t.table.shares(s.backends.len())) {
-            let want = 100.0 * b.weight as f64 / total as f64;
+            let want = 100.0 * table_weight(b) as f64 / total.max(1) as f64;
             let got = 100.0 * slots as f64 / t.table.size() as f64;
             let _ = writeln!(
                 out,
                 "  {:<15} weight {:>5}  slots {:>8}  share {got:6.2}%  (weight share {want:6.2}%)",
-                b.ip, b.weight, slots
+                b.ip.to_string(),
+                table_weight(b),
+                slots
             );
         }
     }
@@ -81,7 +106,7 @@ pub fn shares(tables: &[ServiceTable<'_>]) -> String {
 
 /// The disruption preview: for each service present in both configurations (matched by VIP,
 /// protocol and port), how many slots would map to another backend.
-pub fn compare(new: &[ServiceTable<'_>], old: &[ServiceTable<'_>]) -> String {
+pub fn compare(new: &[ServiceTables<'_>], old: &[ServiceTables<'_>]) -> String {
     let mut out = String::new();
     for n in new {
         let endpoint = n.service.endpoint();
@@ -89,7 +114,7 @@ pub fn compare(new: &[ServiceTable<'_>], old: &[ServiceTable<'_>]) -> String {
             let _ = writeln!(out, "service {} ({endpoint}): new; no flow moves", n.service.name);
             continue;
         };
-        let Some(moved) = maglev::moved_slots(&o.table, &o.ips, &n.table, &n.ips) else {
+        if o.table.size() != n.table.size() {
             let _ = writeln!(
                 out,
                 "service {} ({endpoint}): table size changes {} → {}: every flow may move",
@@ -98,20 +123,19 @@ pub fn compare(new: &[ServiceTable<'_>], old: &[ServiceTable<'_>]) -> String {
                 n.table.size()
             );
             continue;
-        };
+        }
         let size = n.table.size() as u64;
         // Slots of backends that lose slots (removed or drained) must move; the rest is churn.
-        let mut forced = 0u64;
-        let mut churn = 0u64;
+        let (mut forced, mut churn) = (0u64, 0u64);
         for slot in 0..size as usize {
-            let before = o.table.slots().get(slot).and_then(|&i| o.ips.get(i as usize));
-            let after = n.table.slots().get(slot).and_then(|&i| n.ips.get(i as usize));
+            let (before, after) = (slot_ip(o, slot), slot_ip(n, slot));
             if before == after {
                 continue;
             }
-            let still_serving = before.is_some_and(|ip| n.service.backends.iter().any(|b| b.ip == *ip && b.weight > 0));
+            let still_serving = before.is_some_and(|ip| n.service.backends.iter().any(|b| b.ip == ip && b.weight > 0));
             if still_serving { churn += 1 } else { forced += 1 }
         }
+        let moved = forced + churn;
         let _ = writeln!(
             out,
             "service {} ({endpoint}): {moved} of {size} slots move ({:.3}% of new flows); {forced} from backends removed or drained, {churn} between backends that stay ({:.3}%)",
@@ -126,6 +150,95 @@ pub fn compare(new: &[ServiceTable<'_>], old: &[ServiceTable<'_>]) -> String {
         }
     }
     out
+}
+
+/// `table --dump`: per service a `# service …` header, then one `SLOT BACKEND-IP` line per slot
+/// (`-` for none).
+pub fn dump(tables: &[ServiceTables<'_>], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    for t in tables {
+        let s = t.service;
+        let algorithm = match s.algorithm {
+            Algorithm::Maglev => "maglev".to_string(),
+            mh => mh.to_string(),
+        };
+        writeln!(out, "# service {} {} {algorithm} size {}", s.name, s.endpoint(), t.table.size())?;
+        for slot in 0..t.table.size() as usize {
+            match slot_ip(t, slot) {
+                Some(ip) => writeln!(out, "{slot} {ip}")?,
+                None => writeln!(out, "{slot} -")?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why `lookup` found no answer to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("no service matches `{0}` (give NAME, VIP:PORT or VIP:PORT/PROTO; see `maglevd check`)")]
+    NoService(String),
+    #[error("`{0}` matches several services ({1}); add /tcp or /udp")]
+    Ambiguous(String, String),
+    #[error("`{0}` is not NAME, VIP:PORT or VIP:PORT/PROTO")]
+    BadSelector(String),
+    #[error("client {client} and service {service} are of different address families")]
+    Family { client: IpAddr, service: String },
+}
+
+/// The service a selector names: a service name, or the destination `VIP:PORT[/PROTO]` of a
+/// packet (which may fall into an "all ports" service). Returns the service and the packet's
+/// destination port.
+pub fn find_service<'a>(cfg: &'a Config, selector: &str) -> Result<(&'a Service, u16), LookupError> {
+    if let Some(s) = cfg.services.iter().find(|s| s.name == selector) {
+        return s
+            .port
+            .map(|p| (s, p))
+            .ok_or_else(|| LookupError::BadSelector(format!("{selector} serves all ports: give VIP:PORT")));
+    }
+    let (addr, proto) = match selector.rsplit_once('/') {
+        Some((a, "tcp")) => (a, Some(Protocol::Tcp)),
+        Some((a, "udp")) => (a, Some(Protocol::Udp)),
+        Some(_) => return Err(LookupError::BadSelector(selector.to_string())),
+        None => (selector, None),
+    };
+    let dst: SocketAddr = addr.parse().map_err(|_| LookupError::BadSelector(selector.to_string()))?;
+    let matches = |s: &&Service| {
+        s.vip == dst.ip() && proto.is_none_or(|p| s.protocol == p) && s.port.is_none_or(|p| p == dst.port())
+    };
+    let found: Vec<&Service> = cfg.services.iter().filter(matches).collect();
+    match found.as_slice() {
+        [] => Err(LookupError::NoService(selector.to_string())),
+        [s] => Ok((s, dst.port())),
+        many => {
+            // An exact port beats "all ports" (the forwarder's rule); otherwise it is ambiguous.
+            let exact: Vec<&&Service> = many.iter().filter(|s| s.port.is_some()).collect();
+            match exact.as_slice() {
+                [s] if proto.is_some() => Ok((s, dst.port())),
+                _ => Err(LookupError::Ambiguous(
+                    selector.to_string(),
+                    many.iter().map(|s| s.endpoint()).collect::<Vec<_>>().join(", "),
+                )),
+            }
+        }
+    }
+}
+
+/// The backend a new flow from `client` to the service reaches, on a frontend where every backend
+/// with a positive weight is up. `None` = no backend (the packet would be dropped).
+pub fn lookup(t: &ServiceTables<'_>, dport: u16, client: SocketAddr) -> Result<Option<IpAddr>, LookupError> {
+    let s = t.service;
+    if client.is_ipv4() != s.vip.is_ipv4() {
+        return Err(LookupError::Family { client: client.ip(), service: s.endpoint() });
+    }
+    let index = match (&t.table, client.ip(), s.vip) {
+        (ServiceTable::Maglev(table), IpAddr::V4(src), IpAddr::V4(vip)) => {
+            let h = flow_hash(s.flow_key, src.into(), vip.into(), s.protocol.number(), client.port(), dport);
+            table.lookup(h).map(|i| i as usize)
+        }
+        (ServiceTable::IpvsMh(m), ip, _) => m.table.lookup(&m.dests, ip, client.port(), m.flags, true),
+        _ => return Err(LookupError::Family { client: client.ip(), service: s.endpoint() }),
+    };
+    Ok(index.and_then(|i| t.ips.get(i).copied()))
 }
 
 #[cfg(test)]
@@ -147,7 +260,10 @@ mod tests {
     fn summary_lists_services_and_shares() {
         let c = cfg(&[("10.0.0.1", 1), ("10.0.0.2", 3)]);
         let s = summary(&c);
-        assert!(s.contains("service web: 10.201.0.1:80/tcp flow-key 5-tuple table-size 65537 backends 2"), "{s}");
+        assert!(
+            s.contains("service web: 10.201.0.1:80/tcp maglev flow-key 5-tuple table-size 65537 backends 2"),
+            "{s}"
+        );
         assert!(s.contains("10.0.0.2        weight     3 ( 75.0% of new flows), resolved by ARP"), "{s}");
     }
 

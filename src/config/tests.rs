@@ -1,4 +1,5 @@
 use super::*;
+use crate::ipvs_mh::MhFlags;
 
 const SEED: &str = include_str!("../../config/maglevd.toml");
 
@@ -101,7 +102,7 @@ fn missing_sections_and_keys() {
 fn bad_values_are_named_and_located() {
     let cases: &[(&str, &str, &str)] = &[
         ("vip = \"10.201.0.300\"", "service[0].vip: `10.201.0.300` is not an IPv4 address", "test.toml:6:7"),
-        ("vip = \"2001:db8::1\"", "is an IPv6 address; only IPv4 services are supported", "test.toml:6:7"),
+        ("vip = \"2001:db8::1\"", "is an IPv6 address; only `ipvs-mh` services may be IPv6", "test.toml:6:7"),
         ("vip = \"224.0.0.1\"", "cannot be a VIP", "test.toml:6:7"),
         ("port = 0", "service[0].port: 0 is out of range 1..=65535", "test.toml:7:8"),
         ("port = 70000", "70000 is out of range", "test.toml:7:8"),
@@ -245,4 +246,73 @@ fn daemon_section_and_interface_addresses() {
     assert!(e.contains("interfaces.ingress_address: 10.201.0.1 is a VIP"), "{e}");
     let e = error(&text.replace("10.158.200.2\"", "10.158.200\""));
     assert!(e.contains("interfaces.egress_address: `10.158.200` is not an IPv4 address"), "{e}");
+}
+
+fn mh_service(extra: &str, backends: &str) -> String {
+    format!(
+        "{HEAD}[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\nalgorithm = \"ipvs-mh\"\n{extra}{backends}"
+    )
+}
+
+const MH_BACKENDS: &str = "[[service.backend]]\nip = \"10.200.0.253\"\n[[service.backend]]\nip = \"10.200.0.252\"\nweight = 0\nlast_weight = 3\nport = 8080\n";
+
+#[test]
+fn ipvs_mh_service_defaults_and_keys() {
+    let c = check(&mh_service("", MH_BACKENDS)).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.algorithm, Algorithm::IpvsMh { tab_index: 12, flags: MhFlags::default() });
+    assert_eq!(s.table_size, 4093);
+    // Backend order is kept (kernel list order); port defaults to the service port; last_weight to
+    // the weight.
+    assert_eq!(s.backends[0].ip.to_string(), "10.200.0.253");
+    assert_eq!((s.backends[0].port, s.backends[0].weight, s.backends[0].last_weight), (80, 1, 1));
+    assert_eq!((s.backends[1].port, s.backends[1].weight, s.backends[1].last_weight), (8080, 0, 3));
+    let c =
+        check(&mh_service("ipvs_tab_index = 8\nipvs_flags = [\"mh-port\", \"mh-fallback\"]\n", MH_BACKENDS)).unwrap();
+    assert_eq!(
+        c.services[0].algorithm,
+        Algorithm::IpvsMh { tab_index: 8, flags: MhFlags { mh_port: true, mh_fallback: true } }
+    );
+    assert_eq!(c.services[0].table_size, 251);
+    assert_eq!(c.services[0].algorithm.to_string(), "ipvs-mh (tab_index 8, mh-port, mh-fallback)");
+}
+
+#[test]
+fn ipvs_mh_mistakes_are_named() {
+    let cases: &[(&str, &str)] = &[
+        ("ipvs_tab_index = 18\n", "service[0].ipvs_tab_index: 18 is out of range 8..=17"),
+        ("ipvs_flags = [\"mh-sport\"]\n", "service[0].ipvs_flags: unknown flag `mh-sport`"),
+        ("table_size = 4093\n", "service[0].table_size: not used with algorithm = \"ipvs-mh\""),
+        ("flow_key = \"src-ip\"\n", "service[0].flow_key: not used with algorithm = \"ipvs-mh\""),
+    ];
+    for (extra, want) in cases {
+        let e = error(&mh_service(extra, MH_BACKENDS));
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let e = error(&mh_service("", "[[service.backend]]\nip = \"10.0.0.1\"\nlast_weight = 70000\n"));
+    assert!(e.contains("service[0].backend[0].last_weight: 70000 is out of range"), "{e}");
+    let e = error(&mh_service("", "[[service.backend]]\nip = \"10.0.0.1\"\nport = 70000\n"));
+    assert!(e.contains("service[0].backend[0].port: 70000 is out of range 0..=65535"), "{e}");
+    let e = error(&mh_service("", MH_BACKENDS).replace("port = 80\n", "port = \"all\"\n"));
+    assert!(e.contains("an ipvs-mh service has one port"), "{e}");
+    let e = error(&one_service(
+        "port = 80\nipvs_tab_index = 12\n[[service.backend]]\nip = \"10.0.0.1\"\nport = 80\nlast_weight = 1\n",
+    ));
+    for key in ["ipvs_tab_index", "backend[0].port", "backend[0].last_weight"] {
+        assert!(e.contains(&format!("service[0].{key}: only used with algorithm = \"ipvs-mh\"")), "{key}: {e}");
+    }
+    let e =
+        error(&mh_service("algorithm2 = 1\n", MH_BACKENDS).replace("algorithm = \"ipvs-mh\"", "algorithm = \"ipvs\""));
+    assert!(e.contains("unknown variant `ipvs`"), "{e}");
+}
+
+#[test]
+fn ipv6_only_in_ipvs_mh_services() {
+    let v6 = mh_service("", "[[service.backend]]\nip = \"2001:db8::10\"\n").replace("10.201.0.1", "2001:db8::1");
+    let c = check(&v6).unwrap();
+    assert_eq!(c.services[0].endpoint(), "[2001:db8::1]:80/tcp");
+    let e = error(&v6.replace("algorithm = \"ipvs-mh\"\n", ""));
+    assert!(e.contains("service[0].vip: `2001:db8::1` is an IPv6 address"), "{e}");
+    let e = error(&mh_service("", "[[service.backend]]\nip = \"2001:db8::10\"\n"));
+    assert!(e.contains("is not of the VIP's address family"), "{e}");
 }

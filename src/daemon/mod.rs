@@ -38,9 +38,9 @@ use tracing::{error, info, warn};
 use crate::config::{self, Config, ConfigError};
 use crate::dataplane::{Links, Snapshot};
 use crate::io::{Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing, VipFilter};
-use crate::maglev::TableError;
 use crate::metrics::Counters;
 use crate::neigh::{self, Answer, NeighTable, NeighTimers, Responder};
+use crate::table::BuildError;
 use crate::wire::{ETHERTYPE_ARP, MacAddr};
 
 /// What the workers, the control thread and the metrics endpoint share.
@@ -97,7 +97,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Io(#[from] IoError),
     #[error("building the lookup tables: {0}")]
-    Table(#[from] TableError),
+    Table(#[from] BuildError),
     #[error("{0}")]
     Setup(String),
 }
@@ -140,15 +140,27 @@ fn lookup_interfaces(cfg: &Config) -> Result<Interfaces, DaemonError> {
 
 /// Backends whose MAC must be resolved by ARP (no static MAC), over all services.
 fn arp_targets(cfg: &Config) -> Vec<Ipv4Addr> {
-    let mut v: Vec<Ipv4Addr> =
-        cfg.services.iter().flat_map(|s| s.backends.iter()).filter(|b| b.mac.is_none()).map(|b| b.ip).collect();
+    let mut v: Vec<Ipv4Addr> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter())
+        .filter(|b| b.mac.is_none())
+        .filter_map(|b| b.ipv4())
+        .collect();
     v.sort_unstable();
     v.dedup();
     v
 }
 
 fn vips(cfg: &Config) -> Vec<Ipv4Addr> {
-    let mut v: Vec<Ipv4Addr> = cfg.services.iter().map(|s| s.vip).collect();
+    let mut v: Vec<Ipv4Addr> = cfg
+        .services
+        .iter()
+        .filter_map(|s| match s.vip {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -163,8 +175,8 @@ fn answer_for(configured: Option<Ipv4Addr>, iface: &InterfaceInfo) -> Vec<Ipv4Ad
     }
 }
 
-fn build_snapshot(cfg: &Config, ifs: &Interfaces, neigh: &NeighTable, generation: u64) -> Result<Snapshot, TableError> {
-    Snapshot::build(cfg, ifs.links(), &|b| neigh.mac(b.ip), generation)
+fn build_snapshot(cfg: &Config, ifs: &Interfaces, neigh: &NeighTable, generation: u64) -> Result<Snapshot, BuildError> {
+    Snapshot::build(cfg, ifs.links(), &|b| b.ipv4().and_then(|ip| neigh.mac(ip)), generation)
 }
 
 /// Run the daemon until SIGTERM/SIGINT.

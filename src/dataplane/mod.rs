@@ -37,6 +37,7 @@ mod snapshot;
 pub use snapshot::{BackendState, Links, ServiceState, Snapshot};
 
 use crate::config::FlowKey;
+use crate::table::ServiceTable;
 use crate::wire::{
     self, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, Ipv4Header,
 };
@@ -282,8 +283,11 @@ fn pick(snap: &Snapshot, svc: u16, src: u32, dst: u32, proto: u8, sport: u16, dp
     let Some(state) = snap.service_state(svc) else {
         return Verdict::Drop(DropReason::NoService);
     };
-    let hash = flow_hash(state.flow_key, src, dst, proto, sport, dport);
-    match state.table.lookup(hash) {
+    let backend = match &state.table {
+        ServiceTable::Maglev(t) => t.lookup(flow_hash(state.flow_key, src, dst, proto, sport, dport)),
+        ServiceTable::IpvsMh(m) => ServiceTable::ipvs_lookup_v4(m, src, sport),
+    };
+    match backend {
         Some(backend) => Verdict::Forward { service: svc, backend },
         None => Verdict::Drop(DropReason::NoBackend),
     }

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use crate::config::{Backend, Config, FlowKey, Protocol};
-use crate::maglev::{self, Table, TableBackend, TableError};
+use crate::table::{BuildError, ServiceTable};
 use crate::wire::MacAddr;
 
 /// The MAC addresses of the interfaces the daemon serves (read from the interfaces at run time).
@@ -43,7 +43,7 @@ pub struct ServiceState {
     pub protocol: Protocol,
     pub port: Option<u16>,
     pub flow_key: FlowKey,
-    pub table: Table,
+    pub table: ServiceTable,
     pub backends: Box<[BackendState]>,
 }
 
@@ -78,27 +78,31 @@ pub type Resolver<'a> = &'a dyn Fn(&Backend) -> Option<MacAddr>;
 impl Snapshot {
     /// Build the snapshot for `cfg`. `resolve` supplies the MAC of each backend without a static
     /// one (`None`: unresolved or otherwise unusable, so it gets no slots).
-    pub fn build(cfg: &Config, links: Links, resolve: Resolver<'_>, generation: u64) -> Result<Snapshot, TableError> {
+    pub fn build(cfg: &Config, links: Links, resolve: Resolver<'_>, generation: u64) -> Result<Snapshot, BuildError> {
         let mut services = Vec::with_capacity(cfg.services.len());
         for s in &cfg.services {
-            let backends: Box<[BackendState]> = s
-                .backends
-                .iter()
-                .map(|b| BackendState { ip: b.ip, weight: b.weight, mac: b.mac.or_else(|| resolve(b)) })
-                .collect();
-            let inputs: Vec<TableBackend> = backends
-                .iter()
-                .map(|b| TableBackend { ip: b.ip, weight: if b.usable() { b.weight } else { 0 } })
-                .collect();
-            let table = maglev::build(&inputs, s.table_size)?;
+            let std::net::IpAddr::V4(vip) = s.vip else {
+                return Err(BuildError::NotForwardable {
+                    service: s.name.clone(),
+                    reason: "IPv6 services are supported by check, table, lookup and import-ipvs; the forwarder is IPv4 only",
+                });
+            };
+            let mut backends = Vec::with_capacity(s.backends.len());
+            for b in &s.backends {
+                let Some(ip) = b.ipv4() else {
+                    return Err(BuildError::NotIpv4 { service: s.name.clone(), ip: b.ip });
+                };
+                backends.push(BackendState { ip, weight: b.weight, mac: b.mac.or_else(|| resolve(b)) });
+            }
+            let table = ServiceTable::build(s, |i| backends.get(i).is_some_and(|b| b.mac.is_some()))?;
             services.push(ServiceState {
                 name: s.name.clone(),
-                vip: s.vip,
+                vip,
                 protocol: s.protocol,
                 port: s.port,
                 flow_key: s.flow_key,
                 table,
-                backends,
+                backends: backends.into(),
             });
         }
         Ok(Self::from_services(services, links, generation))

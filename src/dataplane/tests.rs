@@ -39,7 +39,7 @@ fn links() -> Links {
 }
 
 fn resolved(b: &crate::config::Backend) -> Option<MacAddr> {
-    Some(MacAddr([2, 0, 0, 0, 0, b.ip.octets()[3]]))
+    b.ipv4().map(|ip| MacAddr([2, 0, 0, 0, 0, ip.octets()[3]]))
 }
 
 fn addr(s: &str) -> u32 {
@@ -140,7 +140,8 @@ fn flows_spread_evenly() {
     for i in 0..n {
         let h =
             flow_hash(FlowKey::FiveTuple, 0xc0a8_0000 + (i % 251), addr("10.201.0.1"), 6, 1024 + (i / 251) as u16, 80);
-        counts[web.table.lookup(h).unwrap() as usize] += 1;
+        let crate::table::ServiceTable::Maglev(table) = &web.table else { panic!("a maglev service") };
+        counts[table.lookup(h).unwrap() as usize] += 1;
     }
     for c in counts {
         let share = c as f64 / n as f64;

@@ -85,7 +85,7 @@ pub fn links() -> Links {
 }
 
 pub fn snapshot() -> Snapshot {
-    Snapshot::build(&fixture_config(), links(), &|b| Some(backend_mac(b.ip)), 1).expect("tables build")
+    Snapshot::build(&fixture_config(), links(), &|b| b.ipv4().map(backend_mac), 1).expect("tables build")
 }
 
 pub fn ip(s: &str) -> [u8; 4] {

@@ -1,0 +1,125 @@
+//! A service's lookup table under either algorithm: maglevd's own Maglev table or the kernel's
+//! `ip_vs_mh` table. Both map a slot to an index into the service's backend list, with `u32::MAX`
+//! for "none"; they differ in how they are built and looked up:
+//!
+//! | | Maglev | ipvs-mh |
+//! |---|---|---|
+//! | built from | backends that are usable now, by `weight` | every backend, by `last_weight` (kernel rule) |
+//! | a backend that is drained or unresolved | owns no slot | keeps its slots, is *unavailable* |
+//! | lookup key | flow hash of the service's flow key | client address (+ port with `mh-port`) |
+//! | unavailable owner of the slot | cannot happen | no backend, or the kernel's fallback walk with `mh-fallback` |
+//!
+//! For `ipvs-mh`, "available" is the kernel's rule (current weight > 0) and, in addition, a known
+//! MAC: a backend maglevd cannot reach is unavailable. While every backend resolves, maglevd picks
+//! exactly the kernel's backend for every new flow.
+
+use std::net::IpAddr;
+
+use crate::config::{Algorithm, Service};
+use crate::ipvs_mh::{self, Family, MhDest, MhError, MhFlags, MhTable};
+use crate::maglev::{self, TableBackend, TableError};
+
+/// Why a service's table cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("service {service}: {source}")]
+    Maglev { service: String, source: TableError },
+    #[error("service {service}: {source}")]
+    IpvsMh { service: String, source: MhError },
+    #[error("service {service}: backend {ip} is not IPv4 (the Maglev algorithm and the forwarder are IPv4 only)")]
+    NotIpv4 { service: String, ip: IpAddr },
+    #[error("service {service}: {reason}")]
+    NotForwardable { service: String, reason: &'static str },
+}
+
+/// The `ipvs-mh` state of a service: the kernel table plus what its lookup needs.
+#[derive(Debug, Clone)]
+pub struct MhService {
+    pub table: MhTable,
+    pub flags: MhFlags,
+    /// The dests in kernel list order, as the kernel would hold them.
+    pub dests: Box<[MhDest]>,
+    /// Per dest: weight > 0 and reachable (MAC known).
+    pub available: Box<[bool]>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ServiceTable {
+    Maglev(maglev::Table),
+    IpvsMh(MhService),
+}
+
+impl ServiceTable {
+    /// Build the table of `service`; `reachable(i)` says whether backend `i` can be sent to now.
+    pub fn build(service: &Service, reachable: impl Fn(usize) -> bool) -> Result<ServiceTable, BuildError> {
+        match service.algorithm {
+            Algorithm::Maglev => {
+                let mut inputs = Vec::with_capacity(service.backends.len());
+                for (i, b) in service.backends.iter().enumerate() {
+                    let Some(ip) = b.ipv4() else {
+                        return Err(BuildError::NotIpv4 { service: service.name.clone(), ip: b.ip });
+                    };
+                    inputs.push(TableBackend { ip, weight: if reachable(i) { b.weight } else { 0 } });
+                }
+                maglev::build(&inputs, service.table_size)
+                    .map(ServiceTable::Maglev)
+                    .map_err(|source| BuildError::Maglev { service: service.name.clone(), source })
+            }
+            Algorithm::IpvsMh { tab_index, flags } => {
+                let dests: Box<[MhDest]> = service
+                    .backends
+                    .iter()
+                    .map(|b| MhDest { last_weight: b.last_weight as i32, ..MhDest::new(b.ip, b.port, b.weight as i32) })
+                    .collect();
+                let table = ipvs_mh::build(Family::of(service.vip), &dests, tab_index)
+                    .map_err(|source| BuildError::IpvsMh { service: service.name.clone(), source })?;
+                let available = dests.iter().enumerate().map(|(i, d)| d.is_available() && reachable(i)).collect();
+                Ok(ServiceTable::IpvsMh(MhService { table, flags, dests, available }))
+            }
+        }
+    }
+
+    pub fn size(&self) -> u32 {
+        match self {
+            ServiceTable::Maglev(t) => t.size(),
+            ServiceTable::IpvsMh(m) => m.table.size(),
+        }
+    }
+
+    /// Every slot's backend index (`u32::MAX` = none); empty for an empty Maglev table.
+    pub fn slots(&self) -> &[u32] {
+        match self {
+            ServiceTable::Maglev(t) => t.slots(),
+            ServiceTable::IpvsMh(m) => m.table.slots(),
+        }
+    }
+
+    /// True when no packet can be forwarded: no slot owner (Maglev) or no available dest (ipvs-mh).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            ServiceTable::Maglev(t) => t.is_empty(),
+            ServiceTable::IpvsMh(m) => m.table.is_empty() || !m.available.iter().any(|a| *a),
+        }
+    }
+
+    /// Slots owned by each backend index `0..n`.
+    pub fn shares(&self, n: usize) -> Vec<u64> {
+        let mut out = vec![0u64; n];
+        for &s in self.slots() {
+            if let Some(c) = out.get_mut(s as usize) {
+                *c += 1;
+            }
+        }
+        out
+    }
+
+    /// The `ipvs-mh` lookup for an IPv4 client on the hot path: `src` in host order, `sport` the
+    /// client's port (0 for fragments). `None` = no destination.
+    #[inline]
+    pub fn ipvs_lookup_v4(m: &MhService, src: u32, sport: u16) -> Option<u32> {
+        let port = if m.flags.mh_port { sport } else { 0 };
+        m.table
+            .lookup_by(src, port, m.flags.mh_fallback, |i| m.available.get(i).copied().unwrap_or(false))
+            .map(|i| i as u32)
+    }
+}

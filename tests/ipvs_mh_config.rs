@@ -1,0 +1,147 @@
+//! ipvs-mh mode through the whole product: a configuration written from each public kernel case
+//! (tests/data/cases_public.json) gives the kernel's table slot for slot, `lookup` names the
+//! kernel's backend for every client and flag combination, and the data plane's `forward()` sends
+//! a TCP packet from that client to the same backend.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use maglevd::config::{self, Config};
+use maglevd::dataplane::{DropReason, Snapshot, Verdict, forward};
+use maglevd::report;
+use serde_json::Value;
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cases_public.json")).unwrap();
+    serde_json::from_str::<Vec<Value>>(&text).unwrap()
+}
+
+/// The VIP:port of a case, from its `ipvsadm -A -t VIP:PORT` command.
+fn service_of(case: &Value) -> SocketAddr {
+    let add = case["ipvsadm"][0].as_str().unwrap();
+    add.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+fn config_for(case: &Value, flags: &[&str], drain: Option<usize>) -> Config {
+    let vip = service_of(case);
+    let mut t = format!(
+        "[interfaces]\ningress = \"net1\"\negress = \"net2\"\n[[service]]\nvip = \"{}\"\nprotocol = \"tcp\"\nport = {}\nalgorithm = \"ipvs-mh\"\nipvs_tab_index = {}\nipvs_flags = {:?}\n",
+        vip.ip(),
+        vip.port(),
+        case["tab_index"],
+        flags
+    );
+    for (i, d) in case["dests"].as_array().unwrap().iter().enumerate() {
+        let weight = if drain == Some(i) { 0 } else { d["weight"].as_i64().unwrap() };
+        t.push_str(&format!(
+            "[[service.backend]]\nip = \"{}\"\nport = {}\nweight = {weight}\nlast_weight = {}\n",
+            d["addr"].as_str().unwrap(),
+            d["port"],
+            d["last_weight"]
+        ));
+    }
+    config::parse(&t, Path::new("case.toml")).unwrap_or_else(|e| panic!("{e}\n{t}"))
+}
+
+const FLAGS: [(&str, &[&str]); 4] = [
+    ("dest_no_flags", &[]),
+    ("dest_mh_port", &["mh-port"]),
+    ("dest_mh_fallback", &["mh-fallback"]),
+    ("dest_mh_fallback_mh_port", &["mh-fallback", "mh-port"]),
+];
+
+fn dest_ip(case: &Value, index: i64) -> Option<IpAddr> {
+    (index >= 0).then(|| case["dests"][index as usize]["addr"].as_str().unwrap().parse().unwrap())
+}
+
+#[test]
+fn tables_match_the_kernel_slot_for_slot() {
+    for case in cases() {
+        let cfg = config_for(&case, &[], None);
+        let tables = report::tables(&cfg).unwrap();
+        let want: Vec<u32> = case["table"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as u32).collect();
+        assert_eq!(tables[0].table.slots(), &want[..], "{}", case["name"]);
+    }
+}
+
+#[test]
+fn lookup_names_the_kernels_backend() {
+    for case in cases() {
+        let vip = service_of(&case);
+        for (key, flags) in FLAGS {
+            let cfg = config_for(&case, flags, None);
+            let tables = report::tables(&cfg).unwrap();
+            for l in case["lookups"].as_array().unwrap() {
+                let client = SocketAddr::new(
+                    l["client_addr"].as_str().unwrap().parse().unwrap(),
+                    l["client_port"].as_u64().unwrap() as u16,
+                );
+                let got = report::lookup(&tables[0], vip.port(), client).unwrap();
+                assert_eq!(got, dest_ip(&case, l[key].as_i64().unwrap()), "{} {key} client {client}", case["name"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_data_plane_forwards_to_the_kernels_backend() {
+    let mut checked = 0;
+    for case in cases() {
+        let vip = service_of(&case);
+        let IpAddr::V4(_) = vip.ip() else { continue };
+        for (key, flags) in FLAGS {
+            let cfg = config_for(&case, flags, None);
+            let snap =
+                Snapshot::build(&cfg, common::links(), &|b| Some(common::backend_mac(b.ipv4().unwrap())), 1).unwrap();
+            for l in case["lookups"].as_array().unwrap() {
+                let (addr, port) = (l["client_addr"].as_str().unwrap(), l["client_port"].as_u64().unwrap() as u16);
+                let mut frame = common::tcp(addr, port, &vip.ip().to_string(), vip.port(), &[]);
+                let verdict = forward(&mut frame, &snap);
+                match l[key].as_i64().unwrap() {
+                    -1 => assert_eq!(verdict, Verdict::Drop(DropReason::NoBackend)),
+                    want => assert_eq!(
+                        verdict,
+                        Verdict::Forward { service: 0, backend: want as u32 },
+                        "{} {key} client {addr}:{port}",
+                        case["name"]
+                    ),
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 160, "{checked}");
+}
+
+/// `ipvsadm -e -w 0` (weight 0, last_weight kept): the table does not change, clients of the
+/// drained backend get no backend without mh-fallback and another one with it.
+#[test]
+fn draining_by_weight_zero_keeps_the_table() {
+    let case = &cases()[1];
+    assert_eq!(case["name"], "seed_6dests");
+    let vip = service_of(case);
+    let base = config_for(case, &[], None);
+    let drained = config_for(case, &[], Some(2));
+    let fallback = config_for(case, &["mh-fallback"], Some(2));
+    let (tb, td, tf) =
+        (report::tables(&base).unwrap(), report::tables(&drained).unwrap(), report::tables(&fallback).unwrap());
+    assert_eq!(tb[0].table.slots(), td[0].table.slots(), "draining must not change the kernel table");
+    let gone = dest_ip(case, 2);
+    let mut hit = 0;
+    for port in 0..2000u16 {
+        let client = SocketAddr::from(([192, 168, (port >> 8) as u8, port as u8], 40000 + port));
+        let before = report::lookup(&tb[0], vip.port(), client).unwrap();
+        let (d, f) =
+            (report::lookup(&td[0], vip.port(), client).unwrap(), report::lookup(&tf[0], vip.port(), client).unwrap());
+        if before == gone {
+            hit += 1;
+            assert_eq!(d, None, "without mh-fallback a drained backend's client gets no backend");
+            assert!(f.is_some() && f != gone, "with mh-fallback it is rehashed to another backend");
+        } else {
+            assert_eq!((d, f), (before, before), "clients of other backends stay");
+        }
+    }
+    assert!(hit > 200, "{hit} of 2000 clients hashed to the drained backend");
+}
