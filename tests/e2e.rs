@@ -70,7 +70,9 @@ fn route_vip_via(lab: &Lab, via: Option<&str>) {
 fn seed_topology_end_to_end() {
     let t0 = Instant::now();
     let mut lab = Lab::up("mlvt");
-    let cfg = repo().join("config/maglevd.toml");
+    // A copy the reload steps may rewrite; it starts as the example configuration, unchanged.
+    let cfg = lab.dir().join("maglevd.toml");
+    std::fs::copy(repo().join("config/maglevd.toml"), &cfg).expect("copy the example config");
     for fe in ["fe1", "fe2"] {
         lab.start_maglevd(fe, &cfg, &["--workers", "2"]);
     }
@@ -85,7 +87,9 @@ fn seed_topology_end_to_end() {
     let flows = same_flow_same_backend_on_both_frontends(&lab);
     large_transfer_intact(&lab);
     malformed_frames_are_counted(&mut lab);
-    restart_keeps_flows(&mut lab, &flows);
+    restart_keeps_flows(&mut lab, &cfg, &flows);
+    reload_applies_good_and_refuses_bad(&mut lab, &cfg);
+    answers_arp_when_the_kernel_does_not(&mut lab, &cfg);
 
     for fe in ["fe1", "fe2"] {
         let m = lab.metrics(fe);
@@ -374,15 +378,108 @@ fn malformed_frames_are_counted(lab: &mut Lab) {
 }
 
 /// (g) Stopping and starting maglevd does not change which backend a flow reaches.
-fn restart_keeps_flows(lab: &mut Lab, flows: &[(u16, String)]) {
-    let cfg = repo().join("config/maglevd.toml");
+fn restart_keeps_flows(lab: &mut Lab, cfg: &std::path::Path, flows: &[(u16, String)]) {
     let status = lab.stop_maglevd("fe1");
     assert!(status.success(), "maglevd exited with {status} on SIGTERM:\n{}", lab.maglevd_log("fe1"));
-    lab.start_maglevd("fe1", &cfg, &["--workers", "2"]);
+    lab.start_maglevd("fe1", cfg, &["--workers", "2"]);
     lab.wait_ready("fe1", Duration::from_secs(15));
     route_vip_via(lab, Some("10.158.100.2"));
     let again: Vec<(u16, String)> = flows.iter().map(|(p, _)| (*p, get_from_port(lab, *p))).collect();
     route_vip_via(lab, None);
     assert_eq!(again, flows, "flows moved across a restart");
     eprintln!("(g) after a restart of fe1's maglevd, all {} flows reach the same backends", flows.len());
+}
+
+fn wait_generation(lab: &Lab, fe: &str, above: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let g = lab.metric(fe, "maglevd_snapshot_generation");
+        if g > above {
+            return g;
+        }
+        assert!(Instant::now() < deadline, "{fe}: no new snapshot after SIGHUP:\n{}", lab.maglevd_log(fe));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spread(lab: &Lab, n: usize) -> BTreeMap<String, u32> {
+    let addr = SocketAddr::from((VIP, 80));
+    lab.in_ns("client", move || {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let body = http_get(addr, "/").expect("request through the VIP");
+            *counts.entry(body.trim().to_string()).or_default() += 1;
+        }
+        counts
+    })
+}
+
+/// (h) SIGHUP applies a changed file (be3 drained: no new flow reaches it); (i) a broken file is
+/// refused and the running configuration keeps forwarding.
+fn reload_applies_good_and_refuses_bad(lab: &mut Lab, cfg: &std::path::Path) {
+    let original = std::fs::read_to_string(cfg).unwrap();
+    let drained = original.replacen("ip = \"10.158.200.253\"\nweight = 1", "ip = \"10.158.200.253\"\nweight = 0", 1);
+    assert_ne!(drained, original, "the example config lists .253 with weight 1");
+    std::fs::write(cfg, &drained).unwrap();
+    for fe in ["fe1", "fe2"] {
+        let g = lab.metric(fe, "maglevd_snapshot_generation");
+        lab.reload_maglevd(fe);
+        wait_generation(lab, fe, g);
+    }
+    let counts = spread(lab, 600);
+    eprintln!("(h) after draining be3 by SIGHUP: {counts:?}");
+    assert!(!counts.contains_key("be3") && counts.len() == 2, "be3 still gets flows: {counts:?}");
+
+    std::fs::write(cfg, original.replace("port = 80", "port = 80\nport = 81")).unwrap();
+    let (g, failures) =
+        (lab.metric("fe1", "maglevd_snapshot_generation"), lab.metric("fe1", "maglevd_reload_failures_total"));
+    lab.reload_maglevd("fe1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.metric("fe1", "maglevd_reload_failures_total") == failures {
+        assert!(Instant::now() < deadline, "a broken file was not refused:\n{}", lab.maglevd_log("fe1"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(lab.metric("fe1", "maglevd_snapshot_generation"), g, "a refused reload published a snapshot");
+    assert!(
+        lab.maglevd_log("fe1").contains("reload refused, running configuration kept"),
+        "{}",
+        lab.maglevd_log("fe1")
+    );
+    let counts = spread(lab, 300);
+    assert!(!counts.contains_key("be3"), "the running (drained) configuration must stay: {counts:?}");
+    eprintln!("(i) a broken file on SIGHUP was refused (logged, counted); still forwarding: {counts:?}");
+
+    std::fs::write(cfg, &original).unwrap();
+    for fe in ["fe1", "fe2"] {
+        let g = lab.metric(fe, "maglevd_snapshot_generation");
+        lab.reload_maglevd(fe);
+        wait_generation(lab, fe, g);
+    }
+}
+
+/// (j) With no kernel address on net1, maglevd answers ARP for the configured ingress address
+/// itself (and still never for the VIP), so the router keeps sending it VIP traffic.
+fn answers_arp_when_the_kernel_does_not(lab: &mut Lab, cfg: &std::path::Path) {
+    lab.stop_maglevd("fe1");
+    lab.sh("fe1", &["ip", "addr", "del", "10.158.100.2/24", "dev", "net1"]);
+    let own = lab.dir().join("maglevd-fe1-own-arp.toml");
+    let text = std::fs::read_to_string(cfg)
+        .unwrap()
+        .replace("egress = \"net2\"\n", "egress = \"net2\"\ningress_address = \"10.158.100.2\"\n");
+    std::fs::write(&own, text).unwrap();
+    lab.start_maglevd("fe1", &own, &["--workers", "2"]);
+    lab.wait_ready("fe1", Duration::from_secs(15));
+    lab.sh("router", &["ip", "neigh", "flush", "dev", "vlan100"]);
+    route_vip_via(lab, Some("10.158.100.2"));
+    let be = get_from_port(lab, 47000);
+    route_vip_via(lab, None);
+    let replies = lab.metric("fe1", "maglevd_arp_replies_sent_total");
+    let neigh = lab.sh("router", &["ip", "neigh", "show", "10.158.100.2", "dev", "vlan100"]);
+    eprintln!(
+        "(j) fe1 without a kernel address on net1: maglevd sent {replies} ARP replies; router: {}; request served by {be}",
+        neigh.trim()
+    );
+    assert!(replies >= 1.0, "maglevd did not answer ARP for its own address");
+    assert!(neigh.contains("c2:b0:57:49:47:f1"), "router did not learn fe1's MAC: {neigh}");
+    assert!(be.starts_with("be"));
 }

@@ -118,6 +118,18 @@ impl Lab {
         }
     }
 
+    /// Send SIGHUP (reload) to the maglevd in `short`.
+    pub fn reload_maglevd(&mut self, short: &str) {
+        let (_, child) = self.daemons.iter().find(|(s, _)| s == short).expect("a maglevd runs there");
+        let ok = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP maglevd in {short}");
+    }
+
+    /// A metric of the maglevd in `short` (0 if absent).
+    pub fn metric(&self, short: &str, name: &str) -> f64 {
+        self.metrics(short).get(name).copied().unwrap_or(0.0)
+    }
+
     /// GET a path of the maglevd HTTP endpoint in a namespace.
     pub fn http_local(&self, short: &str, path: &str) -> (u16, String) {
         let out = self
