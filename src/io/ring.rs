@@ -320,6 +320,20 @@ struct V3Cursor {
     off: usize,
 }
 
+/// Where a received frame sits in the ring, as its TPACKET header says (V2 and V3 alike).
+struct SlotFrame {
+    /// Offset of the frame's TPACKET header in the mapping.
+    base: usize,
+    /// Offset of the Ethernet header from `base` (`tp_mac`).
+    mac: usize,
+    /// Size of the TPACKET header (the vnet header sits between it and `mac`).
+    hdr_len: usize,
+    snap: usize,
+    wire_len: u32,
+    status: u32,
+    tci: u16,
+}
+
 /// A memory-mapped AF_PACKET receive ring bound to one interface.
 #[derive(Debug)]
 pub struct RxRing {
@@ -490,20 +504,8 @@ impl RxRing {
             let mac = self.map.read_u16(base + 12).unwrap_or(0) as usize;
             let tci = self.map.read_u16(base + 24).unwrap_or(0);
             if mac >= TP2_HDR && mac.checked_add(snap).is_some_and(|end| end <= fsz) {
-                let vnet = self.read_vnet(base, mac, TP2_HDR);
-                if let Some(data) = self.map.bytes_mut(base + mac, snap) {
-                    f(RxFrame {
-                        data,
-                        wire_len,
-                        vnet,
-                        truncated: wire_len as usize > snap,
-                        vlan_tci: (status & libc::TP_STATUS_VLAN_VALID != 0).then_some(tci),
-                        status: RxStatus(status),
-                    });
-                    delivered += 1;
-                } else {
-                    self.stats.malformed += 1;
-                }
+                let slot = SlotFrame { base, mac, hdr_len: TP2_HDR, snap, wire_len, status, tci };
+                delivered += usize::from(self.deliver(&slot, f));
             } else {
                 self.stats.malformed += 1;
             }
@@ -514,6 +516,25 @@ impl RxRing {
             }
         }
         delivered
+    }
+
+    /// Hand the frame described by a ring header to `f`; false (counted as malformed) if the
+    /// slot cannot be borrowed.
+    fn deliver(&mut self, slot: &SlotFrame, f: &mut impl FnMut(RxFrame<'_>)) -> bool {
+        let vnet = self.read_vnet(slot.base, slot.mac, slot.hdr_len);
+        let Some(data) = self.map.bytes_mut(slot.base + slot.mac, slot.snap) else {
+            self.stats.malformed += 1;
+            return false;
+        };
+        f(RxFrame {
+            data,
+            wire_len: slot.wire_len,
+            vnet,
+            truncated: slot.wire_len as usize > slot.snap,
+            vlan_tci: (slot.status & libc::TP_STATUS_VLAN_VALID != 0).then_some(slot.tci),
+            status: RxStatus(slot.status),
+        });
+        true
     }
 
     fn read_vnet(&self, base: usize, mac: usize, hdr: usize) -> Option<VnetHdr> {
@@ -572,18 +593,8 @@ impl RxRing {
             let mac = self.map.read_u16(base + 24).unwrap_or(0) as usize;
             let tci = self.map.read_u32(base + 32).unwrap_or(0) as u16;
             if mac >= TP3_HDR && p.checked_add(mac).and_then(|x| x.checked_add(snap)).is_some_and(|e| e <= bsz) {
-                let vnet = self.read_vnet(base, mac, TP3_HDR);
-                if let Some(data) = self.map.bytes_mut(base + mac, snap) {
-                    f(RxFrame {
-                        data,
-                        wire_len,
-                        vnet,
-                        truncated: wire_len as usize > snap,
-                        vlan_tci: (status & libc::TP_STATUS_VLAN_VALID != 0).then_some(tci),
-                        status: RxStatus(status),
-                    });
-                    delivered += 1;
-                }
+                let slot = SlotFrame { base, mac, hdr_len: TP3_HDR, snap, wire_len, status, tci };
+                delivered += usize::from(self.deliver(&slot, f));
             } else {
                 self.stats.malformed += 1;
             }
