@@ -218,9 +218,13 @@ pub fn text(b: &[u8]) -> String {
 
 /// One HTTP/1.0 GET (a new TCP connection), returning the body. Runs in the caller's namespace.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    get_on(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?, addr, path)
+}
+
+/// Send an HTTP/1.0 GET on a connected stream and return the body of a 200 response.
+fn get_on(mut s: TcpStream, dst: SocketAddr, path: &str) -> std::io::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", addr.ip()).as_bytes())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", dst.ip()).as_bytes())?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
     let resp = String::from_utf8_lossy(&resp).into_owned();
@@ -242,16 +246,5 @@ pub fn http_get_from(src: SocketAddr, dst: SocketAddr, path: &str) -> std::io::R
     s.bind(&src.into())?;
     s.connect_timeout(&dst.into(), Duration::from_secs(2))?;
     s.set_linger(Some(Duration::ZERO))?;
-    let mut s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", dst.ip()).as_bytes())?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    match resp.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") => {
-            Ok(body.to_string())
-        }
-        _ => Err(std::io::Error::other(format!("bad response: {resp:.200}"))),
-    }
+    get_on(s.into(), dst, path)
 }
