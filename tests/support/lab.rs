@@ -187,6 +187,19 @@ impl Lab {
         .expect("namespace thread panicked")
     }
 
+    /// Start `f` on a thread inside namespace `short` and return at once.
+    pub fn spawn_in_ns<T: Send + 'static>(
+        &self,
+        short: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = self.ns_path(short);
+        std::thread::spawn(move || {
+            maglevd::io::enter_netns(&path).expect("setns into the lab namespace");
+            f()
+        })
+    }
+
     /// An interface counter from /sys in a namespace.
     pub fn counter(&self, short: &str, iface: &str, name: &str) -> u64 {
         self.sh(short, &["cat", &format!("/sys/class/net/{iface}/statistics/{name}")]).trim().parse().expect("counter")
