@@ -8,6 +8,7 @@
 //! | [`wire`] | typed views over Ethernet/IPv4 bytes, MAC addresses | none |
 //! | [`maglev`] | the Maglev lookup table: a pure function of (backends, weights, size) | none |
 //! | [`ipvs_mh`] | the kernel's `ip_vs_mh` table and lookup, bit for bit (compatibility mode) | none |
+//! | [`ipvs_import`] | `ipvsadm -Ln --nosort` / `ipvsadm-save` text → `ipvs-mh` services and their TOML | none |
 //! | [`config`] | TOML file types and validation into runtime types | reads the file |
 //! | [`dataplane`] | the immutable [`dataplane::Snapshot`] and the hot path `forward(frame, snapshot)` | none |
 //!
@@ -23,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod io;
+pub mod ipvs_import;
 pub mod ipvs_mh;
 pub mod maglev;
 pub mod metrics;
