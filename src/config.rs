@@ -600,9 +600,6 @@ impl Validator<'_> {
                 ),
             );
         }
-        if s.backends.is_empty() {
-            self.problem(spanned.span(), format!("{key}.backend"), "the service has no [[service.backend]]");
-        }
 
         let mut backends = Vec::new();
         let mut seen: HashMap<IpAddr, usize> = HashMap::new();
@@ -787,13 +784,18 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for s in &cfg.services {
         let n = s.backends.len() as u64;
-        if (s.table_size as u64) < 100 * n {
+        if s.algorithm == Algorithm::Maglev && (s.table_size as u64) < 100 * n {
             out.push(format!(
                 "service {}: table_size {} gives {} slots per backend; the Maglev paper recommends at least 100 (table_size ≥ {}) for even balance",
                 s.name, s.table_size, s.table_size as u64 / n.max(1), 100 * n
             ));
         }
-        if s.backends.iter().all(|b| b.weight == 0) {
+        if s.backends.is_empty() {
+            out.push(format!(
+                "service {}: no [[service.backend]]: all its traffic will be dropped (no_backend)",
+                s.name
+            ));
+        } else if s.backends.iter().all(|b| b.weight == 0) {
             out.push(format!("service {}: every backend has weight 0: all its traffic will be dropped", s.name));
         }
     }

@@ -14,6 +14,14 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ImportFormat {
+    /// `ipvsadm -Ln --nosort` (the kernel's true destination order)
+    List,
+    /// `ipvsadm-save -n` / `ipvsadm -Sn` (sorted: the order of a live host cannot be read from it)
+    Save,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the load balancer: forward VIP traffic from the ingress to the egress interface.
@@ -48,6 +56,27 @@ enum Command {
         /// frontends' tables.
         #[arg(long)]
         dump: bool,
+    },
+    /// Write a maglevd configuration with ipvs-mh services that reproduce the kernel's IPVS tables,
+    /// from the output of `ipvsadm -Ln --nosort` or `ipvsadm-save -n`. Warnings (what the input
+    /// cannot tell) go to stderr and into the file as comments.
+    ImportIpvs {
+        /// The ipvsadm output; `-` for standard input.
+        #[arg(value_name = "FILE", default_value = "-")]
+        input: PathBuf,
+        /// Input format (default: detected).
+        #[arg(long, value_enum)]
+        format: Option<ImportFormat>,
+        #[arg(long, default_value = "net1")]
+        ingress: String,
+        #[arg(long, default_value = "net2")]
+        egress: String,
+        /// The IPVS hosts' CONFIG_IP_VS_MH_TAB_INDEX (8..=17; default 12).
+        #[arg(long)]
+        tab_index: Option<u8>,
+        /// Write the configuration here instead of standard output.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
     },
     /// Print the backend a new flow from CLIENT to a service reaches (`none` if it is dropped),
     /// on a frontend where every backend with weight > 0 is up. Works for both algorithms: with
@@ -92,6 +121,12 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Table { config, compare, dump } => table(&config, compare.as_deref(), dump),
         Command::Lookup { config, service, client } => lookup(&config, &service, client),
+        Command::ImportIpvs { input, format, ingress, egress, tab_index, output } => import_ipvs(
+            &input,
+            format,
+            maglevd::ipvs_import::TomlOptions { ingress, egress, tab_index },
+            output.as_deref(),
+        ),
     }
 }
 
@@ -178,6 +213,78 @@ fn lookup(path: &std::path::Path, selector: &str, client: std::net::SocketAddr) 
         Err(e) => {
             eprintln!("error: {}: {e}", path.display());
             ExitCode::from(2)
+        }
+    }
+}
+
+fn import_ipvs(
+    input: &std::path::Path,
+    format: Option<ImportFormat>,
+    opts: maglevd::ipvs_import::TomlOptions,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    use maglevd::ipvs_import::{self, InputFormat};
+    let name = input.display().to_string();
+    let text = if name == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
+    } else {
+        std::fs::read_to_string(input)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {name}: cannot read: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = match format {
+        Some(ImportFormat::List) => InputFormat::List,
+        Some(ImportFormat::Save) => InputFormat::Save,
+        None => match ipvs_import::detect(&text) {
+            Some(f) => f,
+            None => {
+                eprintln!("error: {name}: neither `ipvsadm -Ln --nosort` nor `ipvsadm-save -n` output (give --format)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let import = match ipvs_import::parse(&text, format) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let toml = match ipvs_import::to_toml_with(&import, &opts) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --tab-index: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &import.warnings {
+        eprintln!("warning: {name}: {w}");
+    }
+    // The file must be one maglevd accepts: check it with the real parser before writing it.
+    if let Err(e) = config::parse(&toml, std::path::Path::new("<import-ipvs output>")) {
+        eprintln!("error: the generated configuration does not validate (a maglevd bug, please report):\n{e}");
+        return ExitCode::FAILURE;
+    }
+    match output {
+        Some(path) => match std::fs::write(path, &toml) {
+            Ok(()) => {
+                eprintln!("wrote {}: check it with `maglevd check -c {0}` and `maglevd lookup`", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: cannot write: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            print!("{toml}");
+            ExitCode::SUCCESS
         }
     }
 }

@@ -316,3 +316,15 @@ fn ipv6_only_in_ipvs_mh_services() {
     let e = error(&mh_service("", "[[service.backend]]\nip = \"2001:db8::10\"\n"));
     assert!(e.contains("is not of the VIP's address family"), "{e}");
 }
+
+#[test]
+fn a_service_without_backends_is_valid_and_warned() {
+    let c = check(&one_service("port = 80\n")).unwrap();
+    assert!(c.services[0].backends.is_empty());
+    let w = warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("no [[service.backend]]: all its traffic will be dropped"), "{w:?}");
+    // The forwarder builds an empty table for it: every packet is a counted no_backend drop.
+    let t = crate::table::ServiceTable::build(&c.services[0], |_| true).unwrap();
+    assert!(t.is_empty());
+}
