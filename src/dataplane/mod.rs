@@ -212,7 +212,8 @@ fn classify(frame: &[u8], snap: &Snapshot) -> Verdict {
     if total < ihl || total > packet.len() {
         return Verdict::Drop(D::Ipv4TotalLength);
     }
-    if !ip.checksum_ok(ihl) {
+    // IHL is exactly 5 here (options were dropped above).
+    if !ip.checksum_ok_20() {
         return Verdict::Drop(D::Ipv4Checksum);
     }
     if ip.ttl() <= 1 {
@@ -231,10 +232,9 @@ fn classify(frame: &[u8], snap: &Snapshot) -> Verdict {
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let min = if proto == IPPROTO_TCP { 20 } else { 8 };
-            if l4.len() < min {
+            let (true, Some((sport, dport))) = (l4.len() >= min, wire::ports(l4)) else {
                 return Verdict::Drop(D::L4Truncated);
-            }
-            let (sport, dport) = (wire::read16(l4, 0), wire::read16(l4, 2));
+            };
             match snap.service(dst, proto, dport) {
                 Some(svc) => pick(snap, svc, src, dst, proto, sport, dport),
                 None => Verdict::Drop(D::NoService),
@@ -262,7 +262,7 @@ fn icmp_error(snap: &Snapshot, icmp: &[u8], vip: u32) -> Verdict {
     if inner.version() != 4 || ihl < IPV4_MIN_HEADER_LEN || inner.frag_offset() != 0 {
         return Verdict::Drop(D::IcmpMalformed);
     }
-    let Some(ports) = icmp.get(ICMP_HEADER_LEN + ihl..ICMP_HEADER_LEN + ihl + 4) else {
+    let Some((vip_port, client_port)) = icmp.get(ICMP_HEADER_LEN + ihl..).and_then(wire::ports) else {
         return Verdict::Drop(D::IcmpMalformed);
     };
     let proto = inner.protocol();
@@ -270,7 +270,6 @@ fn icmp_error(snap: &Snapshot, icmp: &[u8], vip: u32) -> Verdict {
     if inner.src_raw() != vip || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return Verdict::Drop(D::IcmpNoService);
     }
-    let (vip_port, client_port) = (wire::read16(ports, 0), wire::read16(ports, 2));
     match snap.service(vip, proto, vip_port) {
         // Hash the client → VIP direction, exactly like the flow's own packets.
         Some(svc) => pick(snap, svc, inner.dst_raw(), vip, proto, client_port, vip_port),
