@@ -45,6 +45,8 @@ enum Command {
         #[arg(long, value_name = "OTHER")]
         compare: Option<PathBuf>,
     },
+    /// Measure table builds, the packet path in memory, and live forwarding through real interfaces
+    Bench(maglevd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(&config),
         Command::Table { config, compare } => table(&config, compare.as_deref()),
+        Command::Bench(args) => maglevd::bench::main(&args),
     }
 }
 
