@@ -230,6 +230,8 @@ pub struct RunResult {
     pub foreign: Option<f64>,
     /// Busy share of the generator's and of the forwarder's CPU during the window.
     pub cpu_busy: Option<(f64, f64)>,
+    /// Share of the CPUs the hypervisor stole during the window.
+    pub steal: Option<f64>,
     pub attempts: u32,
     /// Still loaded after the retries.
     pub flagged: bool,
@@ -760,6 +762,7 @@ impl Lab {
         let dt = b.0.duration_since(a.0).as_secs_f64();
         let pps = |x: u64, y: u64| y.saturating_sub(x) as f64 / dt;
         let foreign = load.as_ref().map(|l: &LoadSample| l.foreign);
+        let steal = load.as_ref().map(|l| l.steal);
         let cpu_busy = load.as_ref().and_then(|l| Some((*l.per_cpu.get(args.gen_cpu)?, *l.per_cpu.get(args.fwd_cpu)?)));
         let flagged = pre_foreign.is_some_and(|b| b > PRE_FOREIGN_LIMIT) || foreign.is_some_and(|f| f > FOREIGN_LIMIT);
         Ok(RunResult {
@@ -772,6 +775,7 @@ impl Lab {
             pre_foreign,
             foreign,
             cpu_busy,
+            steal,
             attempts: attempt,
             flagged,
             forwarded_pps: (mode == Mode::Maglevd).then(|| pps(a.2, b.2)),
@@ -1015,6 +1019,9 @@ pub fn render(r: &LiveReport) -> String {
         if let Some((g, f)) = x.cpu_busy {
             notes.push(format!("CPU busy gen {:.0}% fwd {:.0}%", g * 100.0, f * 100.0));
         }
+        if let Some(st) = x.steal.filter(|st| *st >= 0.01) {
+            notes.push(format!("steal {:.0}%", st * 100.0));
+        }
         if let Some(f) = x.forwarded_pps {
             notes.push(format!("maglevd forwarded {f:.0} pps"));
         }
@@ -1138,6 +1145,7 @@ pub fn to_json(r: &LiveReport) -> Json {
                 .with("foreign_load", x.foreign)
                 .with("gen_cpu_busy", x.cpu_busy.map(|c| c.0))
                 .with("fwd_cpu_busy", x.cpu_busy.map(|c| c.1))
+                .with("steal", x.steal)
                 .with("attempts", x.attempts)
                 .with("flagged", x.flagged)
                 .with("maglevd_forwarded_pps", x.forwarded_pps)
@@ -1232,6 +1240,7 @@ mod tests {
             pre_foreign: Some(0.01),
             foreign: Some(0.0),
             cpu_busy: Some((1.0, 0.5)),
+            steal: Some(0.0),
             attempts: 1,
             flagged,
             forwarded_pps: None,

@@ -65,37 +65,39 @@ pub struct CpuTimes {
     pub idle: u64,
     /// irq + softirq (packet processing outside any process).
     pub interrupt: u64,
+    /// Time the hypervisor ran something else on our vCPUs.
+    pub steal: u64,
     /// Number of `cpuN` lines.
     pub cpus: u32,
     /// (total, idle + iowait) per CPU, indexed by N.
     pub per_cpu: Vec<(u64, u64)>,
 }
 
-fn cpu_columns(line: &str) -> Option<(u64, u64, u64)> {
+fn cpu_columns(line: &str) -> Option<(u64, u64, u64, u64)> {
     let f: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
     if f.len() < 4 {
         return None;
     }
     let col = |i: usize| f.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal (guest columns are included in user).
-    Some(((0..8).map(col).sum(), col(3) + col(4), col(5) + col(6)))
+    Some(((0..8).map(col).sum(), col(3) + col(4), col(5) + col(6), col(7)))
 }
 
 impl CpuTimes {
     /// Parses a `/proc/stat` text. `None` if there is no `cpu ` line.
     pub fn parse(text: &str) -> Option<CpuTimes> {
-        let (total, idle, interrupt) = cpu_columns(text.lines().find(|l| l.starts_with("cpu "))?)?;
+        let (total, idle, interrupt, steal) = cpu_columns(text.lines().find(|l| l.starts_with("cpu "))?)?;
         let mut per_cpu = Vec::new();
         for line in text.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")) {
             let n: usize = line[3..].split_whitespace().next().and_then(|n| n.parse().ok())?;
-            let (t, i, _) = cpu_columns(line)?;
+            let (t, i, _, _) = cpu_columns(line)?;
             if per_cpu.len() <= n {
                 per_cpu.resize(n + 1, (0, 0));
             }
             per_cpu[n] = (t, i);
         }
         let cpus = per_cpu.len().max(1) as u32;
-        Some(CpuTimes { total, idle, interrupt, cpus, per_cpu })
+        Some(CpuTimes { total, idle, interrupt, steal, cpus, per_cpu })
     }
 
     /// Reads `/proc/stat` now.
@@ -141,8 +143,11 @@ fn self_ticks() -> Option<u64> {
 pub struct LoadSample {
     /// Busy share of all CPUs (0..=1).
     pub busy: f64,
-    /// Share of all CPUs spent by other processes (busy − ours − ksoftirqd − irq/softirq), 0..=1.
+    /// Share of all CPUs spent by other processes (busy − ours − ksoftirqd − irq/softirq − steal),
+    /// 0..=1.
     pub foreign: f64,
+    /// Share of all CPUs stolen by the hypervisor (0..=1).
+    pub steal: f64,
     /// Busy share of each CPU (0..=1), indexed by CPU number.
     pub per_cpu: Vec<f64>,
 }
@@ -175,7 +180,8 @@ pub fn load_between(a: &CpuTimes, b: &CpuTimes, own_ticks: u64) -> Option<LoadSa
     let idle = b.idle.saturating_sub(a.idle);
     let busy = total.saturating_sub(idle);
     let irq = b.interrupt.saturating_sub(a.interrupt);
-    let foreign = busy.saturating_sub(own_ticks).saturating_sub(irq);
+    let steal = b.steal.saturating_sub(a.steal);
+    let foreign = busy.saturating_sub(own_ticks).saturating_sub(irq).saturating_sub(steal);
     let per_cpu = a
         .per_cpu
         .iter()
@@ -185,7 +191,8 @@ pub fn load_between(a: &CpuTimes, b: &CpuTimes, own_ticks: u64) -> Option<LoadSa
             if t == 0 { 0.0 } else { t.saturating_sub(y.1.saturating_sub(x.1)) as f64 / t as f64 }
         })
         .collect();
-    Some(LoadSample { busy: busy as f64 / total as f64, foreign: foreign as f64 / total as f64, per_cpu })
+    let share = |x: u64| x as f64 / total as f64;
+    Some(LoadSample { busy: share(busy), foreign: share(foreign), steal: share(steal), per_cpu })
 }
 
 /// Samples the machine for `window` while this process is idle and returns the busy share.
@@ -244,7 +251,7 @@ mod tests {
         let a = CpuTimes::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 0 450 0\ncpu1 100 0 0 400 0\n").unwrap();
         assert_eq!(
             a,
-            CpuTimes { total: 1000, idle: 850, interrupt: 0, cpus: 2, per_cpu: vec![(500, 450), (500, 400)] }
+            CpuTimes { total: 1000, idle: 850, interrupt: 0, steal: 0, cpus: 2, per_cpu: vec![(500, 450), (500, 400)] }
         );
         let b = CpuTimes::parse("cpu  200 0 100 1400 50 10 40 0 0 0\ncpu0 50 0 0 850 0\ncpu1 500 0 0 400 0\n").unwrap();
         // 800 ticks passed: 600 idle, 200 busy of which 50 irq/softirq and 100 ours.
