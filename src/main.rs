@@ -91,6 +91,8 @@ enum Command {
         #[arg(long, value_name = "ADDR:PORT")]
         client: std::net::SocketAddr,
     },
+    /// Measure table builds, the packet path in memory, and live forwarding through real interfaces
+    Bench(maglevd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +129,7 @@ fn main() -> ExitCode {
             maglevd::ipvs_import::TomlOptions { ingress, egress, tab_index },
             output.as_deref(),
         ),
+        Command::Bench(args) => maglevd::bench::main(&args),
     }
 }
 

@@ -88,7 +88,7 @@ pub use bpf::{BpfError, BpfProgram, VipFilter};
 pub use iface::InterfaceInfo;
 pub use mem::{MemRx, MemTx};
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
-pub use sys::enter_netns;
+pub use sys::{current_cpu, enter_netns, pin_current_thread};
 
 /// `struct virtio_net_hdr` (10 bytes, legacy layout, host byte order) that the
 /// kernel puts in front of each frame when `PACKET_VNET_HDR` is on. It carries

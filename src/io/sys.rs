@@ -316,6 +316,33 @@ pub fn enter_netns(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Pins the **calling thread** to one CPU (`sched_setaffinity(0, …)`).
+/// Other threads keep their affinity. Used by benchmarks to put the
+/// generator and the forwarder on different cores.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is a plain bit array for which all-zero is a valid
+    // (empty) set; CPU_SET writes one bit inside it (`cpu` is checked
+    // against CPU_SETSIZE above); sched_setaffinity reads exactly
+    // size_of::<cpu_set_t>() bytes from the reference we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        cvt(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set))?;
+    }
+    Ok(())
+}
+
+/// The CPU the calling thread runs on now (`sched_getcpu`).
+pub fn current_cpu() -> io::Result<usize> {
+    // SAFETY: sched_getcpu has no arguments and no memory-safety preconditions.
+    let r = unsafe { libc::sched_getcpu() };
+    cvt(r).map(|c| c as usize)
+}
+
 /// The system page size.
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
@@ -466,5 +493,16 @@ mod tests {
         assert!(if_nametoindex("lo").unwrap() > 0);
         assert_eq!(if_mtu("lo").unwrap(), 65536);
         assert!(page_size() >= 4096);
+    }
+
+    #[test]
+    fn pin_to_cpu0() {
+        std::thread::spawn(|| {
+            pin_current_thread(0).unwrap();
+            assert_eq!(current_cpu().unwrap(), 0);
+            assert!(pin_current_thread(libc::CPU_SETSIZE as usize).is_err());
+        })
+        .join()
+        .unwrap();
     }
 }

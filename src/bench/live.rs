@@ -1,0 +1,1299 @@
+//! `maglevd bench live`: forwarding through real interfaces, maglevd against the kernel's own IPv4
+//! forwarding, on the same topology ([`super::netns`]) and in the same run.
+//!
+//! # Modes
+//! * **kernel**: `lb` has `ip_forward=1` and a route for the VIP via the sink's address; RPS on
+//!   `lbin` moves the forwarding (softirq) to the forwarder CPU.
+//! * **maglevd**: `lb` has `ip_forward=0` and no VIP route; maglevd's real datapath runs in this
+//!   process: a [`Snapshot`] from a configuration with one service (VIP, UDP, all ports, one
+//!   backend = the sink with its MAC), a [`Shared`], and `--workers` threads running
+//!   [`worker::run`], each with an RX ring on `lbin` opened as the daemon opens it (fanout hash
+//!   group, VIP filter, vnet header, slots for 64 KiB super-frames) and a TX ring on `lbout`
+//!   (vnet header, qdisc bypass), pinned to the forwarder CPU.
+//!
+//! # Throughput
+//! A generator thread in `gen`, pinned to the generator CPU, sends `--size`-byte UDP frames to the
+//! VIP from `--flows` source ports through an AF_PACKET TX ring ([`TxRing`]: one `send()` per
+//! batch, qdisc bypass, send buffer forced to the ring size with SO_SNDBUFFORCE — LAB-NOTES
+//! pitfall 4), as fast as it can (or at `--rate`). The ring size (`--gen-slots`) decides what is
+//! measured (pitfall 5): 256 slots keep the sender close to the loss-free rate in kernel mode,
+//! large rings measure goodput under overload. After a warm-up, the window counts the frames the
+//! kernel took from the generator's ring (offered), the `rx_packets` of `lbin` (reached the
+//! balancer) and of `sink0` (delivered). Neighbour state is refreshed before every run (pitfall
+//! 9). Runs alternate kernel / maglevd, `--repeat` times each; medians are reported.
+//!
+//! # Load
+//! The CPU time of other processes ("foreign") is `/proc/stat` busy time minus this process's,
+//! ksoftirqd's and irq/softirq time. Before each run (and each latency measurement) the machine
+//! is sampled in 300 ms steps while the benchmark is idle, waiting up to `--load-wait` seconds for
+//! the foreign share to fall to 15 %; a throughput run with more than 15 % foreign load before or
+//! during its window is repeated (up to twice) and flagged `*` if still loaded (pitfall 12).
+//!
+//! # Latency
+//! At light load, `--probes` lone frames 1 ms apart, each carrying a sequence number and its send
+//! time ([`Instant`] since a common base), are received in `sink` on a TPACKET_V2 [`RxRing`] in
+//! this process: the difference is the one-way delay on one clock. Measured for the kernel, for
+//! maglevd with its default V2 RX ring, and for maglevd with a TPACKET_V3 RX ring (block timeout
+//! `--v3-timeout-ms`), which shows why V2 is the default.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use clap::Args;
+
+use super::frames::{self, Endpoints, MAX_FRAME, MIN_FRAME};
+use super::json::Json;
+use super::netns::{self, GEN_IF, LB_IN, LB_OUT, SINK_IF, SINK_IP, Topology, VIP};
+use super::stats::{LoadMeter, LoadSample, median, percentile, sample_idle_load};
+use super::{BenchError, fmt_load};
+use crate::config::{self, MAX_WORKERS};
+use crate::daemon::{ArpCounters, Shared, worker};
+use crate::dataplane::{Links, Snapshot};
+use crate::io::{
+    Fanout, RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, VipFilter, enter_netns, pin_current_thread,
+};
+use crate::metrics::Counters;
+use crate::wire::MacAddr;
+
+/// Destination UDP port of the generated traffic (the service covers all ports).
+const DPORT: u16 = 9;
+/// First source port; flow `i` uses `SPORT0 + i`.
+const SPORT0: u16 = 1024;
+/// Most flows (distinct source ports).
+pub const MAX_FLOWS: u32 = 65535 - SPORT0 as u32 + 1;
+/// Foreign share while the benchmark is idle above which the machine counts as loaded.
+const PRE_FOREIGN_LIMIT: f64 = 0.15;
+/// Foreign share during a run above which it counts as loaded.
+const FOREIGN_LIMIT: f64 = 0.15;
+/// Attempts per run when the machine is loaded.
+const ATTEMPTS: u32 = 3;
+/// Frames pushed per generator flush.
+const GEN_BATCH: usize = 256;
+/// Probes sent before the measured ones (not counted).
+const WARMUP_PROBES: u32 = 10;
+
+/// Options of `maglevd bench live`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct LiveArgs {
+    /// Measurement window per run, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Warm-up before each window, in seconds.
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup: f64,
+    /// Distinct flows (UDP source ports).
+    #[arg(long, default_value_t = 4096)]
+    pub flows: u32,
+    /// Frame size in bytes (Ethernet header included, FCS excluded).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// maglevd forwarding threads (all pinned to --fwd-cpu).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Runs per mode (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: u32,
+    /// Latency probes per mode (0 skips the latency measurement).
+    #[arg(long, default_value_t = 500)]
+    pub probes: u32,
+    /// maglevd RX ring slots per worker (as `maglevd run --rx-slots`).
+    #[arg(long, default_value_t = 512)]
+    pub rx_slots: usize,
+    /// maglevd TX ring slots per worker (as `maglevd run --tx-slots`).
+    #[arg(long, default_value_t = 256)]
+    pub tx_slots: usize,
+    /// Generator TX ring slots: small = near loss-free rate, large = overload (LAB-NOTES pitfall 5).
+    #[arg(long, default_value_t = 256)]
+    pub gen_slots: usize,
+    /// Generator rate in frames per second (0: as fast as it can).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// CPU of the generator (and of the latency receiver).
+    #[arg(long, default_value_t = 0)]
+    pub gen_cpu: usize,
+    /// CPU of the forwarder: maglevd's workers, or the kernel's forwarding through RPS.
+    #[arg(long, default_value_t = 1)]
+    pub fwd_cpu: usize,
+    /// TPACKET_V3 block timeout for the V3 latency comparison (ms).
+    #[arg(long, default_value_t = 1)]
+    pub v3_timeout_ms: u32,
+    /// Before each run, wait up to this many seconds for foreign CPU load to pass.
+    #[arg(long, default_value_t = 30.0)]
+    pub load_wait: f64,
+}
+
+impl Default for LiveArgs {
+    fn default() -> Self {
+        LiveArgs {
+            seconds: 5.0,
+            warmup: 0.5,
+            flows: 4096,
+            size: 64,
+            workers: 1,
+            repeat: 3,
+            probes: 500,
+            rx_slots: 512,
+            tx_slots: 256,
+            gen_slots: 256,
+            rate: 0,
+            gen_cpu: 0,
+            fwd_cpu: 1,
+            v3_timeout_ms: 1,
+            load_wait: 30.0,
+        }
+    }
+}
+
+impl LiveArgs {
+    /// Checks every option against its range and the CPUs present; all problems at once.
+    pub fn validate(&self, cpus: usize) -> Result<(), BenchError> {
+        let mut p = Vec::new();
+        if !(self.seconds.is_finite() && (0.1..=3600.0).contains(&self.seconds)) {
+            p.push("--seconds must be between 0.1 and 3600".to_string());
+        }
+        if !(self.warmup.is_finite() && (0.0..=60.0).contains(&self.warmup)) {
+            p.push("--warmup must be between 0 and 60".into());
+        }
+        if !(1..=MAX_FLOWS).contains(&self.flows) {
+            p.push(format!("--flows must be between 1 and {MAX_FLOWS}"));
+        }
+        if !(MIN_FRAME..=MAX_FRAME).contains(&self.size) {
+            p.push(format!("--size must be between {MIN_FRAME} and {MAX_FRAME} bytes"));
+        }
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            p.push(format!("--workers must be between 1 and {MAX_WORKERS}"));
+        }
+        if !(1..=100).contains(&self.repeat) {
+            p.push("--repeat must be between 1 and 100".into());
+        }
+        if self.probes > 100_000 {
+            p.push("--probes must be at most 100000".into());
+        }
+        for (name, v) in [("--rx-slots", self.rx_slots), ("--tx-slots", self.tx_slots), ("--gen-slots", self.gen_slots)]
+        {
+            if !(8..=65536).contains(&v) {
+                p.push(format!("{name} must be between 8 and 65536"));
+            }
+        }
+        for (name, v) in [("--gen-cpu", self.gen_cpu), ("--fwd-cpu", self.fwd_cpu)] {
+            if v >= cpus {
+                p.push(format!("{name} {v}: this machine has {cpus} CPU(s) (0..={})", cpus.saturating_sub(1)));
+            }
+        }
+        if self.gen_cpu == self.fwd_cpu {
+            p.push("--gen-cpu and --fwd-cpu must differ (generator and forwarder on one core measure something else, LAB-NOTES pitfall 10)".into());
+        }
+        if !(self.load_wait.is_finite() && (0.0..=3600.0).contains(&self.load_wait)) {
+            p.push("--load-wait must be between 0 and 3600".into());
+        }
+        if !(1..=1000).contains(&self.v3_timeout_ms) {
+            p.push("--v3-timeout-ms must be between 1 and 1000".into());
+        }
+        if p.is_empty() { Ok(()) } else { Err(BenchError::Usage(p.join("\n"))) }
+    }
+}
+
+/// The two forwarders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Kernel,
+    Maglevd,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Kernel => "kernel",
+            Mode::Maglevd => "maglevd",
+        }
+    }
+}
+
+/// One throughput run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    pub mode: Mode,
+    pub run: u32,
+    pub seconds: f64,
+    pub offered_pps: f64,
+    pub at_lb_pps: f64,
+    pub delivered_pps: f64,
+    /// Foreign CPU share just before the run (the benchmark idle).
+    pub pre_foreign: Option<f64>,
+    /// Foreign CPU share during the window.
+    pub foreign: Option<f64>,
+    /// Busy share of the generator's and of the forwarder's CPU during the window.
+    pub cpu_busy: Option<(f64, f64)>,
+    /// Share of the CPUs the hypervisor stole during the window.
+    pub steal: Option<f64>,
+    pub attempts: u32,
+    /// Still loaded after the retries.
+    pub flagged: bool,
+    /// maglevd: frames its workers forwarded per second in the window.
+    pub forwarded_pps: Option<f64>,
+    /// maglevd: frames its RX rings dropped (ring full) over the whole run.
+    pub rx_ring_drops: Option<u64>,
+    /// Generator flushes that hit EAGAIN (send buffer full).
+    pub gen_eagain: u64,
+    /// The generator socket's effective send buffer (bytes).
+    pub gen_sndbuf: usize,
+}
+
+impl RunResult {
+    /// Share of the offered frames not delivered (0..=1).
+    pub fn loss(&self) -> f64 {
+        loss(self.offered_pps, self.delivered_pps)
+    }
+}
+
+/// `1 − delivered / offered`, clamped to 0..=1 (0 when nothing was offered).
+pub fn loss(offered: f64, delivered: f64) -> f64 {
+    if offered <= 0.0 { 0.0 } else { (1.0 - delivered / offered).clamp(0.0, 1.0) }
+}
+
+/// Medians of one mode's runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModeSummary {
+    pub offered_pps: f64,
+    pub at_lb_pps: f64,
+    pub delivered_pps: f64,
+    pub loss: f64,
+    pub runs: usize,
+    pub flagged: usize,
+}
+
+/// Medians over the runs of `mode` (`None` without runs).
+pub fn summarize(runs: &[RunResult], mode: Mode) -> Option<ModeSummary> {
+    let r: Vec<&RunResult> = runs.iter().filter(|r| r.mode == mode).collect();
+    let col = |f: &dyn Fn(&RunResult) -> f64| median(&r.iter().map(|x| f(x)).collect::<Vec<_>>());
+    Some(ModeSummary {
+        offered_pps: col(&|x| x.offered_pps)?,
+        at_lb_pps: col(&|x| x.at_lb_pps)?,
+        delivered_pps: col(&|x| x.delivered_pps)?,
+        loss: col(&|x| x.loss())?,
+        runs: r.len(),
+        flagged: r.iter().filter(|x| x.flagged).count(),
+    })
+}
+
+/// Which forwarder a latency measurement went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyMode {
+    Kernel,
+    MaglevdV2,
+    MaglevdV3 { timeout_ms: u32 },
+}
+
+impl LatencyMode {
+    pub fn label(self) -> String {
+        match self {
+            LatencyMode::Kernel => "kernel".into(),
+            LatencyMode::MaglevdV2 => "maglevd (RX TPACKET_V2, default)".into(),
+            LatencyMode::MaglevdV3 { timeout_ms } => format!("maglevd (RX TPACKET_V3, block timeout {timeout_ms} ms)"),
+        }
+    }
+    pub fn key(self) -> &'static str {
+        match self {
+            LatencyMode::Kernel => "kernel",
+            LatencyMode::MaglevdV2 => "maglevd_v2",
+            LatencyMode::MaglevdV3 { .. } => "maglevd_v3",
+        }
+    }
+}
+
+/// One-way latency of one mode, in microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyResult {
+    pub mode: LatencyMode,
+    pub sent: u32,
+    pub received: u32,
+    pub median_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub min_us: Option<f64>,
+    pub max_us: Option<f64>,
+    /// Foreign CPU share while the probes ran.
+    pub foreign: Option<f64>,
+}
+
+impl LatencyResult {
+    /// Statistics over the one-way delays (ns) of the probes received.
+    pub fn from_samples(mode: LatencyMode, sent: u32, delays_ns: &[f64]) -> LatencyResult {
+        let us: Vec<f64> = delays_ns.iter().map(|d| d / 1e3).collect();
+        LatencyResult {
+            mode,
+            sent,
+            received: us.len() as u32,
+            median_us: median(&us),
+            p99_us: percentile(&us, 99.0),
+            min_us: super::stats::min(&us),
+            max_us: super::stats::max(&us),
+            foreign: None,
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveReport {
+    pub args: LiveArgs,
+    pub placement: Vec<String>,
+    pub gen_sndbuf: usize,
+    pub runs: Vec<RunResult>,
+    pub latency: Vec<LatencyResult>,
+}
+
+impl LiveReport {
+    /// Median delivered pps, maglevd over kernel.
+    pub fn ratio(&self) -> Option<f64> {
+        let k = summarize(&self.runs, Mode::Kernel)?;
+        let m = summarize(&self.runs, Mode::Maglevd)?;
+        (k.delivered_pps > 0.0).then(|| m.delivered_pps / k.delivered_pps)
+    }
+
+    /// Median one-way latency of `mode` minus the kernel's, µs.
+    pub fn added_latency_us(&self, mode: LatencyMode) -> Option<f64> {
+        let get = |m: LatencyMode| self.latency.iter().find(|l| l.mode == m).and_then(|l| l.median_us);
+        Some(get(mode)? - get(LatencyMode::Kernel)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupts
+
+/// SIGINT/SIGTERM set this; every wait checks it so the namespaces are always removed. A second
+/// signal exits at once.
+fn install_interrupt_flag() -> Result<Arc<AtomicBool>, BenchError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&flag)))
+            .map_err(|e| BenchError::Setup(format!("installing signal handlers: {e}")))?;
+    }
+    Ok(flag)
+}
+
+/// Sleeps `d`, returning `Err(Interrupted)` early if the flag is set.
+fn sleep_checked(d: Duration, intr: &AtomicBool) -> Result<(), BenchError> {
+    let end = Instant::now() + d;
+    loop {
+        if intr.load(Ordering::Relaxed) {
+            return Err(BenchError::Interrupted);
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Samples the machine (300 ms steps) until the foreign share is at most [`PRE_FOREIGN_LIMIT`]
+/// or `max_wait` has passed; returns the last sample's foreign share.
+fn wait_quiet(max_wait: f64, what: &str, intr: &AtomicBool) -> Result<Option<f64>, BenchError> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        if intr.load(Ordering::Relaxed) {
+            return Err(BenchError::Interrupted);
+        }
+        let f = sample_idle_load(Duration::from_millis(300)).map(|l| l.foreign);
+        if f.is_none_or(|f| f <= PRE_FOREIGN_LIMIT) || start.elapsed().as_secs_f64() >= max_wait {
+            return Ok(f);
+        }
+        if !told {
+            eprintln!(
+                "bench live: foreign CPU load {} before {what}; waiting up to {max_wait} s for it to pass",
+                fmt_load(f)
+            );
+            told = true;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads
+
+/// Waits for a thread's "ready" message (rings open) or its error.
+fn await_ready(rx: &mpsc::Receiver<Result<usize, String>>, what: &str) -> Result<usize, BenchError> {
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BenchError::Setup(format!("{what}: {e}"))),
+        Err(_) => Err(BenchError::Setup(format!("{what}: did not start"))),
+    }
+}
+
+/// The generator thread (see the module docs).
+struct Generator {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    handle: JoinHandle<Result<TxStats, String>>,
+    sndbuf: usize,
+}
+
+impl Generator {
+    fn start(topo: &Topology, frames: Arc<Vec<Vec<u8>>>, args: &LiveArgs) -> Result<Generator, BenchError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (path, cpu, slots, rate) = (topo.ns_path("gen"), args.gen_cpu, args.gen_slots, args.rate);
+        let (s, n) = (Arc::clone(&stop), Arc::clone(&sent));
+        let handle = std::thread::Builder::new()
+            .name("bench-gen".into())
+            .spawn(move || -> Result<TxStats, String> {
+                let setup = || -> Result<TxRing, String> {
+                    enter_netns(&path).map_err(|e| format!("setns: {e}"))?;
+                    pin_current_thread(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+                    let cfg = TxConfig { frame_size: 2048, frame_count: slots, ..TxConfig::default() };
+                    TxRing::open(GEN_IF, &cfg).map_err(|e| e.to_string())
+                };
+                let mut tx = match setup() {
+                    Ok(tx) => {
+                        let _ = ready_tx.send(Ok(tx.sndbuf()));
+                        tx
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                generate(&mut tx, &frames, rate, &s, &n);
+                Ok(tx.stats())
+            })
+            .map_err(|e| BenchError::Setup(format!("spawning the generator: {e}")))?;
+        let sndbuf = await_ready(&ready_rx, "generator")?;
+        Ok(Generator { stop, sent, handle, sndbuf })
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> Result<TxStats, BenchError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .join()
+            .map_err(|_| BenchError::Setup("the generator panicked".into()))?
+            .map_err(|e| BenchError::Setup(format!("generator: {e}")))
+    }
+}
+
+/// Pushes the frames round-robin into the TX ring and flushes each batch with one `send()`,
+/// paced to `rate` frames per second when it is non-zero. `sent` follows the frames the kernel
+/// took.
+fn generate(tx: &mut TxRing, frames: &[Vec<u8>], rate: u64, stop: &AtomicBool, sent: &AtomicU64) {
+    let start = Instant::now();
+    let mut next = 0usize;
+    let mut total = 0u64;
+    let batch = if rate == 0 { GEN_BATCH } else { ((rate / 10_000) as usize).clamp(1, GEN_BATCH) };
+    while !stop.load(Ordering::Relaxed) {
+        let mut want = batch;
+        if rate > 0 {
+            let allowed = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            let budget = allowed.saturating_sub(total + tx.queued() as u64);
+            if budget == 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            want = want.min(budget as usize);
+        }
+        let mut pushed = 0;
+        while pushed < want {
+            if tx.push(None, &frames[next]).is_err() {
+                break;
+            }
+            next += 1;
+            if next == frames.len() {
+                next = 0;
+            }
+            pushed += 1;
+        }
+        let o = tx.flush();
+        total += u64::from(o.frames);
+        sent.store(total, Ordering::Relaxed);
+        if o.frames == 0 {
+            // Send buffer full (EAGAIN): the receiver side has not freed our frames yet.
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Final statistics of one worker.
+#[derive(Debug, Clone, Copy, Default)]
+struct WorkerReport {
+    rx_drops: u64,
+}
+
+/// maglevd's workers in `lb`.
+struct Workers {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<Result<WorkerReport, String>>>,
+}
+
+impl Workers {
+    fn start(topo: &Topology, snap: &Snapshot, args: &LiveArgs, version: RingVersion) -> Result<Workers, BenchError> {
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snap.clone()),
+            stop: Arc::new(AtomicBool::new(false)),
+            counters: Counters::new(args.workers),
+            arp: ArpCounters::default(),
+            reload_failures: AtomicU64::new(0),
+        });
+        let filter = VipFilter::new(&[VIP], false).build().map_err(crate::io::IoError::from)?;
+        let group = (std::process::id() & 0xffff) as u16;
+        let mut w = Workers { shared, handles: Vec::new() };
+        for i in 0..args.workers {
+            let rx_cfg = RxConfig {
+                version,
+                fanout: Some(Fanout::hash(group)),
+                filter: Some(filter.clone()),
+                ..RxConfig::super_frames(args.rx_slots)
+            };
+            let tx_cfg = TxConfig::super_frames(args.tx_slots);
+            let (path, cpu, shared) = (topo.ns_path("lb"), args.fwd_cpu, Arc::clone(&w.shared));
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let h = std::thread::Builder::new()
+                .name(format!("bench-w{i}"))
+                .spawn(move || -> Result<WorkerReport, String> {
+                    let setup = || -> Result<(RxRing, TxRing), String> {
+                        enter_netns(&path).map_err(|e| format!("setns: {e}"))?;
+                        pin_current_thread(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+                        let rx = RxRing::open(LB_IN, &rx_cfg).map_err(|e| e.to_string())?;
+                        let tx = TxRing::open(LB_OUT, &tx_cfg).map_err(|e| e.to_string())?;
+                        Ok((rx, tx))
+                    };
+                    let (mut rx, mut tx) = match setup() {
+                        Ok(r) => {
+                            let _ = ready_tx.send(Ok(0));
+                            r
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.clone()));
+                            return Err(e);
+                        }
+                    };
+                    let Some(counters) = shared.counters.worker(i) else {
+                        return Err(format!("no counters for worker {i}"));
+                    };
+                    worker::run(&mut rx, &mut tx, &shared, counters);
+                    let stats = rx.stats().map_err(|e| e.to_string())?;
+                    Ok(WorkerReport { rx_drops: stats.drops })
+                })
+                .map_err(|e| BenchError::Setup(format!("spawning worker {i}: {e}")))?;
+            w.handles.push(h);
+            await_ready(&ready_rx, &format!("maglevd worker {i}"))?;
+        }
+        Ok(w)
+    }
+
+    fn forwarded(&self) -> u64 {
+        self.shared.counters.totals().forwarded
+    }
+
+    fn finish(mut self) -> Result<u64, BenchError> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let mut drops = 0;
+        let mut err = None;
+        for h in std::mem::take(&mut self.handles) {
+            match h.join() {
+                Ok(Ok(r)) => drops += r.rx_drops,
+                Ok(Err(e)) => err = Some(BenchError::Setup(format!("maglevd worker: {e}"))),
+                Err(_) => err = Some(BenchError::Setup("a maglevd worker panicked".into())),
+            }
+        }
+        err.map_or(Ok(drops), Err)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // On an early return: stop and join the workers before the namespaces go away.
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for h in std::mem::take(&mut self.handles) {
+            let _ = h.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark
+
+struct Lab {
+    topo: Topology,
+    snap: Snapshot,
+    sink_mac: [u8; 6],
+    frames: Arc<Vec<Vec<u8>>>,
+    probe_template: Vec<u8>,
+    rps: bool,
+}
+
+impl Lab {
+    fn setup(args: &LiveArgs) -> Result<Lab, BenchError> {
+        let topo = Topology::create()?;
+        let gen_mac = topo.mac("gen", GEN_IF)?;
+        let lbin_mac = topo.mac("lb", LB_IN)?;
+        let lbout_mac = topo.mac("lb", LB_OUT)?;
+        let sink_mac = topo.mac("sink", SINK_IF)?;
+        let cfg_text = format!(
+            "[interfaces]\ningress = \"{LB_IN}\"\negress = \"{LB_OUT}\"\n[daemon]\nmetrics = \"\"\n\
+             [[service]]\nname = \"bench\"\nvip = \"{VIP}\"\nprotocol = \"udp\"\nport = \"all\"\ntable_size = 65537\n\
+             [[service.backend]]\nip = \"{SINK_IP}\"\nmac = \"{}\"\n",
+            MacAddr(sink_mac)
+        );
+        let cfg = config::parse(&cfg_text, Path::new("<bench live>")).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let links = Links { ingress_mac: MacAddr(lbin_mac), egress_mac: MacAddr(lbout_mac) };
+        let snap = Snapshot::build(&cfg, links, &|_| None, 1).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let ep = Endpoints { src_mac: gen_mac, dst_mac: lbin_mac, src: netns::GEN_IP, dst: VIP };
+        let frames: Vec<Vec<u8>> =
+            (0..args.flows).map(|i| frames::udp(&ep, SPORT0 + i as u16, DPORT, args.size)).collect();
+        let probe_template = frames::udp(&ep, SPORT0, DPORT, args.size);
+        let mut lab = Lab { topo, snap, sink_mac, frames: Arc::new(frames), probe_template, rps: false };
+        // Is RPS available (CONFIG_RPS) on lbin? Probe once; the kernel mode needs it.
+        lab.rps = lab.set_rps(1 << args.fwd_cpu).is_ok();
+        lab.set_rps(0).ok();
+        Ok(lab)
+    }
+
+    fn set_rps(&self, mask: u64) -> Result<(), String> {
+        self.topo.sh("lb", &format!("echo {mask:x} > /sys/class/net/{LB_IN}/queues/rx-0/rps_cpus")).map(|_| ())
+    }
+
+    /// Puts `lb` in `mode` and refreshes the neighbour entry for the sink.
+    fn configure(&self, mode: Mode, args: &LiveArgs) -> Result<(), BenchError> {
+        let e = BenchError::Setup;
+        let t = &self.topo;
+        t.ip(
+            "lb",
+            &[
+                "neigh",
+                "replace",
+                &SINK_IP.to_string(),
+                "lladdr",
+                &MacAddr(self.sink_mac).to_string(),
+                "dev",
+                LB_OUT,
+                "nud",
+                "permanent",
+            ],
+        )
+        .map_err(e)?;
+        match mode {
+            Mode::Kernel => {
+                t.sysctl("lb", "net.ipv4.ip_forward", "1").map_err(e)?;
+                t.ip("lb", &["route", "replace", &format!("{VIP}/32"), "via", &SINK_IP.to_string(), "dev", LB_OUT])
+                    .map_err(e)?;
+                if self.rps {
+                    self.set_rps(1 << args.fwd_cpu).map_err(e)?;
+                }
+            }
+            Mode::Maglevd => {
+                t.sysctl("lb", "net.ipv4.ip_forward", "0").map_err(e)?;
+                let _ = t.ip("lb", &["route", "del", &format!("{VIP}/32")]);
+                if self.rps {
+                    self.set_rps(0).map_err(e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One throughput run of `mode` (retried under foreign load).
+    fn run_once(&self, mode: Mode, run: u32, args: &LiveArgs, intr: &AtomicBool) -> Result<RunResult, BenchError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.attempt(mode, run, attempt, args, intr)?;
+            if !r.flagged || attempt >= ATTEMPTS {
+                return Ok(r);
+            }
+            eprintln!(
+                "bench live: {} run {run} taken under foreign load ({} before, {} during); repeating",
+                mode.name(),
+                fmt_load(r.pre_foreign),
+                fmt_load(r.foreign)
+            );
+            sleep_checked(Duration::from_secs(2), intr)?;
+        }
+    }
+
+    fn attempt(
+        &self,
+        mode: Mode,
+        run: u32,
+        attempt: u32,
+        args: &LiveArgs,
+        intr: &AtomicBool,
+    ) -> Result<RunResult, BenchError> {
+        self.configure(mode, args)?;
+        let workers = match mode {
+            Mode::Maglevd => Some(Workers::start(&self.topo, &self.snap, args, RingVersion::V2)?),
+            Mode::Kernel => None,
+        };
+        let pre_foreign = wait_quiet(args.load_wait, &format!("{} run {run}", mode.name()), intr)?;
+        let generator = Generator::start(&self.topo, Arc::clone(&self.frames), args)?;
+        let result = (|| {
+            sleep_checked(Duration::from_secs_f64(args.warmup), intr)?;
+            let read = || -> Result<(Instant, u64, u64, u64, u64), BenchError> {
+                let sent = generator.sent();
+                let fwd = workers.as_ref().map_or(0, Workers::forwarded);
+                let lb = self.topo.counters("lb", LB_IN)?.0;
+                let sink = self.topo.counters("sink", SINK_IF)?.0;
+                Ok((Instant::now(), sent, fwd, lb, sink))
+            };
+            let load = LoadMeter::start();
+            let a = read()?;
+            sleep_checked(Duration::from_secs_f64(args.seconds), intr)?;
+            let b = read()?;
+            Ok::<_, BenchError>((a, b, load.finish()))
+        })();
+        let gen_sndbuf = generator.sndbuf;
+        let gen_stats = generator.finish();
+        let drops = match workers {
+            Some(w) => Some(w.finish()?),
+            None => None,
+        };
+        let (a, b, load) = result?;
+        let gen_stats = gen_stats?;
+        let dt = b.0.duration_since(a.0).as_secs_f64();
+        let pps = |x: u64, y: u64| y.saturating_sub(x) as f64 / dt;
+        let foreign = load.as_ref().map(|l: &LoadSample| l.foreign);
+        let steal = load.as_ref().map(|l| l.steal);
+        let cpu_busy = load.as_ref().and_then(|l| Some((*l.per_cpu.get(args.gen_cpu)?, *l.per_cpu.get(args.fwd_cpu)?)));
+        let flagged = pre_foreign.is_some_and(|b| b > PRE_FOREIGN_LIMIT) || foreign.is_some_and(|f| f > FOREIGN_LIMIT);
+        Ok(RunResult {
+            mode,
+            run,
+            seconds: dt,
+            offered_pps: pps(a.1, b.1),
+            at_lb_pps: pps(a.3, b.3),
+            delivered_pps: pps(a.4, b.4),
+            pre_foreign,
+            foreign,
+            cpu_busy,
+            steal,
+            attempts: attempt,
+            flagged,
+            forwarded_pps: (mode == Mode::Maglevd).then(|| pps(a.2, b.2)),
+            rx_ring_drops: drops,
+            gen_eagain: gen_stats.eagain,
+            gen_sndbuf,
+        })
+    }
+
+    /// The one-way latency of lone probes through `mode`.
+    fn latency(&self, mode: LatencyMode, args: &LiveArgs, intr: &AtomicBool) -> Result<LatencyResult, BenchError> {
+        let (fwd_mode, version) = match mode {
+            LatencyMode::Kernel => (Mode::Kernel, None),
+            LatencyMode::MaglevdV2 => (Mode::Maglevd, Some(RingVersion::V2)),
+            LatencyMode::MaglevdV3 { timeout_ms } => {
+                (Mode::Maglevd, Some(RingVersion::V3 { block_timeout_ms: timeout_ms }))
+            }
+        };
+        self.configure(fwd_mode, args)?;
+        wait_quiet(args.load_wait, &format!("the {} latency probes", mode.key()), intr)?;
+        let workers = match version {
+            Some(v) => Some(Workers::start(&self.topo, &self.snap, args, v)?),
+            None => None,
+        };
+        let base = Instant::now();
+        // Receiver in the sink: a V2 ring filtered to the VIP, collecting (seq, delay).
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (path, cpu, s) = (self.topo.ns_path("sink"), args.gen_cpu, Arc::clone(&stop));
+        let receiver = std::thread::Builder::new()
+            .name("bench-probe-rx".into())
+            .spawn(move || -> Result<Vec<(u32, f64)>, String> {
+                let setup = || -> Result<RxRing, String> {
+                    enter_netns(&path).map_err(|e| format!("setns: {e}"))?;
+                    pin_current_thread(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+                    let filter = VipFilter::new(&[VIP], false).build().map_err(|e| e.to_string())?;
+                    let cfg = RxConfig { frame_count: 256, filter: Some(filter), ..RxConfig::default() };
+                    RxRing::open(SINK_IF, &cfg).map_err(|e| e.to_string())
+                };
+                let mut rx = match setup() {
+                    Ok(r) => {
+                        let _ = ready_tx.send(Ok(0));
+                        r
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                let mut got = Vec::new();
+                while !s.load(Ordering::Relaxed) {
+                    let n = rx.recv_batch(64, |f| {
+                        let now = base.elapsed().as_nanos() as u64;
+                        if let Some((seq, sent)) = frames::read_probe(f.data) {
+                            got.push((seq, now.saturating_sub(sent) as f64));
+                        }
+                    });
+                    if n == 0 {
+                        let _ = rx.wait(Duration::from_millis(5));
+                    }
+                }
+                Ok(got)
+            })
+            .map_err(|e| BenchError::Setup(format!("spawning the probe receiver: {e}")))?;
+        let load = LoadMeter::start();
+        let result = (|| {
+            await_ready(&ready_rx, "probe receiver")?;
+            self.send_probes(args, base, intr)
+        })();
+        let foreign = load.finish().map(|l| l.foreign);
+        stop.store(true, Ordering::Relaxed);
+        let got = receiver.join().map_err(|_| BenchError::Setup("the probe receiver panicked".into()))?;
+        if let Some(w) = workers {
+            w.finish()?;
+        }
+        result?;
+        let got = got.map_err(|e| BenchError::Setup(format!("probe receiver: {e}")))?;
+        let mut seen = std::collections::HashSet::new();
+        let delays: Vec<f64> =
+            got.into_iter().filter(|(seq, _)| *seq < args.probes && seen.insert(*seq)).map(|(_, d)| d).collect();
+        Ok(LatencyResult { foreign, ..LatencyResult::from_samples(mode, args.probes, &delays) })
+    }
+
+    /// Sends the warm-up and measured probes from `gen`, 1 ms apart, then waits for stragglers.
+    fn send_probes(&self, args: &LiveArgs, base: Instant, intr: &AtomicBool) -> Result<(), BenchError> {
+        let (path, cpu, template, probes, flows) =
+            (self.topo.ns_path("gen"), args.gen_cpu, self.probe_template.clone(), args.probes, args.flows);
+        let intr_seen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&intr_seen);
+        let h = std::thread::Builder::new()
+            .name("bench-probe-tx".into())
+            .spawn(move || -> Result<(), String> {
+                enter_netns(&path).map_err(|e| format!("setns: {e}"))?;
+                pin_current_thread(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+                let cfg = TxConfig { frame_size: 2048, frame_count: 16, ..TxConfig::default() };
+                let mut tx = TxRing::open(GEN_IF, &cfg).map_err(|e| e.to_string())?;
+                let mut frame = template;
+                let start = Instant::now();
+                for i in 0..WARMUP_PROBES + probes {
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    // Warm-up probes carry sequence numbers past the measured range.
+                    let seq = if i < WARMUP_PROBES { u32::MAX - i } else { i - WARMUP_PROBES };
+                    let sport = SPORT0 + (i % flows) as u16;
+                    frame[34..36].copy_from_slice(&sport.to_be_bytes());
+                    frames::write_probe(&mut frame, seq, base.elapsed().as_nanos() as u64);
+                    tx.push(None, &frame).map_err(|e| e.to_string())?;
+                    tx.flush();
+                    let next = start + Duration::from_millis(u64::from(i) + 1);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                Ok(())
+            })
+            .map_err(|e| BenchError::Setup(format!("spawning the probe sender: {e}")))?;
+        while !h.is_finished() {
+            if intr.load(Ordering::Relaxed) {
+                intr_seen.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        h.join()
+            .map_err(|_| BenchError::Setup("the probe sender panicked".into()))?
+            .map_err(|e| BenchError::Setup(format!("probe sender: {e}")))?;
+        if intr.load(Ordering::Relaxed) {
+            return Err(BenchError::Interrupted);
+        }
+        // Let the last probe through (a V3 block retires after its timeout).
+        sleep_checked(Duration::from_millis(50 + 2 * u64::from(args.v3_timeout_ms)), intr)
+    }
+}
+
+fn placement(args: &LiveArgs, rps: bool) -> Vec<String> {
+    let g = args.gen_cpu;
+    let f = args.fwd_cpu;
+    vec![
+        format!(
+            "generator: one thread in gen pinned to CPU {g} (TX ring {} slots, qdisc bypass, SO_SNDBUFFORCE); \
+             the latency receiver in sink also runs on CPU {g}",
+            args.gen_slots
+        ),
+        if rps {
+            format!(
+                "kernel:  lb forwards in softirq on CPU {f} (RPS on {LB_IN} -> CPU {f}); the sink's receive \
+                 runs there too"
+            )
+        } else {
+            format!(
+                "kernel:  RPS unavailable on this kernel: lb forwards in softirq on the generator's CPU {g} \
+                 (NOT on CPU {f})"
+            )
+        },
+        format!(
+            "maglevd: {} worker(s) pinned to CPU {f} (RX TPACKET_V2 {} slots, fanout hash, VIP filter, vnet hdr; \
+             TX {} slots, qdisc bypass); {LB_IN}'s receive softirq (AF_PACKET tap + IP drop, ip_forward=0) \
+             runs on CPU {g} with the generator, no RPS; the sink's receive runs on CPU {f}",
+            args.workers, args.rx_slots, args.tx_slots
+        ),
+    ]
+}
+
+/// Runs the live benchmark (see the module docs).
+pub fn measure(args: &LiveArgs) -> Result<LiveReport, BenchError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    args.validate(cpus)?;
+    netns::preflight()?;
+    let intr = install_interrupt_flag()?;
+    let lab = Lab::setup(args)?;
+    let mut runs = Vec::new();
+    for run in 1..=args.repeat {
+        for mode in [Mode::Kernel, Mode::Maglevd] {
+            let r = lab.run_once(mode, run, args, &intr)?;
+            eprintln!(
+                "bench live: {:<7} run {run}: offered {:>9.0} pps, delivered {:>9.0} pps, loss {:>5.1}%{}",
+                mode.name(),
+                r.offered_pps,
+                r.delivered_pps,
+                r.loss() * 100.0,
+                if r.flagged { " (foreign load)" } else { "" }
+            );
+            runs.push(r);
+        }
+    }
+    let mut latency = Vec::new();
+    if args.probes > 0 {
+        for mode in
+            [LatencyMode::Kernel, LatencyMode::MaglevdV2, LatencyMode::MaglevdV3 { timeout_ms: args.v3_timeout_ms }]
+        {
+            let l = lab.latency(mode, args, &intr)?;
+            eprintln!(
+                "bench live: latency {:<40} {}/{} probes, median {}",
+                mode.label(),
+                l.received,
+                l.sent,
+                fmt_us(l.median_us)
+            );
+            latency.push(l);
+        }
+    }
+    let placement = placement(args, lab.rps);
+    drop(lab);
+    let gen_sndbuf = runs.first().map_or(0, |r| r.gen_sndbuf);
+    Ok(LiveReport { args: args.clone(), placement, gen_sndbuf, runs, latency })
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.1} µs"))
+}
+
+fn fmt_pps(v: f64) -> String {
+    if v >= 1e6 { format!("{:.3} Mpps", v / 1e6) } else { format!("{:.1} kpps", v / 1e3) }
+}
+
+/// Text report.
+pub fn render(r: &LiveReport) -> String {
+    let a = &r.args;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "live forwarding: gen --veth-- lb --veth-- sink, {}-byte UDP to {VIP} from {} flows, {} s windows after {} s warm-up, {} run(s) per mode{}",
+        a.size,
+        a.flows,
+        a.seconds,
+        a.warmup,
+        a.repeat,
+        if a.rate > 0 { format!(", offered at {} pps", a.rate) } else { String::new() }
+    );
+    let _ = writeln!(s, "placement (2 cores: generator and forwarder apart, LAB-NOTES pitfall 10):");
+    for p in &r.placement {
+        let _ = writeln!(s, "  {p}");
+    }
+    let _ = writeln!(s, "  generator send buffer: {} KiB", r.gen_sndbuf >> 10);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<8} {:>3} {:>13} {:>13} {:>13} {:>7} {:>9} {:>9}  notes",
+        "mode", "run", "offered pps", "at lb pps", "delivered pps", "loss %", "load pre", "load run"
+    );
+    for x in &r.runs {
+        let mut notes = Vec::new();
+        if let Some((g, f)) = x.cpu_busy {
+            notes.push(format!("CPU busy gen {:.0}% fwd {:.0}%", g * 100.0, f * 100.0));
+        }
+        if let Some(st) = x.steal.filter(|st| *st >= 0.01) {
+            notes.push(format!("steal {:.0}%", st * 100.0));
+        }
+        if let Some(f) = x.forwarded_pps {
+            notes.push(format!("maglevd forwarded {f:.0} pps"));
+        }
+        if let Some(d) = x.rx_ring_drops {
+            notes.push(format!("RX ring drops {d}"));
+        }
+        if x.gen_eagain > 0 {
+            notes.push(format!("gen EAGAIN {}", x.gen_eagain));
+        }
+        if x.attempts > 1 {
+            notes.push(format!("attempt {}", x.attempts));
+        }
+        let _ = writeln!(
+            s,
+            "{:<8} {:>3} {:>13.0} {:>13.0} {:>13.0} {:>7.2} {:>9} {:>9}{} {}",
+            x.mode.name(),
+            x.run,
+            x.offered_pps,
+            x.at_lb_pps,
+            x.delivered_pps,
+            x.loss() * 100.0,
+            fmt_load(x.pre_foreign),
+            fmt_load(x.foreign),
+            if x.flagged { "*" } else { " " },
+            notes.join(", ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "(load pre/run: CPU share of other processes just before / during the window; * = above {:.0}%)",
+        FOREIGN_LIMIT * 100.0
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "medians:");
+    for mode in [Mode::Kernel, Mode::Maglevd] {
+        if let Some(m) = summarize(&r.runs, mode) {
+            let _ = writeln!(
+                s,
+                "  {:<8} offered {:>12}  delivered {:>12}  loss {:>5.2}%  ({} runs{})",
+                mode.name(),
+                fmt_pps(m.offered_pps),
+                fmt_pps(m.delivered_pps),
+                m.loss * 100.0,
+                m.runs,
+                if m.flagged > 0 { format!(", {} under foreign load (*)", m.flagged) } else { String::new() }
+            );
+        }
+    }
+    match r.ratio() {
+        Some(x) => {
+            let _ = writeln!(s, "  ratio maglevd/kernel (delivered pps): {x:.2}");
+        }
+        None => {
+            let _ = writeln!(s, "  ratio maglevd/kernel: n/a (kernel delivered nothing)");
+        }
+    }
+    if !r.latency.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "latency: one-way gen -> sink, {} lone probes 1 ms apart per mode (after {WARMUP_PROBES} warm-up probes)",
+            a.probes
+        );
+        let _ =
+            writeln!(s, "{:<48} {:>9} {:>11} {:>11} {:>11} {:>11}", "mode", "received", "median", "p99", "min", "max");
+        for l in &r.latency {
+            let _ = writeln!(
+                s,
+                "{:<48} {:>9} {:>11} {:>11} {:>11} {:>11} {:>9}{}",
+                l.mode.label(),
+                format!("{}/{}", l.received, l.sent),
+                fmt_us(l.median_us),
+                fmt_us(l.p99_us),
+                fmt_us(l.min_us),
+                fmt_us(l.max_us),
+                fmt_load(l.foreign),
+                if l.foreign.is_some_and(|f| f > FOREIGN_LIMIT) { "*" } else { "" }
+            );
+        }
+        for l in r.latency.iter().filter(|l| l.mode != LatencyMode::Kernel) {
+            if let Some(d) = r.added_latency_us(l.mode) {
+                let _ = writeln!(s, "added latency of {} (median vs kernel): {d:+.1} µs", l.mode.label());
+            }
+        }
+    }
+    s
+}
+
+/// JSON document.
+pub fn to_json(r: &LiveReport) -> Json {
+    let a = &r.args;
+    let cfg = Json::obj()
+        .with("seconds", a.seconds)
+        .with("warmup", a.warmup)
+        .with("flows", a.flows)
+        .with("size", a.size)
+        .with("workers", a.workers)
+        .with("repeat", a.repeat)
+        .with("probes", a.probes)
+        .with("rx_slots", a.rx_slots)
+        .with("tx_slots", a.tx_slots)
+        .with("gen_slots", a.gen_slots)
+        .with("rate", a.rate)
+        .with("gen_cpu", a.gen_cpu)
+        .with("fwd_cpu", a.fwd_cpu)
+        .with("load_wait", a.load_wait)
+        .with("gen_sndbuf", r.gen_sndbuf);
+    let runs: Vec<Json> = r
+        .runs
+        .iter()
+        .map(|x| {
+            Json::obj()
+                .with("mode", x.mode.name())
+                .with("run", x.run)
+                .with("seconds", x.seconds)
+                .with("offered_pps", x.offered_pps)
+                .with("at_lb_pps", x.at_lb_pps)
+                .with("delivered_pps", x.delivered_pps)
+                .with("loss", x.loss())
+                .with("foreign_load_before", x.pre_foreign)
+                .with("foreign_load", x.foreign)
+                .with("gen_cpu_busy", x.cpu_busy.map(|c| c.0))
+                .with("fwd_cpu_busy", x.cpu_busy.map(|c| c.1))
+                .with("steal", x.steal)
+                .with("attempts", x.attempts)
+                .with("flagged", x.flagged)
+                .with("maglevd_forwarded_pps", x.forwarded_pps)
+                .with("rx_ring_drops", x.rx_ring_drops)
+                .with("gen_eagain", x.gen_eagain)
+        })
+        .collect();
+    let mut summary = Json::obj();
+    for mode in [Mode::Kernel, Mode::Maglevd] {
+        if let Some(m) = summarize(&r.runs, mode) {
+            summary = summary.with(
+                mode.name(),
+                Json::obj()
+                    .with("offered_pps", m.offered_pps)
+                    .with("at_lb_pps", m.at_lb_pps)
+                    .with("delivered_pps", m.delivered_pps)
+                    .with("loss", m.loss)
+                    .with("runs", m.runs)
+                    .with("flagged", m.flagged),
+            );
+        }
+    }
+    summary = summary.with("ratio_maglevd_kernel", r.ratio());
+    let latency: Vec<Json> = r
+        .latency
+        .iter()
+        .map(|l| {
+            Json::obj()
+                .with("mode", l.mode.key())
+                .with("label", l.mode.label())
+                .with("sent", l.sent)
+                .with("received", l.received)
+                .with("median_us", l.median_us)
+                .with("p99_us", l.p99_us)
+                .with("min_us", l.min_us)
+                .with("max_us", l.max_us)
+                .with("foreign_load", l.foreign)
+                .with("added_us", (l.mode != LatencyMode::Kernel).then(|| r.added_latency_us(l.mode)).flatten())
+        })
+        .collect();
+    Json::obj()
+        .with("bench", "live")
+        .with("config", cfg)
+        .with("placement", r.placement.clone())
+        .with("runs", Json::Arr(runs))
+        .with("summary", summary)
+        .with("latency", Json::Arr(latency))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_on_two_cpus() {
+        assert!(LiveArgs::default().validate(2).is_ok());
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let a = LiveArgs {
+            seconds: 0.0,
+            flows: 0,
+            size: 40,
+            workers: 0,
+            repeat: 0,
+            rx_slots: 1,
+            gen_cpu: 1,
+            fwd_cpu: 1,
+            ..LiveArgs::default()
+        };
+        let e = a.validate(2).unwrap_err();
+        assert!(matches!(e, BenchError::Usage(_)));
+        let t = e.to_string();
+        for key in ["--seconds", "--flows", "--size", "--workers", "--repeat", "--rx-slots", "must differ"] {
+            assert!(t.contains(key), "{key} missing in:\n{t}");
+        }
+        let e = LiveArgs::default().validate(1).unwrap_err().to_string();
+        assert!(e.contains("--fwd-cpu 1: this machine has 1 CPU"), "{e}");
+        assert!(LiveArgs { flows: MAX_FLOWS + 1, ..LiveArgs::default() }.validate(2).is_err());
+        assert!(LiveArgs { flows: MAX_FLOWS, size: MAX_FRAME, ..LiveArgs::default() }.validate(2).is_ok());
+    }
+
+    fn run(mode: Mode, offered: f64, delivered: f64, flagged: bool) -> RunResult {
+        RunResult {
+            mode,
+            run: 1,
+            seconds: 1.0,
+            offered_pps: offered,
+            at_lb_pps: offered,
+            delivered_pps: delivered,
+            pre_foreign: Some(0.01),
+            foreign: Some(0.0),
+            cpu_busy: Some((1.0, 0.5)),
+            steal: Some(0.0),
+            attempts: 1,
+            flagged,
+            forwarded_pps: None,
+            rx_ring_drops: None,
+            gen_eagain: 0,
+            gen_sndbuf: 0,
+        }
+    }
+
+    #[test]
+    fn summary_and_ratio() {
+        assert_eq!(loss(100.0, 75.0), 0.25);
+        assert_eq!(loss(0.0, 5.0), 0.0);
+        assert_eq!(loss(100.0, 120.0), 0.0);
+        let runs = vec![
+            run(Mode::Kernel, 400.0, 300.0, false),
+            run(Mode::Kernel, 500.0, 310.0, true),
+            run(Mode::Kernel, 450.0, 290.0, false),
+            run(Mode::Maglevd, 600.0, 600.0, false),
+        ];
+        let k = summarize(&runs, Mode::Kernel).unwrap();
+        assert_eq!((k.offered_pps, k.delivered_pps, k.runs, k.flagged), (450.0, 300.0, 3, 1));
+        let report = LiveReport {
+            args: LiveArgs::default(),
+            placement: placement(&LiveArgs::default(), true),
+            gen_sndbuf: 1 << 20,
+            runs,
+            latency: vec![
+                LatencyResult::from_samples(LatencyMode::Kernel, 4, &[10_000.0, 12_000.0, 11_000.0]),
+                LatencyResult::from_samples(LatencyMode::MaglevdV2, 4, &[30_000.0, 31_000.0, 29_000.0, 30_000.0]),
+            ],
+        };
+        assert_eq!(report.ratio(), Some(2.0));
+        assert_eq!(report.added_latency_us(LatencyMode::MaglevdV2), Some(19.0));
+        assert_eq!(report.added_latency_us(LatencyMode::MaglevdV3 { timeout_ms: 1 }), None);
+        let text = render(&report);
+        assert!(text.contains("ratio maglevd/kernel (delivered pps): 2.00"), "{text}");
+        assert!(
+            text.contains("added latency of maglevd (RX TPACKET_V2, default) (median vs kernel): +19.0 µs"),
+            "{text}"
+        );
+        assert!(text.contains("RPS on lbin -> CPU 1"), "{text}");
+        let j = to_json(&report).render();
+        assert!(j.contains("\"ratio_maglevd_kernel\":2") && j.contains("\"added_us\":19"), "{j}");
+        assert!(summarize(&[], Mode::Kernel).is_none());
+    }
+
+    #[test]
+    fn latency_statistics() {
+        let l = LatencyResult::from_samples(LatencyMode::Kernel, 3, &[]);
+        assert_eq!((l.received, l.median_us), (0, None));
+        let d: Vec<f64> = (1..=100).map(|i| f64::from(i) * 1000.0).collect();
+        let l = LatencyResult::from_samples(LatencyMode::Kernel, 100, &d);
+        assert_eq!((l.median_us, l.p99_us, l.min_us, l.max_us), (Some(50.5), Some(99.0), Some(1.0), Some(100.0)));
+    }
+}
