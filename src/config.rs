@@ -48,7 +48,13 @@ pub struct Daemon {
     pub workers: Option<usize>,
     /// Listen address of the `/metrics` and `/healthz` HTTP endpoint; `None` disables it.
     pub metrics: Option<std::net::SocketAddr>,
+    /// How often the file is re-read to reload it when it changed (besides SIGHUP); `None` =
+    /// only on SIGHUP.
+    pub config_check: Option<std::time::Duration>,
 }
+
+/// Default interval of the configuration file check.
+pub const DEFAULT_CONFIG_CHECK_SECS: u64 = 5;
 
 /// Default metrics listen address: loopback of the frontend's network namespace.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";
@@ -58,7 +64,11 @@ pub const MAX_WORKERS: usize = 64;
 
 impl Default for Daemon {
     fn default() -> Self {
-        Daemon { workers: None, metrics: DEFAULT_METRICS.parse().ok() }
+        Daemon {
+            workers: None,
+            metrics: DEFAULT_METRICS.parse().ok(),
+            config_check: Some(std::time::Duration::from_secs(DEFAULT_CONFIG_CHECK_SECS)),
+        }
     }
 }
 
@@ -277,6 +287,7 @@ struct FileDaemon {
     workers: Option<Spanned<i64>>,
     /// `"ADDR:PORT"`, or `""` to disable.
     metrics: Option<Spanned<String>>,
+    config_check_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -489,6 +500,17 @@ impl Validator<'_> {
                     w.span(),
                     "daemon.workers",
                     format!("{n} is out of range 0..={MAX_WORKERS} (0 = one per CPU)"),
+                ),
+            }
+        }
+        if let Some(c) = &d.config_check_secs {
+            match *c.get_ref() {
+                0 => out.config_check = None,
+                n if (1..=3600).contains(&n) => out.config_check = Some(std::time::Duration::from_secs(n as u64)),
+                n => self.problem(
+                    c.span(),
+                    "daemon.config_check_secs",
+                    format!("{n} is out of range 0..=3600 (0 = reload on SIGHUP only)"),
                 ),
             }
         }

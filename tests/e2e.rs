@@ -109,6 +109,7 @@ fn seed_topology_end_to_end() {
     restart_keeps_flows(&mut lab, &cfg, &flows);
     reload_applies_good_and_refuses_bad(&mut lab, &cfg);
     answers_arp_when_the_kernel_does_not(&mut lab, &cfg);
+    refuses_a_frontend_holding_the_vip(&mut lab, &cfg);
 
     for fe in ["fe1", "fe2"] {
         let m = lab.metrics(fe);
@@ -411,13 +412,17 @@ fn restart_keeps_flows(lab: &mut Lab, cfg: &std::path::Path, flows: &[(u16, Stri
 }
 
 fn wait_generation(lab: &Lab, fe: &str, above: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    wait_generation_within(lab, fe, above, Duration::from_secs(5))
+}
+
+fn wait_generation_within(lab: &Lab, fe: &str, above: f64, within: Duration) -> f64 {
+    let deadline = Instant::now() + within;
     loop {
         let g = lab.metric(fe, "maglevd_snapshot_generation");
         if g > above {
             return g;
         }
-        assert!(Instant::now() < deadline, "{fe}: no new snapshot after SIGHUP:\n{}", lab.maglevd_log(fe));
+        assert!(Instant::now() < deadline, "{fe}: no new snapshot within {within:?}:\n{}", lab.maglevd_log(fe));
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -469,12 +474,16 @@ fn reload_applies_good_and_refuses_bad(lab: &mut Lab, cfg: &std::path::Path) {
     assert!(!counts.contains_key("be3"), "the running (drained) configuration must stay: {counts:?}");
     eprintln!("(i) a broken file on SIGHUP was refused (logged, counted); still forwarding: {counts:?}");
 
+    // Restored without a signal: the periodic check (daemon.config_check_secs = 5) notices the
+    // changed file, as it must for a Kubernetes ConfigMap update.
+    let gens: Vec<f64> = ["fe1", "fe2"].iter().map(|fe| lab.metric(fe, "maglevd_snapshot_generation")).collect();
     std::fs::write(cfg, &original).unwrap();
-    for fe in ["fe1", "fe2"] {
-        let g = lab.metric(fe, "maglevd_snapshot_generation");
-        lab.reload_maglevd(fe);
-        wait_generation(lab, fe, g);
+    for (fe, g) in ["fe1", "fe2"].iter().zip(gens) {
+        wait_generation_within(lab, fe, g, Duration::from_secs(12));
     }
+    let counts = spread(lab, 300);
+    assert!(counts.contains_key("be3"), "the restored file must bring be3 back: {counts:?}");
+    eprintln!("(i) the restored file was picked up without SIGHUP (periodic check): {counts:?}");
 }
 
 /// (j) With no kernel address on net1, maglevd answers ARP for the configured ingress address
@@ -589,4 +598,21 @@ fn large_upload_through_maglevd(lab: &Lab) {
     );
     assert!(bytes >= sent as f64, "the upload did not cross maglevd");
     assert!(avg > 9000.0, "no super-frames crossed maglevd (avg {avg:.0} bytes per frame)");
+}
+
+/// (k) A frontend that still holds the VIP (the seed's `dummy1`) would answer or reset VIP traffic
+/// itself: maglevd refuses to start and says where the VIP is.
+fn refuses_a_frontend_holding_the_vip(lab: &mut Lab, cfg: &std::path::Path) {
+    lab.stop_maglevd("fe2");
+    lab.sh("fe2", &["ip", "addr", "add", "10.201.0.1/32", "dev", "lo"]);
+    lab.start_maglevd("fe2", cfg, &["--workers", "2"]);
+    let status = lab.wait_maglevd_exit("fe2", Duration::from_secs(10));
+    let log = lab.maglevd_log("fe2");
+    lab.sh("fe2", &["ip", "addr", "del", "10.201.0.1/32", "dev", "lo"]);
+    assert!(!status.success(), "maglevd started on a frontend holding the VIP:\n{log}");
+    assert!(log.contains("lo holds the VIP 10.201.0.1"), "{log}");
+    eprintln!("(k) with the VIP on fe2's lo, maglevd refused to start: {}", log.lines().last().unwrap_or(""));
+    // Without the VIP it starts again.
+    lab.start_maglevd("fe2", cfg, &["--workers", "2"]);
+    lab.wait_ready("fe2", Duration::from_secs(15));
 }

@@ -443,13 +443,14 @@ fn assert_identity(net: &Net, st: &ProcStatus, eff: u64) {
     assert_eq!(st.cap("CapBnd") & !eff, 0, "CapBnd wider than needed: {}", st.summary());
 }
 
-/// A refused start: exit code 1 within `max`, and the error line that names CAP_NET_RAW.
+/// A refused start: exit code 1 within `max`, and the error line that names CAP_NET_RAW and how to
+/// grant it (the daemon checks its capabilities before it opens any socket).
 fn assert_refused_naming_net_raw(status: ExitStatus, log: &str, elapsed: Duration, max: Duration) {
     assert_eq!(status.code(), Some(1), "want exit code 1 (runtime failure), got {status}:\n{log}");
     assert!(elapsed < max, "took {elapsed:?} to fail");
     assert!(
-        log.contains("error: fe0: socket(AF_PACKET): Operation not permitted (needs CAP_NET_RAW)"),
-        "the error must name the interface, the call and CAP_NET_RAW:\n{log}"
+        log.contains("error: missing capability CAP_NET_RAW: AF_PACKET sockets and rings; grant CAP_NET_RAW and CAP_NET_ADMIN, not root"),
+        "the error must name CAP_NET_RAW and how to grant it:\n{log}"
     );
 }
 

@@ -237,7 +237,12 @@ fn daemon_section_and_interface_addresses() {
     let c = check(&text).unwrap();
     assert_eq!(c.ingress_address, Some(Ipv4Addr::new(10, 158, 100, 2)));
     assert_eq!(c.egress_address, Some(Ipv4Addr::new(10, 158, 200, 2)));
-    assert_eq!(c.daemon, Daemon { workers: Some(2), metrics: None });
+    assert_eq!(c.daemon, Daemon { workers: Some(2), metrics: None, ..Daemon::default() });
+    assert_eq!(c.daemon.config_check, Some(std::time::Duration::from_secs(5)));
+    let off = check(&text.replace("config_check_secs = 5 ", "config_check_secs = 0 ")).unwrap();
+    assert_eq!(off.daemon.config_check, None);
+    let e = error(&text.replace("config_check_secs = 5 ", "config_check_secs = 7200 "));
+    assert!(e.contains("daemon.config_check_secs: 7200 is out of range 0..=3600"), "{e}");
     let bad = text.replace("workers = 2", "workers = 500").replace("metrics = \"\"", "metrics = \"localhost\"");
     let e = error(&bad);
     assert!(e.contains("daemon.workers: 500 is out of range"), "{e}");

@@ -37,7 +37,9 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError};
 use crate::dataplane::{Links, Snapshot};
-use crate::io::{Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing, VipFilter};
+use crate::io::{
+    Capabilities, Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing, VipFilter,
+};
 use crate::metrics::Counters;
 use crate::neigh::{self, Answer, NeighTable, NeighTimers, Responder};
 use crate::table::BuildError;
@@ -138,6 +140,39 @@ fn lookup_interfaces(cfg: &Config) -> Result<Interfaces, DaemonError> {
     Ok(Interfaces { ingress, egress, egress_ip })
 }
 
+/// The frontend's kernel must not hold a VIP (it would answer or reset VIP traffic itself) and
+/// should not forward (it would forward every VIP packet too). A local VIP is an error; forwarding
+/// on the ingress interface is a warning, because a firewall rule may be dropping VIP traffic.
+fn check_host(cfg: &Config, ifs: &Interfaces) -> Result<(), DaemonError> {
+    if let Some(problem) = vip_held_locally(cfg)? {
+        return Err(DaemonError::Setup(problem));
+    }
+    let path = format!("/proc/sys/net/ipv4/conf/{}/forwarding", ifs.ingress.name);
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        warn!(
+            "{} forwards IPv4 ({path} = 1): the kernel will forward every VIP packet too, unless a \
+             firewall drops them; set net.ipv4.ip_forward=0 on the frontend",
+            ifs.ingress.name
+        );
+    }
+    Ok(())
+}
+
+/// A VIP of `cfg` configured on an interface of this network namespace, described for an error.
+fn vip_held_locally(cfg: &Config) -> Result<Option<String>, IoError> {
+    let vips = vips(cfg);
+    for name in InterfaceInfo::names()? {
+        let Ok(info) = InterfaceInfo::lookup(&name) else { continue };
+        if let Some(vip) = info.ipv4.iter().find(|a| vips.contains(a)) {
+            return Ok(Some(format!(
+                "{name} holds the VIP {vip}: the kernel would answer (or reset) VIP traffic itself; \
+                 remove it (`ip addr del {vip}/32 dev {name}`): with maglevd no frontend holds a VIP"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// Backends whose MAC must be resolved by ARP (no static MAC), over all services.
 fn arp_targets(cfg: &Config) -> Vec<Ipv4Addr> {
     let mut v: Vec<Ipv4Addr> = cfg
@@ -181,8 +216,30 @@ fn build_snapshot(cfg: &Config, ifs: &Interfaces, neigh: &NeighTable, generation
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(opts: &Options) -> Result<(), DaemonError> {
+    // Signals first: a SIGTERM during start-up (e.g. to PID 1 of a pod) must not be lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // The first signal asks for a clean stop; a second one while stopping exits at once.
+        let set = signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)));
+        set.map_err(|e| DaemonError::Setup(format!("installing the signal handlers: {e}")))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .map_err(|e| DaemonError::Setup(format!("installing the SIGHUP handler: {e}")))?;
+
     let cfg = config::load(&opts.config)?;
+    match Capabilities::current() {
+        Ok(caps) => {
+            caps.require_datapath()?;
+            if let Some(w) = caps.warning() {
+                warn!("{w}");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read this thread's capabilities; continuing"),
+    }
     let ifs = lookup_interfaces(&cfg)?;
+    check_host(&cfg, &ifs)?;
     let workers = opts
         .workers
         .or(cfg.daemon.workers)
@@ -216,6 +273,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         rings.push((rx, tx));
     }
     let memory: usize = rings.iter().map(|(rx, tx)| rx.memory() + tx.memory()).sum();
+    let sndbuf = rings.first().map_or(0, |(_, tx)| tx.sndbuf());
     let egress_arp = PacketSocket::open(&cfg.egress, ETHERTYPE_ARP)?;
     let ingress_arp = if cfg.one_arm() { None } else { Some(PacketSocket::open(&cfg.ingress, ETHERTYPE_ARP)?) };
     let metrics = match cfg.daemon.metrics {
@@ -225,24 +283,15 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         ),
         None => None,
     };
-    info!(ring_memory_mib = memory >> 20, "rings open");
+    info!(ring_memory_mib = memory >> 20, tx_sndbuf_kib = sndbuf >> 10, "rings open");
 
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
-        stop: Arc::new(AtomicBool::new(false)),
+        stop,
         counters: Counters::new(workers),
         arp: ArpCounters::default(),
         reload_failures: AtomicU64::new(0),
     });
-    let reload = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // The first signal asks for a clean stop; a second one while stopping exits at once.
-        let set = signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&shared.stop))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&shared.stop)));
-        set.map_err(|e| DaemonError::Setup(format!("installing the signal handlers: {e}")))?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
-        .map_err(|e| DaemonError::Setup(format!("installing the SIGHUP handler: {e}")))?;
 
     let mut handles = Vec::new();
     for (i, (mut rx, mut tx)) in rings.into_iter().enumerate() {
@@ -311,8 +360,24 @@ fn control_loop(
             .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
     }
     let mut buf = [0u8; 256];
+    // The file as last loaded or tried: a periodic check reloads only when it changed (Kubernetes
+    // updates a mounted ConfigMap by swapping a symlink, without any signal).
+    let mut seen = std::fs::read(&opts.config).ok();
+    let mut next_check = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
-        if reload.swap(false, Ordering::Relaxed) {
+        let mut due = reload.swap(false, Ordering::Relaxed);
+        if let Some(every) = c.cfg.daemon.config_check
+            && Instant::now() >= next_check
+        {
+            next_check = Instant::now() + every;
+            let now = std::fs::read(&opts.config).ok();
+            if now.is_some() && now != seen {
+                info!(config = %opts.config.display(), "configuration file changed");
+                due = true;
+            }
+        }
+        if due {
+            seen = std::fs::read(&opts.config).ok();
             c.reload();
         }
         let now = Instant::now();
@@ -420,6 +485,15 @@ impl Control<'_> {
                 new.egress
             );
             return;
+        }
+        match vip_held_locally(&new) {
+            Ok(None) => {}
+            Ok(Some(problem)) => {
+                self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);
+                error!("reload refused, running configuration kept: {}: {problem}", path.display());
+                return;
+            }
+            Err(e) => warn!(error = %e, "cannot list the interfaces to check for a local VIP"),
         }
         if let Err(e) = crate::report::tables(&new) {
             self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);

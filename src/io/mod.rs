@@ -462,7 +462,7 @@ impl Capabilities {
         if !self.net_raw {
             return Err(IoError::MissingCapability {
                 cap: "CAP_NET_RAW",
-                why: "AF_PACKET sockets and rings (run as root, or setcap cap_net_raw,cap_net_admin+ep)",
+                why: "AF_PACKET sockets and rings; grant CAP_NET_RAW and CAP_NET_ADMIN, not root (systemd: AmbientCapabilities=; Kubernetes: capabilities.add with the image's file capabilities; or setcap cap_net_raw,cap_net_admin+ep on the binary)",
             });
         }
         Ok(())

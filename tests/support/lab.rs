@@ -100,6 +100,24 @@ impl Lab {
         self.daemons.iter_mut().any(|(s, c)| s == short && matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Wait (bounded) for the maglevd in `short` to exit by itself; returns its exit status.
+    pub fn wait_maglevd_exit(&mut self, short: &str, timeout: Duration) -> std::process::ExitStatus {
+        let i = self.daemons.iter().position(|(s, _)| s == short).expect("a maglevd runs there");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.daemons[i].1.try_wait() {
+                self.daemons.remove(i);
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "maglevd in {short} still runs after {timeout:?}:\n{}",
+                self.maglevd_log(short)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM the maglevd in `short` and wait for it; returns its exit status.
     pub fn stop_maglevd(&mut self, short: &str) -> std::process::ExitStatus {
         let i = self.daemons.iter().position(|(s, _)| s == short).expect("a maglevd runs there");
