@@ -7,3 +7,4 @@ cd "$(dirname "$0")/.."
 tests/setup.sh
 # Release mode: the end-to-end tests push real traffic through the forwarder.
 cargo test --release --all-targets "$@"
+cargo test --release --doc
