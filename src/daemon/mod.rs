@@ -305,20 +305,30 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Setup(format!("spawning worker {i}: {e}")))?;
         handles.push(h);
     }
-    if let Some(sock) = ingress_arp {
-        let arp_shared = Arc::clone(&shared);
-        let responder =
-            Responder::new(MacAddr(ifs.ingress.mac), answer_for(cfg.ingress_address, &ifs.ingress), vips(&cfg));
-        let responder = Arc::new(ArcSwap::from_pointee(responder));
-        let r = Arc::clone(&responder);
+    let ingress_responder = match ingress_arp {
+        Some(sock) => {
+            let responder =
+                Responder::new(MacAddr(ifs.ingress.mac), answer_for(cfg.ingress_address, &ifs.ingress), vips(&cfg));
+            let responder = Arc::new(ArcSwap::from_pointee(responder));
+            let (r, arp_shared) = (Arc::clone(&responder), Arc::clone(&shared));
+            std::thread::Builder::new()
+                .name("maglevd-arp-in".into())
+                .spawn(move || ingress_arp_loop(sock, &r, &arp_shared))
+                .map_err(|e| DaemonError::Setup(format!("spawning the ARP thread: {e}")))?;
+            Some(responder)
+        }
+        None => None,
+    };
+    if let Some(listener) = metrics {
+        let http_shared = Arc::clone(&shared);
         std::thread::Builder::new()
-            .name("maglevd-arp-in".into())
-            .spawn(move || ingress_arp_loop(sock, &r, &arp_shared))
-            .map_err(|e| DaemonError::Setup(format!("spawning the ARP thread: {e}")))?;
-        control_loop(opts, cfg, ifs, neigh, egress_arp, Some(responder), metrics, &shared, &reload)?;
-    } else {
-        control_loop(opts, cfg, ifs, neigh, egress_arp, None, metrics, &shared, &reload)?;
+            .name("maglevd-http".into())
+            .spawn(move || http::serve(listener, &http_shared))
+            .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
     }
+    let responder = egress_responder(&cfg, &ifs);
+    let mut control = Control { opts, cfg, ifs, neigh, responder, ingress_responder, shared: &shared, generation: 1 };
+    control.run(egress_arp, &reload);
     for h in handles {
         let _ = h.join();
     }
@@ -338,72 +348,60 @@ struct Control<'a> {
     generation: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn control_loop(
-    opts: &Options,
-    cfg: Config,
-    ifs: Interfaces,
-    neigh: NeighTable,
-    mut sock: PacketSocket,
-    ingress_responder: Option<Arc<ArcSwap<Responder>>>,
-    metrics: Option<std::net::TcpListener>,
-    shared: &Arc<Shared>,
-    reload: &AtomicBool,
-) -> Result<(), DaemonError> {
-    let responder = egress_responder(&cfg, &ifs);
-    let mut c = Control { opts, cfg, ifs, neigh, responder, ingress_responder, shared, generation: 1 };
-    if let Some(listener) = metrics {
-        let shared = Arc::clone(shared);
-        std::thread::Builder::new()
-            .name("maglevd-http".into())
-            .spawn(move || http::serve(listener, &shared))
-            .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
-    }
-    let mut buf = [0u8; 256];
-    // The file as last loaded or tried: a periodic check reloads only when it changed (Kubernetes
-    // updates a mounted ConfigMap by swapping a symlink, without any signal).
-    let mut seen = std::fs::read(&opts.config).ok();
-    let mut next_check = Instant::now();
-    while !shared.stop.load(Ordering::Relaxed) {
-        let mut due = reload.swap(false, Ordering::Relaxed);
-        if let Some(every) = c.cfg.daemon.config_check
-            && Instant::now() >= next_check
-        {
-            next_check = Instant::now() + every;
-            let now = std::fs::read(&opts.config).ok();
-            if now.is_some() && now != seen {
-                info!(config = %opts.config.display(), "configuration file changed");
-                due = true;
-            }
-        }
-        if due {
-            seen = std::fs::read(&opts.config).ok();
-            c.reload();
-        }
-        let now = Instant::now();
-        let mut changed = c.poll_neigh(&mut sock, now);
-        let wait = c.neigh.next_deadline().map_or(Duration::from_millis(200), |d| d.saturating_duration_since(now));
-        match sock.recv(&mut buf, wait.clamp(Duration::from_millis(1), Duration::from_millis(200))) {
-            Ok(Some(n)) => changed |= c.on_frame(&mut sock, &buf[..n]),
-            Ok(None) => {}
-            Err(e) => {
-                shared.arp.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "ARP receive failed");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        if changed {
-            c.publish();
-        }
-    }
-    Ok(())
-}
-
+/// The responder on the egress socket: for the egress address, and in one-arm mode (one socket
+/// for both roles) for the ingress address too.
 fn egress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
-    Responder::new(MacAddr(ifs.egress.mac), answer_for(cfg.egress_address, &ifs.egress), vips(cfg))
+    let mut ours = answer_for(cfg.egress_address, &ifs.egress);
+    if cfg.one_arm() {
+        ours.extend(answer_for(cfg.ingress_address, &ifs.ingress));
+    }
+    Responder::new(MacAddr(ifs.egress.mac), ours, vips(cfg))
 }
 
 impl Control<'_> {
+    /// The control loop: reloads (SIGHUP or a changed file), ARP on the egress interface, backend
+    /// resolution, snapshot publication; until the stop flag is set.
+    fn run(&mut self, mut sock: PacketSocket, reload: &AtomicBool) {
+        let mut buf = [0u8; 256];
+        // The file as last loaded or tried: the periodic check reloads only when it changed
+        // (Kubernetes updates a mounted ConfigMap by swapping a symlink, without any signal).
+        let mut seen = std::fs::read(&self.opts.config).ok();
+        let mut next_check = Instant::now();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let mut due = reload.swap(false, Ordering::Relaxed);
+            if let Some(every) = self.cfg.daemon.config_check
+                && Instant::now() >= next_check
+            {
+                next_check = Instant::now() + every;
+                let now = std::fs::read(&self.opts.config).ok();
+                if now.is_some() && now != seen {
+                    info!(config = %self.opts.config.display(), "configuration file changed");
+                    due = true;
+                }
+            }
+            if due {
+                seen = std::fs::read(&self.opts.config).ok();
+                self.reload();
+            }
+            let now = Instant::now();
+            let mut changed = self.poll_neigh(&mut sock, now);
+            let wait =
+                self.neigh.next_deadline().map_or(Duration::from_millis(200), |d| d.saturating_duration_since(now));
+            match sock.recv(&mut buf, wait.clamp(Duration::from_millis(1), Duration::from_millis(200))) {
+                Ok(Some(n)) => changed |= self.on_frame(&mut sock, &buf[..n]),
+                Ok(None) => {}
+                Err(e) => {
+                    self.shared.arp.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "ARP receive failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            if changed {
+                self.publish();
+            }
+        }
+    }
+
     /// Send due probes and expire entries; true if a MAC was lost.
     fn poll_neigh(&mut self, sock: &mut PacketSocket, now: Instant) -> bool {
         let mut probes = Vec::new();
