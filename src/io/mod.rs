@@ -86,7 +86,7 @@ use std::time::Duration;
 
 pub use bpf::{BpfError, BpfProgram, VipFilter};
 pub use iface::InterfaceInfo;
-pub use mem::{MemRx, MemTx};
+pub use mem::{MemFrame, MemRx, MemTx};
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
 pub use sys::{current_cpu, enter_netns, pin_current_thread};
 
