@@ -44,7 +44,6 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use clap::Args;
 
 use super::frames::{self, Endpoints, MAX_FRAME, MIN_FRAME};
@@ -53,12 +52,9 @@ use super::netns::{self, GEN_IF, LB_IN, LB_OUT, SINK_IF, SINK_IP, Topology, VIP}
 use super::stats::{LoadMeter, LoadSample, median, percentile, sample_idle_load};
 use super::{BenchError, fmt_load};
 use crate::config::{self, MAX_WORKERS};
-use crate::daemon::{ArpCounters, Shared, worker};
+use crate::daemon::{self, Shared, worker};
 use crate::dataplane::{Links, Snapshot};
-use crate::io::{
-    Fanout, RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, VipFilter, enter_netns, pin_current_thread,
-};
-use crate::metrics::Counters;
+use crate::io::{RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, VipFilter, enter_netns, pin_current_thread};
 use crate::wire::MacAddr;
 
 /// Destination UDP port of the generated traffic (the service covers all ports).
@@ -537,24 +533,13 @@ struct Workers {
 
 impl Workers {
     fn start(topo: &Topology, snap: &Snapshot, args: &LiveArgs, version: RingVersion) -> Result<Workers, BenchError> {
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snap.clone()),
-            stop: Arc::new(AtomicBool::new(false)),
-            counters: Counters::new(args.workers),
-            arp: ArpCounters::default(),
-            reload_failures: AtomicU64::new(0),
-        });
-        let filter = VipFilter::new(&[VIP], false).build().map_err(crate::io::IoError::from)?;
-        let group = (std::process::id() & 0xffff) as u16;
+        let shared = Arc::new(Shared::new(snap.clone(), args.workers, Arc::new(AtomicBool::new(false))));
+        // The daemon's own ring configuration; only the RX ring version may differ (V3 run).
+        let (rx_cfg, tx_cfg) = daemon::worker_rings(&[VIP], daemon::fanout_group(), args.rx_slots, args.tx_slots)?;
+        let rx_cfg = RxConfig { version, ..rx_cfg };
         let mut w = Workers { shared, handles: Vec::new() };
         for i in 0..args.workers {
-            let rx_cfg = RxConfig {
-                version,
-                fanout: Some(Fanout::hash(group)),
-                filter: Some(filter.clone()),
-                ..RxConfig::super_frames(args.rx_slots)
-            };
-            let tx_cfg = TxConfig::super_frames(args.tx_slots);
+            let (rx_cfg, tx_cfg) = (rx_cfg.clone(), tx_cfg.clone());
             let (path, cpu, shared) = (topo.ns_path("lb"), args.fwd_cpu, Arc::clone(&w.shared));
             let (ready_tx, ready_rx) = mpsc::channel();
             let h = std::thread::Builder::new()

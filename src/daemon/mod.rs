@@ -57,6 +57,41 @@ pub struct Shared {
     pub reload_failures: AtomicU64,
 }
 
+impl Shared {
+    /// Fresh state for `workers` workers around the first snapshot; `stop` is the flag the signal
+    /// handlers set.
+    pub fn new(snapshot: Snapshot, workers: usize, stop: Arc<AtomicBool>) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            stop,
+            counters: Counters::new(workers),
+            arp: ArpCounters::default(),
+            reload_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The rings of one forwarding worker, exactly as the daemon opens them (the benchmark measures
+/// these too): an RX ring on the ingress interface in fanout `group` (hash mode: one flow, one
+/// worker) filtered to the VIPs, with slots for 64 KiB super-frames and their virtio-net header,
+/// and a TX ring on the egress interface alike.
+pub fn worker_rings(
+    vips: &[Ipv4Addr],
+    group: u16,
+    rx_slots: usize,
+    tx_slots: usize,
+) -> Result<(RxConfig, TxConfig), IoError> {
+    let filter = VipFilter::new(vips, false).build()?;
+    let rx = RxConfig { fanout: Some(Fanout::hash(group)), filter: Some(filter), ..RxConfig::super_frames(rx_slots) };
+    Ok((rx, TxConfig::super_frames(tx_slots)))
+}
+
+/// The fanout group of this process's workers: distinct per process, so two daemons in one
+/// network namespace never share a group.
+pub fn fanout_group() -> u16 {
+    (std::process::id() & 0xffff) as u16
+}
+
 /// ARP counters (written by the control and ingress-ARP threads with atomic adds: ARP is rare).
 #[derive(Debug, Default)]
 pub struct ArpCounters {
@@ -259,18 +294,10 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let mut neigh = NeighTable::new(MacAddr(ifs.egress.mac), ifs.egress_ip, NeighTimers::default());
     neigh.set_targets(arp_targets(&cfg), now);
     let snapshot = build_snapshot(&cfg, &ifs, &neigh, 1)?;
-    let filter = VipFilter::new(&vips(&cfg), false).build().map_err(IoError::from)?;
-    let group = (std::process::id() & 0xffff) as u16;
+    let (rx_cfg, tx_cfg) = worker_rings(&vips(&cfg), fanout_group(), opts.rx_slots, opts.tx_slots)?;
     let mut rings = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let rx_cfg = RxConfig {
-            fanout: Some(Fanout::hash(group)),
-            filter: Some(filter.clone()),
-            ..RxConfig::super_frames(opts.rx_slots)
-        };
-        let rx = RxRing::open(&cfg.ingress, &rx_cfg)?;
-        let tx = TxRing::open(&cfg.egress, &TxConfig::super_frames(opts.tx_slots))?;
-        rings.push((rx, tx));
+        rings.push((RxRing::open(&cfg.ingress, &rx_cfg)?, TxRing::open(&cfg.egress, &tx_cfg)?));
     }
     let memory: usize = rings.iter().map(|(rx, tx)| rx.memory() + tx.memory()).sum();
     let sndbuf = rings.first().map_or(0, |(_, tx)| tx.sndbuf());
@@ -285,13 +312,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     };
     info!(ring_memory_mib = memory >> 20, tx_sndbuf_kib = sndbuf >> 10, "rings open");
 
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(snapshot),
-        stop,
-        counters: Counters::new(workers),
-        arp: ArpCounters::default(),
-        reload_failures: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new(snapshot, workers, stop));
 
     let mut handles = Vec::new();
     for (i, (mut rx, mut tx)) in rings.into_iter().enumerate() {

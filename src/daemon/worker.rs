@@ -139,7 +139,6 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    use arc_swap::ArcSwap;
     use etherparse::PacketBuilder;
 
     use super::*;
@@ -162,13 +161,7 @@ mod tests {
     }
 
     fn shared(snap: Snapshot) -> Shared {
-        Shared {
-            snapshot: ArcSwap::from_pointee(snap),
-            stop: Arc::new(AtomicBool::new(false)),
-            counters: Counters::new(1),
-            arp: Default::default(),
-            reload_failures: AtomicU64::new(0),
-        }
+        Shared::new(snap, 1, Arc::new(AtomicBool::new(false)))
     }
 
     fn tcp(dst: [u8; 4], payload: usize) -> Vec<u8> {
