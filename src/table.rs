@@ -104,22 +104,18 @@ impl ServiceTable {
 
     /// Slots owned by each backend index `0..n`.
     pub fn shares(&self, n: usize) -> Vec<u64> {
-        let mut out = vec![0u64; n];
-        for &s in self.slots() {
-            if let Some(c) = out.get_mut(s as usize) {
-                *c += 1;
-            }
-        }
-        out
+        maglev::slot_counts(self.slots(), n)
     }
+}
 
+impl MhService {
     /// The `ipvs-mh` lookup for an IPv4 client on the hot path: `src` in host order, `sport` the
     /// client's port (0 for fragments). `None` = no destination.
     #[inline]
-    pub fn ipvs_lookup_v4(m: &MhService, src: u32, sport: u16) -> Option<u32> {
-        let port = if m.flags.mh_port { sport } else { 0 };
-        m.table
-            .lookup_by(src, port, m.flags.mh_fallback, |i| m.available.get(i).copied().unwrap_or(false))
+    pub fn lookup_v4(&self, src: u32, sport: u16) -> Option<u32> {
+        let port = if self.flags.mh_port { sport } else { 0 };
+        self.table
+            .lookup_by(src, port, self.flags.mh_fallback, |i| self.available.get(i).copied().unwrap_or(false))
             .map(|i| i as u32)
     }
 }

@@ -284,7 +284,7 @@ fn pick(snap: &Snapshot, svc: u16, src: u32, dst: u32, proto: u8, sport: u16, dp
     };
     let backend = match &state.table {
         ServiceTable::Maglev(t) => t.lookup(flow_hash(state.flow_key, src, dst, proto, sport, dport)),
-        ServiceTable::IpvsMh(m) => ServiceTable::ipvs_lookup_v4(m, src, sport),
+        ServiceTable::IpvsMh(m) => m.lookup_v4(src, sport),
     };
     match backend {
         Some(backend) => Verdict::Forward { service: svc, backend },

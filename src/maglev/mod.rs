@@ -125,14 +125,20 @@ impl Table {
 
     /// Number of slots owned by each backend index `0..n`.
     pub fn shares(&self, n: usize) -> Vec<u64> {
-        let mut out = vec![0u64; n];
-        for &s in self.slots.iter() {
-            if let Some(c) = out.get_mut(s as usize) {
-                *c += 1;
-            }
-        }
-        out
+        slot_counts(&self.slots, n)
     }
+}
+
+/// How many of `slots` hold each backend index `0..n` (indices outside, like "no backend", are
+/// not counted). Serves every table kind whose slots index a backend list.
+pub fn slot_counts(slots: &[u32], n: usize) -> Vec<u64> {
+    let mut out = vec![0u64; n];
+    for &s in slots {
+        if let Some(c) = out.get_mut(s as usize) {
+            *c += 1;
+        }
+    }
+    out
 }
 
 /// Is `n` prime? Deterministic trial division (n ≤ 2^24 here, so at most ~2000 steps).
@@ -248,19 +254,6 @@ pub fn build(backends: &[TableBackend], size: u32) -> Result<Table, TableError> 
             }
         }
     }
-}
-
-/// How many slots map to a different backend IP between two tables: the disruption an operator
-/// previews before a change. Only tables of equal size can be compared slot by slot; `None`
-/// otherwise.
-pub fn moved_slots(a: &Table, a_ips: &[Ipv4Addr], b: &Table, b_ips: &[Ipv4Addr]) -> Option<u64> {
-    if a.size != b.size {
-        return None;
-    }
-    let ip = |t: &Table, ips: &[Ipv4Addr], s: usize| -> Option<Ipv4Addr> {
-        t.slots.get(s).and_then(|&i| ips.get(i as usize).copied())
-    };
-    Some((0..a.size as usize).filter(|&s| ip(a, a_ips, s) != ip(b, b_ips, s)).count() as u64)
 }
 
 #[cfg(test)]
