@@ -356,11 +356,59 @@ impl<'de> Deserialize<'de> for PortSpec {
 // ---------------------------------------------------------------------------------------------
 // Loading and validation
 
+/// The largest configuration file accepted (a real one is a few KiB; thousands of backends fit).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// Read and validate a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let bytes = read_file(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+    })?;
     parse(&text, path)
+}
+
+/// The bytes of the configuration file, read safely for a daemon that must never stall: opened
+/// without blocking (a FIFO at the path would otherwise block `open` until a writer appears),
+/// accepted only if it is a regular file (after symlinks, so a Kubernetes ConfigMap mount works;
+/// a device such as `/dev/zero` is refused) of at most [`MAX_CONFIG_BYTES`] (checked before and
+/// while reading, so a file that grows cannot exhaust memory).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let err = |source: std::io::Error| ConfigError::Read { path: path.to_path_buf(), source };
+    let invalid = |what: String| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Err(invalid(format!("not a regular file ({what})")));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(invalid(format!("larger than {MAX_CONFIG_BYTES} bytes ({} bytes)", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(invalid(format!("larger than {MAX_CONFIG_BYTES} bytes (it grew while being read)")));
+    }
+    Ok(bytes)
 }
 
 /// Parse and validate configuration text; `path` is used in messages only.

@@ -333,3 +333,59 @@ fn a_service_without_backends_is_valid_and_warned() {
     let t = crate::table::ServiceTable::build(&c.services[0], |_| true).unwrap();
     assert!(t.is_empty());
 }
+
+/// `load` on `path` in a thread, waited for at most two seconds (a blocking `open` must fail the
+/// test, not hang it).
+fn load_within_2s(path: &Path) -> Result<Config, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(load(&p).map_err(|e| e.to_string()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(2)).expect("config::load blocked for more than 2 s")
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("maglevd-cfg-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_fifo_at_the_config_path_is_refused_without_blocking() {
+    let dir = scratch_dir("fifo");
+    let path = dir.join("maglevd.toml");
+    let status = std::process::Command::new("mkfifo").arg(&path).status().expect("run mkfifo");
+    assert!(status.success());
+    let err = load_within_2s(&path).unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_symlink_to_a_device_is_refused() {
+    let dir = scratch_dir("dev");
+    let path = dir.join("maglevd.toml");
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    let err = load_within_2s(&path).unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(err.contains("maglevd.toml"), "names the file: {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_oversized_file_is_refused_before_it_is_read_whole() {
+    let dir = scratch_dir("big");
+    let path = dir.join("maglevd.toml");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+    let err = load_within_2s(&path).unwrap_err();
+    assert!(err.contains("larger than"), "{err}");
+    // A symlink to a regular file (a Kubernetes ConfigMap mount) is fine.
+    std::fs::write(dir.join("real.toml"), SEED).unwrap();
+    let link = dir.join("link.toml");
+    std::os::unix::fs::symlink(dir.join("real.toml"), &link).unwrap();
+    assert!(load_within_2s(&link).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

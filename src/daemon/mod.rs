@@ -386,7 +386,7 @@ impl Control<'_> {
         let mut buf = [0u8; 256];
         // The file as last loaded or tried: the periodic check reloads only when it changed
         // (Kubernetes updates a mounted ConfigMap by swapping a symlink, without any signal).
-        let mut seen = std::fs::read(&self.opts.config).ok();
+        let mut seen = config::read_file(&self.opts.config).ok();
         let mut next_check = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut due = reload.swap(false, Ordering::Relaxed);
@@ -394,14 +394,14 @@ impl Control<'_> {
                 && Instant::now() >= next_check
             {
                 next_check = Instant::now() + every;
-                let now = std::fs::read(&self.opts.config).ok();
+                let now = config::read_file(&self.opts.config).ok();
                 if now.is_some() && now != seen {
                     info!(config = %self.opts.config.display(), "configuration file changed");
                     due = true;
                 }
             }
             if due {
-                seen = std::fs::read(&self.opts.config).ok();
+                seen = config::read_file(&self.opts.config).ok();
                 self.reload();
             }
             let now = Instant::now();
