@@ -19,7 +19,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
 use crate::ipvs_mh::{self, MhFlags};
-use crate::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_SLOTS_PER_BACKEND};
+use crate::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_TOTAL_SLOTS, MAX_WEIGHT, MIN_SLOTS_PER_BACKEND};
 use crate::wire::MacAddr;
 
 // ---------------------------------------------------------------------------------------------
@@ -808,7 +808,25 @@ impl Validator<'_> {
         // (VIP, protocol) → the (port, file index) of every service claiming it so far.
         type Claims = BTreeMap<(IpAddr, Protocol), Vec<(Option<u16>, usize)>>;
         let mut claims = Claims::new();
+        let mut slots = 0u64;
+        let mut over = false;
         for (i, s) in services {
+            slots += u64::from(s.table_size);
+            if slots > MAX_TOTAL_SLOTS && !over {
+                over = true;
+                let file = files[*i].get_ref();
+                let span = file.table_size.as_ref().map_or(file.vip.span(), |t| t.span());
+                self.problem(
+                    span,
+                    format!("service[{i}].table_size"),
+                    format!(
+                        "all tables together would exceed {MAX_TOTAL_SLOTS} slots ({} MiB; this service brings \
+                         the total to {slots}): use smaller tables (the default is {DEFAULT_TABLE_SIZE}) or \
+                         fewer services",
+                        MAX_TOTAL_SLOTS * 4 >> 20
+                    ),
+                );
+            }
             let file = files[*i].get_ref();
             let span = file.vip.span();
             if let Some(first) = names.insert(&s.name, *i) {

@@ -107,7 +107,8 @@ fn bad_values_are_named_and_located() {
         ("port = 0", "service[0].port: 0 is out of range 1..=65535", "test.toml:7:8"),
         ("port = 70000", "70000 is out of range", "test.toml:7:8"),
         ("table_size = 65536", "service[0].table_size: 65536 is not a prime", "test.toml:8:14"),
-        ("table_size = 2", "2 is out of range 3..=16777213", ""),
+        ("table_size = 2", "2 is out of range 3..=4194301", ""),
+        ("table_size = 16777213", "16777213 is out of range 3..=4194301", ""),
         ("table_size = 13", "13 is too small for 2 backends", ""),
         ("weight = 70000", "service[0].backend[0].weight: 70000 is out of range 0..=65535", "test.toml:11:10"),
         ("weight = -1", "-1 is out of range", ""),
@@ -388,4 +389,24 @@ fn an_oversized_file_is_refused_before_it_is_read_whole() {
     std::os::unix::fs::symlink(dir.join("real.toml"), &link).unwrap();
     assert!(load_within_2s(&link).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_total_table_memory_is_bounded() {
+    // Each table is within the per-table bound; together they are not (≈ 9 × 16 MiB of slots).
+    let mut text = HEAD.to_string();
+    for i in 0..9 {
+        text.push_str(&format!(
+            "[[service]]\nvip = \"10.201.0.{}\"\nprotocol = \"tcp\"\nport = 80\ntable_size = 4194301\n\
+             [[service.backend]]\nip = \"10.0.0.1\"\n",
+            i + 1
+        ));
+    }
+    let err = error(&text);
+    assert!(err.contains("service[8].table_size"), "{err}");
+    assert!(err.contains("all tables together"), "{err}");
+    assert_eq!(err.lines().count(), 1, "reported once, at the service that crosses the bound: {err}");
+    // Eight of them fit.
+    let eight: String = text.split("[[service]]").take(9).collect::<Vec<_>>().join("[[service]]");
+    assert!(check(&eight).is_ok());
 }
