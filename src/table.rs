@@ -30,6 +30,11 @@ pub enum BuildError {
     NotIpv4 { service: String, ip: IpAddr },
     #[error("service {service}: {reason}")]
     NotForwardable { service: String, reason: &'static str },
+    #[error(
+        "service {service}: backend {ip} has the MAC {mac} of one of this frontend's own interfaces: frames sent \
+         to it would come back and loop"
+    )]
+    OwnMac { service: String, ip: IpAddr, mac: crate::wire::MacAddr },
 }
 
 /// The `ipvs-mh` state of a service: the kernel table plus what its lookup needs.
@@ -117,5 +122,53 @@ impl MhService {
         self.table
             .lookup_by(src, port, self.flags.mh_fallback, |i| self.available.get(i).copied().unwrap_or(false))
             .map(|i| i as u32)
+    }
+}
+
+/// The tables of the last snapshot, reused by the next build when a service's definition and its
+/// backends' reachability are unchanged: an ARP event or a reload that touches one service
+/// rebuilds that service's table only, never the others.
+#[derive(Debug, Default)]
+pub struct TableCache {
+    entries: Vec<CacheEntry>,
+    built: u64,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    service: Service,
+    reachable: Box<[bool]>,
+    table: std::sync::Arc<ServiceTable>,
+}
+
+impl TableCache {
+    pub fn new() -> TableCache {
+        TableCache::default()
+    }
+
+    /// Tables built (not reused) since this cache was created.
+    pub fn built(&self) -> u64 {
+        self.built
+    }
+
+    /// The table of `service` for this reachability, reused when the cache holds it.
+    pub fn get(
+        &mut self,
+        service: &Service,
+        reachable: &[bool],
+    ) -> Result<std::sync::Arc<ServiceTable>, BuildError> {
+        if let Some(e) = self.entries.iter().find(|e| e.service == *service && *e.reachable == *reachable) {
+            return Ok(std::sync::Arc::clone(&e.table));
+        }
+        self.built += 1;
+        let table = ServiceTable::build(service, |i| reachable.get(i).copied().unwrap_or(false))?;
+        Ok(std::sync::Arc::new(table))
+    }
+
+    /// Keep exactly the tables of a finished build (`used`), so the cache never outgrows one
+    /// snapshot.
+    pub fn retain(&mut self, used: Vec<(Service, Box<[bool]>, std::sync::Arc<ServiceTable>)>) {
+        self.entries =
+            used.into_iter().map(|(service, reachable, table)| CacheEntry { service, reachable, table }).collect();
     }
 }

@@ -282,7 +282,7 @@ fn pick(snap: &Snapshot, svc: u16, src: u32, dst: u32, proto: u8, sport: u16, dp
     let Some(state) = snap.service_state(svc) else {
         return Verdict::Drop(DropReason::NoService);
     };
-    let backend = match &state.table {
+    let backend = match &*state.table {
         ServiceTable::Maglev(t) => t.lookup(flow_hash(state.flow_key, src, dst, proto, sport, dport)),
         ServiceTable::IpvsMh(m) => m.lookup_v4(src, sport),
     };

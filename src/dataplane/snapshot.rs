@@ -6,7 +6,9 @@
 use std::net::Ipv4Addr;
 
 use crate::config::{Backend, Config, FlowKey, Protocol};
-use crate::table::{BuildError, ServiceTable};
+use std::sync::Arc;
+
+use crate::table::{BuildError, ServiceTable, TableCache};
 use crate::wire::MacAddr;
 
 /// The MAC addresses of the interfaces the daemon serves (read from the interfaces at run time).
@@ -43,7 +45,9 @@ pub struct ServiceState {
     pub protocol: Protocol,
     pub port: Option<u16>,
     pub flow_key: FlowKey,
-    pub table: ServiceTable,
+    /// Shared with the next snapshot when neither the service nor its backends' reachability
+    /// changed (see [`TableCache`]).
+    pub table: Arc<ServiceTable>,
     pub backends: Box<[BackendState]>,
 }
 
@@ -79,7 +83,26 @@ impl Snapshot {
     /// Build the snapshot for `cfg`. `resolve` supplies the MAC of each backend without a static
     /// one (`None`: unresolved or otherwise unusable, so it gets no slots).
     pub fn build(cfg: &Config, links: Links, resolve: Resolver<'_>, generation: u64) -> Result<Snapshot, BuildError> {
+        Self::build_cached(cfg, links, resolve, generation, &mut TableCache::new())
+    }
+
+    /// [`Snapshot::build`], reusing from `cache` every table whose service and reachability did
+    /// not change; on success `cache` holds exactly this snapshot's tables.
+    ///
+    /// A backend MAC equal to one of our own interfaces' MACs is refused: frames "forwarded" to
+    /// it come back to us (in one-arm mode macvlan hands them straight back) and loop. A static
+    /// one is an error; a resolved one (the neighbour table refuses to learn it, this is defence
+    /// in depth) leaves the backend unresolved.
+    pub fn build_cached(
+        cfg: &Config,
+        links: Links,
+        resolve: Resolver<'_>,
+        generation: u64,
+        cache: &mut TableCache,
+    ) -> Result<Snapshot, BuildError> {
+        let own = [links.ingress_mac, links.egress_mac];
         let mut services = Vec::with_capacity(cfg.services.len());
+        let mut used = Vec::with_capacity(cfg.services.len());
         for s in &cfg.services {
             let std::net::IpAddr::V4(vip) = s.vip else {
                 return Err(BuildError::NotForwardable {
@@ -92,9 +115,15 @@ impl Snapshot {
                 let Some(ip) = b.ipv4() else {
                     return Err(BuildError::NotIpv4 { service: s.name.clone(), ip: b.ip });
                 };
-                backends.push(BackendState { ip, weight: b.weight, mac: b.mac.or_else(|| resolve(b)) });
+                if let Some(mac) = b.mac.filter(|m| own.contains(m)) {
+                    return Err(BuildError::OwnMac { service: s.name.clone(), ip: b.ip, mac });
+                }
+                let mac = b.mac.or_else(|| resolve(b)).filter(|m| !own.contains(m));
+                backends.push(BackendState { ip, weight: b.weight, mac });
             }
-            let table = ServiceTable::build(s, |i| backends.get(i).is_some_and(|b| b.mac.is_some()))?;
+            let reachable: Box<[bool]> = backends.iter().map(|b| b.mac.is_some()).collect();
+            let table = cache.get(s, &reachable)?;
+            used.push((s.clone(), reachable, Arc::clone(&table)));
             services.push(ServiceState {
                 name: s.name.clone(),
                 vip,
@@ -105,6 +134,7 @@ impl Snapshot {
                 backends: backends.into(),
             });
         }
+        cache.retain(used);
         Ok(Self::from_services(services, links, generation))
     }
 
@@ -191,5 +221,63 @@ impl Snapshot {
     #[inline]
     pub fn backend_mac(&self, svc: u16, backend: u32) -> Option<MacAddr> {
         self.services.get(svc as usize)?.backends.get(backend as usize)?.mac
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config;
+
+    const CFG: &str = "[interfaces]\ningress = \"net1\"\negress = \"net2\"\n\
+        [[service]]\nname = \"a\"\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n\
+        [[service.backend]]\nip = \"10.0.0.1\"\n[[service.backend]]\nip = \"10.0.0.2\"\n\
+        [[service]]\nname = \"b\"\nvip = \"10.201.0.2\"\nprotocol = \"tcp\"\nport = 80\n\
+        [[service.backend]]\nip = \"10.0.0.3\"\n";
+
+    fn links() -> Links {
+        Links { ingress_mac: MacAddr([2, 0, 0, 0, 0xee, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0xee, 2]) }
+    }
+
+    fn mac_of(b: &Backend) -> Option<MacAddr> {
+        b.ipv4().map(|ip| MacAddr([2, 0, 0, 0, 0, ip.octets()[3]]))
+    }
+
+    #[test]
+    fn unchanged_tables_are_reused_and_a_changed_service_is_rebuilt_alone() {
+        let cfg = config::parse(CFG, Path::new("t.toml")).unwrap();
+        let mut cache = TableCache::new();
+        let s1 = Snapshot::build_cached(&cfg, links(), &mac_of, 1, &mut cache).unwrap();
+        assert_eq!(cache.built(), 2);
+        // Same state: nothing is rebuilt, the tables are the same objects.
+        let s2 = Snapshot::build_cached(&cfg, links(), &mac_of, 2, &mut cache).unwrap();
+        assert_eq!(cache.built(), 2);
+        for (a, b) in s1.services().iter().zip(s2.services()) {
+            assert!(Arc::ptr_eq(&a.table, &b.table));
+        }
+        // 10.0.0.1 loses its MAC: only service "a" is rebuilt.
+        let lost = |b: &Backend| if b.ip.to_string() == "10.0.0.1" { None } else { mac_of(b) };
+        let s3 = Snapshot::build_cached(&cfg, links(), &lost, 3, &mut cache).unwrap();
+        assert_eq!(cache.built(), 3);
+        assert!(!Arc::ptr_eq(&s2.services()[0].table, &s3.services()[0].table));
+        assert!(Arc::ptr_eq(&s2.services()[1].table, &s3.services()[1].table));
+        assert_eq!(s3.services()[0].table.shares(2)[0], 0);
+    }
+
+    #[test]
+    fn our_own_mac_is_never_a_backend_mac() {
+        // A static MAC equal to an interface's own is a configuration error naming the backend.
+        let text = CFG.replace("ip = \"10.0.0.3\"\n", "ip = \"10.0.0.3\"\nmac = \"02:00:00:00:ee:02\"\n");
+        let cfg = config::parse(&text, Path::new("t.toml")).unwrap();
+        let err = Snapshot::build(&cfg, links(), &mac_of, 1).unwrap_err().to_string();
+        assert!(err.contains("10.0.0.3") && err.contains("02:00:00:00:ee:02") && err.contains("loop"), "{err}");
+        // A resolved one leaves the backend out of the table.
+        let cfg = config::parse(CFG, Path::new("t.toml")).unwrap();
+        let ours = |b: &Backend| if b.ip.to_string() == "10.0.0.2" { Some(links().ingress_mac) } else { mac_of(b) };
+        let s = Snapshot::build(&cfg, links(), &ours, 1).unwrap();
+        assert_eq!(s.services()[0].backends[1].mac, None);
+        assert_eq!(s.services()[0].table.shares(2)[1], 0);
     }
 }

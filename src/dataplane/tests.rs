@@ -35,7 +35,7 @@ fn cfg() -> Config {
 }
 
 fn links() -> Links {
-    Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) }
+    Links { ingress_mac: MacAddr([2, 0, 0, 0, 0xee, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0xee, 2]) }
 }
 
 fn resolved(b: &crate::config::Backend) -> Option<MacAddr> {
@@ -140,7 +140,7 @@ fn flows_spread_evenly() {
     for i in 0..n {
         let h =
             flow_hash(FlowKey::FiveTuple, 0xc0a8_0000 + (i % 251), addr("10.201.0.1"), 6, 1024 + (i / 251) as u16, 80);
-        let crate::table::ServiceTable::Maglev(table) = &web.table else { panic!("a maglev service") };
+        let crate::table::ServiceTable::Maglev(table) = &*web.table else { panic!("a maglev service") };
         counts[table.lookup(h).unwrap() as usize] += 1;
     }
     for c in counts {
