@@ -823,7 +823,7 @@ impl Validator<'_> {
                         "all tables together would exceed {MAX_TOTAL_SLOTS} slots ({} MiB; this service brings \
                          the total to {slots}): use smaller tables (the default is {DEFAULT_TABLE_SIZE}) or \
                          fewer services",
-                        MAX_TOTAL_SLOTS * 4 >> 20
+                        (MAX_TOTAL_SLOTS * 4) >> 20
                     ),
                 );
             }

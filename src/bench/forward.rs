@@ -236,7 +236,7 @@ mod tests {
         assert_eq!((f, p, d), (900, 80, 20));
         // Every later pass over the restored frames gives the same verdicts.
         let heads = mac_heads(&mix());
-        let mut pass = |m: &mut Vec<Vec<u8>>| -> Vec<Verdict> {
+        let pass = |m: &mut Vec<Vec<u8>>| -> Vec<Verdict> {
             m.iter_mut()
                 .zip(&heads)
                 .map(|(fr, h)| {
