@@ -40,7 +40,9 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         tx_slots: usize,
     },
-    /// Validate a configuration and print a summary of its services and backends.
+    /// Validate a configuration exactly as `maglevd run` does at start-up and on reload (every
+    /// table, the forwarding snapshot, the kernel VIP filter) and print a summary of its services
+    /// and backends.
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
@@ -147,6 +149,11 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     print!("{}", report::summary(&cfg));
+    // What `run` would build at start-up and on reload, by the same code.
+    if let Err(e) = daemon::prepare_offline(&cfg) {
+        eprintln!("error: {}: maglevd run cannot use this configuration: {e}", path.display());
+        return ExitCode::from(2);
+    }
     println!("{}: ok", path.display());
     ExitCode::SUCCESS
 }

@@ -18,11 +18,21 @@
 //! generation number, swapped atomically (`arc-swap`); workers load it once per batch, so no
 //! packet ever sees a table of one generation with MACs of another.
 //!
+//! # One path to a snapshot
+//! `maglevd check`, start-up and every reload build the forwarding state with the same function,
+//! [`prepare`]: every table (reused from the last build where nothing changed), the snapshot and
+//! the kernel VIP filter. What `check` accepts, start-up and reload accept; what cannot be built
+//! is refused before anything is published.
+//!
 //! # Reload
-//! `SIGHUP` re-reads the file. An invalid file, or one that changes the interfaces (the rings are
-//! bound to them; that needs a restart), is refused with a logged error naming the problem, and
-//! the running configuration stays in force.
+//! `SIGHUP`, or a change of the file seen by the periodic check, re-reads the file. An invalid
+//! file, one that changes the interfaces (the rings are bound to them; that needs a restart), one
+//! whose VIP is held locally, or one whose snapshot or filter cannot be built is refused whole
+//! with a logged error naming the problem and counted in `maglevd_reload_failures_total`; the
+//! running configuration stays in force. Table builds run on the builder thread ([`builder`]), so
+//! ARP refresh, signals and the file check never wait for them.
 
+mod builder;
 mod http;
 pub mod worker;
 
@@ -36,13 +46,14 @@ use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError};
-use crate::dataplane::{Links, Snapshot};
+use crate::dataplane::{Links, Resolver, Snapshot};
 use crate::io::{
-    Capabilities, Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing, VipFilter,
+    BpfProgram, Capabilities, Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing,
+    VipFilter,
 };
 use crate::metrics::Counters;
-use crate::neigh::{self, Answer, NeighTable, NeighTimers, Responder};
-use crate::table::BuildError;
+use crate::neigh::{self, Answer, NeighStats, NeighTable, NeighTimers, Responder};
+use crate::table::{BuildError, TableCache};
 use crate::wire::{ETHERTYPE_ARP, MacAddr};
 
 /// What the workers, the control thread and the metrics endpoint share.
@@ -105,6 +116,14 @@ pub struct ArpCounters {
     pub macs_learned: AtomicU64,
     /// Backend MACs forgotten after unanswered refreshes.
     pub macs_expired: AtomicU64,
+    /// ARP packets offering one of our own MACs for a backend (refused: it would loop).
+    pub own_mac_refused: AtomicU64,
+    /// Another MAC claimed for a resolved backend (not used until confirmed).
+    pub mac_claims: AtomicU64,
+    /// Claims confirmed by a broadcast request: the backend's MAC changed.
+    pub mac_changes_confirmed: AtomicU64,
+    /// Claims rejected: the known MAC still answered.
+    pub mac_conflicts_kept: AtomicU64,
     /// ARP socket errors (receive or send).
     pub errors: AtomicU64,
 }
@@ -135,6 +154,8 @@ pub enum DaemonError {
     Io(#[from] IoError),
     #[error("building the lookup tables: {0}")]
     Table(#[from] BuildError),
+    #[error("building the kernel VIP filter: {0}")]
+    Filter(#[from] crate::io::BpfError),
     #[error("{0}")]
     Setup(String),
 }
@@ -180,6 +201,9 @@ fn lookup_interfaces(cfg: &Config) -> Result<Interfaces, DaemonError> {
 /// on the ingress interface is a warning, because a firewall rule may be dropping VIP traffic.
 fn check_host(cfg: &Config, ifs: &Interfaces) -> Result<(), DaemonError> {
     if let Some(problem) = vip_held_locally(cfg)? {
+        return Err(DaemonError::Setup(problem));
+    }
+    if let Some(problem) = off_link_backends(cfg, &ifs.egress) {
         return Err(DaemonError::Setup(problem));
     }
     let path = format!("/proc/sys/net/ipv4/conf/{}/forwarding", ifs.ingress.name);
@@ -245,8 +269,67 @@ fn answer_for(configured: Option<Ipv4Addr>, iface: &InterfaceInfo) -> Vec<Ipv4Ad
     }
 }
 
-fn build_snapshot(cfg: &Config, ifs: &Interfaces, neigh: &NeighTable, generation: u64) -> Result<Snapshot, BuildError> {
-    Snapshot::build(cfg, ifs.links(), &|b| b.ipv4().and_then(|ip| neigh.mac(ip)), generation)
+/// The forwarding state of a configuration: what [`prepare`] builds.
+#[derive(Debug)]
+pub struct Prepared {
+    pub snapshot: Snapshot,
+    /// The kernel filter every worker's RX ring gets for these VIPs.
+    pub filter: BpfProgram,
+}
+
+/// Build everything a configuration needs to forward: the snapshot (tables reused from `cache`
+/// where nothing changed) and the VIP filter. `check`, start-up and reload all come here, so
+/// what one accepts the others accept.
+pub fn prepare(
+    cfg: &Config,
+    links: Links,
+    resolve: Resolver<'_>,
+    generation: u64,
+    cache: &mut TableCache,
+) -> Result<Prepared, DaemonError> {
+    let snapshot = Snapshot::build_cached(cfg, links, resolve, generation, cache)?;
+    let filter = VipFilter::new(&vips(cfg), false).build()?;
+    Ok(Prepared { snapshot, filter })
+}
+
+/// [`prepare`] as `maglevd check` runs it, without interfaces: every backend counts as resolved,
+/// and the interfaces' MACs are placeholders that no static backend MAC of `cfg` uses.
+pub fn prepare_offline(cfg: &Config) -> Result<Prepared, DaemonError> {
+    let statics: Vec<MacAddr> = cfg.services.iter().flat_map(|s| &s.backends).filter_map(|b| b.mac).collect();
+    let mut free = (1u8..=u8::MAX).map(|i| MacAddr([0x02, 0, 0, 0, 0, i])).filter(|m| !statics.contains(m));
+    let (Some(ingress_mac), Some(egress_mac)) = (free.next(), free.next()) else {
+        return Err(DaemonError::Setup("no placeholder MAC left for the offline check".into()));
+    };
+    let resolved = MacAddr([0x02, 0, 0, 0, 0xff, 0xff]);
+    let links = Links { ingress_mac, egress_mac };
+    prepare(cfg, links, &|_| Some(resolved), 1, &mut TableCache::new())
+}
+
+/// Backends that `cfg` wants resolved by ARP on the egress interface but that are not on any of
+/// its subnets: ARP cannot find them (and would broadcast for them forever). A start-up or reload
+/// with such a backend is refused. An interface without IPv4 subnets tells nothing; then all pass.
+fn off_link_backends(cfg: &Config, egress: &InterfaceInfo) -> Option<String> {
+    if egress.ipv4_nets.is_empty() {
+        return None;
+    }
+    let off: Vec<String> =
+        arp_targets(cfg).into_iter().filter(|ip| !egress.on_link(*ip)).map(|ip| ip.to_string()).collect();
+    if off.is_empty() {
+        return None;
+    }
+    let nets: Vec<String> = egress.ipv4_nets.iter().map(|(a, p)| format!("{a}/{p}")).collect();
+    let shown =
+        if off.len() > 5 { format!("{} and {} more", off[..5].join(", "), off.len() - 5) } else { off.join(", ") };
+    Some(format!(
+        "backend {shown} is not on the egress interface {}'s subnets ({}): direct server return needs \
+         backends on that link; fix the address or give the backend a static `mac`",
+        egress.name,
+        nets.join(", ")
+    ))
+}
+
+fn macs_of(neigh: &NeighTable) -> builder::Macs {
+    neigh.entries().filter_map(|(ip, s)| s.mac().map(|m| (ip, m))).collect()
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
@@ -292,8 +375,12 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     // Everything that needs privileges is opened here, before any thread starts.
     let now = Instant::now();
     let mut neigh = NeighTable::new(MacAddr(ifs.egress.mac), ifs.egress_ip, NeighTimers::default());
+    neigh.set_own_macs(&[MacAddr(ifs.ingress.mac), MacAddr(ifs.egress.mac)]);
     neigh.set_targets(arp_targets(&cfg), now);
-    let snapshot = build_snapshot(&cfg, &ifs, &neigh, 1)?;
+    let mut cache = TableCache::new();
+    let macs = macs_of(&neigh);
+    let resolve = |b: &config::Backend| b.ipv4().and_then(|ip| macs.get(&ip).copied());
+    let snapshot = prepare(&cfg, ifs.links(), &resolve, 1, &mut cache)?.snapshot;
     let (rx_cfg, tx_cfg) = worker_rings(&vips(&cfg), fanout_group(), opts.rx_slots, opts.tx_slots)?;
     let mut rings = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -348,7 +435,21 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
     }
     let responder = egress_responder(&cfg, &ifs);
-    let mut control = Control { opts, cfg, ifs, neigh, responder, ingress_responder, shared: &shared, generation: 1 };
+    let cfg = Arc::new(cfg);
+    let start = builder::Start { cfg: Arc::clone(&cfg), links: ifs.links(), macs, cache, generation: 1 };
+    let builder = builder::Builder::spawn(start, Arc::clone(&shared))
+        .map_err(|e| DaemonError::Setup(format!("spawning the snapshot builder: {e}")))?;
+    let mut control = Control {
+        opts,
+        cfg,
+        ifs,
+        neigh,
+        neigh_seen: NeighStats::default(),
+        responder,
+        ingress_responder,
+        shared: &shared,
+        builder,
+    };
     control.run(egress_arp, &reload);
     for h in handles {
         let _ = h.join();
@@ -360,13 +461,16 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
 /// State of the control thread.
 struct Control<'a> {
     opts: &'a Options,
-    cfg: Config,
+    /// The running configuration (the builder's last applied one).
+    cfg: Arc<Config>,
     ifs: Interfaces,
     neigh: NeighTable,
+    /// The neighbour table's counters as last exported.
+    neigh_seen: NeighStats,
     responder: Responder,
     ingress_responder: Option<Arc<ArcSwap<Responder>>>,
     shared: &'a Shared,
-    generation: u64,
+    builder: builder::Builder,
 }
 
 /// The responder on the egress socket: for the egress address, and in one-arm mode (one socket
@@ -404,6 +508,11 @@ impl Control<'_> {
                 seen = config::read_file(&self.opts.config).ok();
                 self.reload();
             }
+            while let Some(outcome) = self.builder.outcome() {
+                if let builder::Outcome::Applied(cfg) = outcome {
+                    self.applied(cfg);
+                }
+            }
             let now = Instant::now();
             let mut changed = self.poll_neigh(&mut sock, now);
             let wait =
@@ -417,13 +526,14 @@ impl Control<'_> {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
+            self.export_neigh_stats();
             if changed {
-                self.publish();
+                self.builder.macs(macs_of(&self.neigh));
             }
         }
     }
 
-    /// Send due probes and expire entries; true if a MAC was lost.
+    /// Send due probes, expire entries and settle MAC claims; true if a MAC was lost or changed.
     fn poll_neigh(&mut self, sock: &mut PacketSocket, now: Instant) -> bool {
         let mut probes = Vec::new();
         let lost = self.neigh.poll(now, |p| probes.push(p));
@@ -437,7 +547,6 @@ impl Control<'_> {
             };
         }
         if lost {
-            self.shared.arp.macs_expired.fetch_add(1, Ordering::Relaxed);
             for (ip, s) in self.neigh.entries() {
                 if s.mac().is_none() {
                     warn!(backend = %ip, "backend MAC unresolved: out of the table until it answers ARP");
@@ -469,68 +578,85 @@ impl Control<'_> {
         learned
     }
 
-    /// Build and publish a new snapshot from the current configuration and neighbour table.
-    fn publish(&mut self) {
-        match build_snapshot(&self.cfg, &self.ifs, &self.neigh, self.generation + 1) {
-            Ok(s) => {
-                self.generation += 1;
-                let usable: usize = s.services().iter().map(|s| s.backends.iter().filter(|b| b.usable()).count()).sum();
-                info!(generation = self.generation, usable_backends = usable, "snapshot published");
-                self.shared.snapshot.store(Arc::new(s));
+    /// Add what the neighbour table refused, claimed and confirmed since the last call to the
+    /// exported counters.
+    fn export_neigh_stats(&mut self) {
+        let now = self.neigh.stats();
+        let was = std::mem::replace(&mut self.neigh_seen, now);
+        let arp = &self.shared.arp;
+        for (c, n, w) in [
+            (&arp.own_mac_refused, now.own_mac_refused, was.own_mac_refused),
+            (&arp.mac_claims, now.challenges, was.challenges),
+            (&arp.mac_changes_confirmed, now.changes_confirmed, was.changes_confirmed),
+            (&arp.mac_conflicts_kept, now.conflicts_kept, was.conflicts_kept),
+            (&arp.macs_expired, now.expired, was.expired),
+        ] {
+            if n > w {
+                c.fetch_add(n - w, Ordering::Relaxed);
             }
-            Err(e) => error!(error = %e, "cannot build the lookup tables; keeping the previous snapshot"),
+        }
+        if now.conflicts_kept > was.conflicts_kept {
+            warn!(
+                "another host claimed a backend's address with a different MAC; the known MAC still answers and stays"
+            );
+        }
+        if now.changes_confirmed > was.changes_confirmed {
+            info!("a backend's MAC change was confirmed by a broadcast request");
         }
     }
 
-    /// Re-read the configuration; keep the running one if the new one is unusable.
+    /// Re-read the configuration and hand it to the builder, unless it is refused here already
+    /// (unreadable or invalid file, changed interfaces, a local VIP, a backend off the egress
+    /// link). The builder applies it whole or refuses it whole.
     fn reload(&mut self) {
         let path: &Path = &self.opts.config;
+        let refuse = |shared: &Shared, why: String| {
+            shared.reload_failures.fetch_add(1, Ordering::Relaxed);
+            error!("reload refused, running configuration kept: {why}");
+        };
         let new = match config::load(path) {
             Ok(c) => c,
-            Err(e) => {
-                self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);
-                error!("reload refused, running configuration kept: {e}");
-                return;
-            }
+            Err(e) => return refuse(self.shared, e.to_string()),
         };
         if new.ingress != self.cfg.ingress || new.egress != self.cfg.egress {
-            self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);
-            error!(
-                "reload refused, running configuration kept: {}: the interfaces changed ({} → {}, {} → {}); that needs a restart",
-                path.display(),
-                self.cfg.ingress,
-                new.ingress,
-                self.cfg.egress,
-                new.egress
+            return refuse(
+                self.shared,
+                format!(
+                    "{}: the interfaces changed ({} → {}, {} → {}); that needs a restart",
+                    path.display(),
+                    self.cfg.ingress,
+                    new.ingress,
+                    self.cfg.egress,
+                    new.egress
+                ),
             );
-            return;
         }
         match vip_held_locally(&new) {
             Ok(None) => {}
-            Ok(Some(problem)) => {
-                self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);
-                error!("reload refused, running configuration kept: {}: {problem}", path.display());
-                return;
-            }
+            Ok(Some(problem)) => return refuse(self.shared, format!("{}: {problem}", path.display())),
             Err(e) => warn!(error = %e, "cannot list the interfaces to check for a local VIP"),
         }
-        if let Err(e) = crate::report::tables(&new) {
-            self.shared.reload_failures.fetch_add(1, Ordering::Relaxed);
-            error!("reload refused, running configuration kept: {}: {e}", path.display());
-            return;
+        if let Some(problem) = off_link_backends(&new, &self.ifs.egress) {
+            return refuse(self.shared, format!("{}: {problem}", path.display()));
         }
-        self.neigh.set_targets(arp_targets(&new), Instant::now());
-        self.responder = egress_responder(&new, &self.ifs);
+        self.builder.reload(Arc::new(new));
+    }
+
+    /// The builder published `cfg`: resolve its backends and answer ARP as it says.
+    fn applied(&mut self, cfg: Arc<Config>) {
+        let lost = self.neigh.set_targets(arp_targets(&cfg), Instant::now());
+        self.responder = egress_responder(&cfg, &self.ifs);
         if let Some(r) = &self.ingress_responder {
             r.store(Arc::new(Responder::new(
                 MacAddr(self.ifs.ingress.mac),
-                answer_for(new.ingress_address, &self.ifs.ingress),
-                vips(&new),
+                answer_for(cfg.ingress_address, &self.ifs.ingress),
+                vips(&cfg),
             )));
         }
-        self.cfg = new;
-        info!(config = %path.display(), services = self.cfg.services.len(), "configuration reloaded");
-        self.publish();
+        self.cfg = cfg;
+        if lost {
+            self.builder.macs(macs_of(&self.neigh));
+        }
     }
 }
 

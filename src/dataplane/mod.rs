@@ -34,7 +34,7 @@
 
 mod snapshot;
 
-pub use snapshot::{BackendState, Links, ServiceState, Snapshot};
+pub use snapshot::{BackendState, Links, Resolver, ServiceState, Snapshot};
 
 use crate::config::FlowKey;
 use crate::table::ServiceTable;

@@ -22,6 +22,8 @@ pub struct InterfaceInfo {
     pub mac: [u8; 6],
     /// IPv4 addresses configured on it.
     pub ipv4: Vec<Ipv4Addr>,
+    /// The same addresses with their prefix lengths: the subnets on the link.
+    pub ipv4_nets: Vec<(Ipv4Addr, u8)>,
     /// MTU (L3 payload size, without the Ethernet header).
     pub mtu: u32,
 }
@@ -32,16 +34,34 @@ impl InterfaceInfo {
     pub fn lookup(name: &str) -> Result<InterfaceInfo, IoError> {
         let ifindex = sys::if_nametoindex(name).map_err(|e| IoError::sys(name, "if_nametoindex", e))?;
         let addrs = sys::ifaddrs().map_err(|e| IoError::sys(name, "getifaddrs", e))?;
-        let mut info = InterfaceInfo { name: name.to_string(), ifindex, mac: [0; 6], ipv4: Vec::new(), mtu: 0 };
+        let mut info = InterfaceInfo {
+            name: name.to_string(),
+            ifindex,
+            mac: [0; 6],
+            ipv4: Vec::new(),
+            ipv4_nets: Vec::new(),
+            mtu: 0,
+        };
         for a in addrs {
             match a {
                 sys::IfAddr::Link { name: n, ifindex: i, mac: Some(m) } if n == name || i == ifindex => info.mac = m,
-                sys::IfAddr::V4 { name: n, addr } if n == name => info.ipv4.push(addr),
+                sys::IfAddr::V4 { name: n, addr, prefix } if n == name => {
+                    info.ipv4.push(addr);
+                    info.ipv4_nets.push((addr, prefix));
+                }
                 _ => {}
             }
         }
         info.mtu = sys::if_mtu(name).map_err(|e| IoError::sys(name, "ioctl(SIOCGIFMTU)", e))?;
         Ok(info)
+    }
+
+    /// Is `ip` inside one of the interface's IPv4 subnets?
+    pub fn on_link(&self, ip: Ipv4Addr) -> bool {
+        self.ipv4_nets.iter().any(|&(net, prefix)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            u32::from(net) & mask == u32::from(ip) & mask
+        })
     }
 
     /// Names of all interfaces with a link-layer entry.

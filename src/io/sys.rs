@@ -261,8 +261,8 @@ pub(crate) fn if_mtu(name: &str) -> io::Result<u32> {
 pub(crate) enum IfAddr {
     /// AF_PACKET entry: link-layer info.
     Link { name: String, ifindex: u32, mac: Option<[u8; 6]> },
-    /// AF_INET entry.
-    V4 { name: String, addr: Ipv4Addr },
+    /// AF_INET entry with its prefix length (from the netmask; 32 when there is none).
+    V4 { name: String, addr: Ipv4Addr, prefix: u8 },
 }
 
 /// getifaddrs(), copied into owned Rust values, then freeifaddrs().
@@ -293,7 +293,14 @@ pub(crate) fn ifaddrs() -> io::Result<Vec<IfAddr>> {
                     }
                     libc::AF_INET => {
                         let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IfAddr::V4 { name, addr: Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) });
+                        // An AF_INET entry's netmask, when present, is a sockaddr_in too.
+                        let prefix = if ifa.ifa_netmask.is_null() {
+                            32
+                        } else {
+                            let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                            u32::from_be(mask.sin_addr.s_addr).leading_ones() as u8
+                        };
+                        out.push(IfAddr::V4 { name, addr: Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), prefix });
                     }
                     _ => {}
                 }

@@ -11,6 +11,13 @@
 //!   retries while unresolved, unicast refreshes before an entry expires, learning from replies and
 //!   gratuitous ARP. A backend whose MAC is unknown (never resolved, or expired after its refresh
 //!   probes went unanswered) is reported as unknown, which keeps it out of the Maglev table.
+//! * **No one-packet takeover.** Our own interfaces' MACs are never learned for a backend (frames
+//!   sent there would come back to us and loop). A *different* MAC claimed for a resolved backend
+//!   (a reply or a gratuitous announcement) is not used at once: it opens a claim, answered by a
+//!   broadcast request; the new MAC replaces the old one only if it answers that request and the
+//!   old MAC stays silent until the claim window (`probe_interval`) ends. A backend that really
+//!   moved is followed within about a second; a single forged reply changes nothing. Claims,
+//!   confirmed changes, kept MACs and refused own MACs are counted ([`NeighStats`]).
 //!
 //! Parsing uses `etherparse`'s ARP slice (ECOSYSTEM.md: its ARP types are complete and ARP is not a
 //! hot path); building writes the fixed 42-byte Ethernet + ARP frame directly.
@@ -159,8 +166,38 @@ impl Default for NeighTimers {
 pub enum NeighState {
     /// No MAC known; `probes` broadcast requests sent so far.
     Unresolved { probes: u32, next_probe: Instant },
-    /// MAC known and confirmed at `confirmed`.
-    Resolved { mac: MacAddr, confirmed: Instant, next_probe: Instant },
+    /// MAC known and confirmed at `confirmed`; `claim` is another MAC claimed for the same address
+    /// and not confirmed yet.
+    Resolved { mac: MacAddr, confirmed: Instant, next_probe: Instant, claim: Option<Claim> },
+}
+
+/// A different MAC claimed for a resolved backend, waiting for confirmation (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub mac: MacAddr,
+    /// End of the confirmation window.
+    pub until: Instant,
+    /// The confirming broadcast request was sent.
+    pub probed: bool,
+    /// The claimed MAC answered after that request.
+    pub answered: bool,
+    /// The known MAC answered while the claim was open: it stays.
+    pub contested: bool,
+}
+
+/// What the resolver refused or confirmed, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NeighStats {
+    /// ARP packets that offered one of our own MACs for a backend.
+    pub own_mac_refused: u64,
+    /// Claims of a different MAC for a resolved backend.
+    pub challenges: u64,
+    /// Claims confirmed: the backend's MAC changed.
+    pub changes_confirmed: u64,
+    /// Claims rejected because the known MAC still answers.
+    pub conflicts_kept: u64,
+    /// MACs forgotten after their refreshes went unanswered.
+    pub expired: u64,
 }
 
 impl NeighState {
@@ -186,12 +223,29 @@ pub struct NeighTable {
     ip: Ipv4Addr,
     timers: NeighTimers,
     entries: BTreeMap<Ipv4Addr, NeighState>,
+    /// MACs of our own interfaces: never a backend's.
+    own: Vec<MacAddr>,
+    stats: NeighStats,
 }
 
 impl NeighTable {
     /// A resolver that sends requests from `mac`/`ip` (the egress interface's own).
     pub fn new(mac: MacAddr, ip: Ipv4Addr, timers: NeighTimers) -> NeighTable {
-        NeighTable { mac, ip, timers, entries: BTreeMap::new() }
+        NeighTable { mac, ip, timers, entries: BTreeMap::new(), own: vec![mac], stats: NeighStats::default() }
+    }
+
+    /// Our own interfaces' MACs (the sending MAC is always among them): never learned for a
+    /// backend.
+    pub fn set_own_macs(&mut self, macs: &[MacAddr]) {
+        self.own = macs.to_vec();
+        if !self.own.contains(&self.mac) {
+            self.own.push(self.mac);
+        }
+    }
+
+    /// What was refused, claimed and confirmed so far.
+    pub fn stats(&self) -> NeighStats {
+        self.stats
     }
 
     /// Track exactly `targets` from now on: new ones start unresolved (probed at once), others are
@@ -218,7 +272,8 @@ impl NeighTable {
 
     /// Learn from an ARP packet seen on the interface: a reply or request *from* a tracked backend
     /// that is addressed to us, or a gratuitous announcement. Returns true if a MAC appeared or
-    /// changed (the forwarding snapshot must be rebuilt).
+    /// changed (the forwarding snapshot must be rebuilt); a different MAC for a resolved backend
+    /// only opens a claim (see the module docs).
     pub fn on_arp(&mut self, arp: &Arp, now: Instant) -> bool {
         let to_us = arp.target_ip == self.ip;
         let gratuitous = arp.target_ip == arp.sender_ip;
@@ -228,23 +283,80 @@ impl NeighTable {
         let Some(state) = self.entries.get_mut(&arp.sender_ip) else {
             return false;
         };
-        let changed = state.mac() != Some(arp.sender_mac);
-        *state =
-            NeighState::Resolved { mac: arp.sender_mac, confirmed: now, next_probe: now + self.timers.refresh_after };
-        changed
+        if self.own.contains(&arp.sender_mac) {
+            self.stats.own_mac_refused += 1;
+            return false;
+        }
+        let t = self.timers;
+        match state {
+            NeighState::Unresolved { .. } => {
+                *state = NeighState::Resolved {
+                    mac: arp.sender_mac,
+                    confirmed: now,
+                    next_probe: now + t.refresh_after,
+                    claim: None,
+                };
+                true
+            }
+            NeighState::Resolved { mac, confirmed, next_probe, claim } => {
+                if arp.sender_mac == *mac {
+                    *confirmed = now;
+                    *next_probe = now + t.refresh_after;
+                    if let Some(c) = claim {
+                        c.contested = true;
+                    }
+                    return false;
+                }
+                match claim {
+                    None => {
+                        self.stats.challenges += 1;
+                        *claim = Some(Claim {
+                            mac: arp.sender_mac,
+                            until: now + t.probe_interval,
+                            probed: false,
+                            answered: false,
+                            contested: false,
+                        });
+                    }
+                    Some(c) if c.mac == arp.sender_mac && c.probed => c.answered = true,
+                    Some(_) => {}
+                }
+                false
+            }
+        }
     }
 
-    /// Advance time: expire entries whose refresh went unanswered and emit the probes due now.
-    /// Returns true if a MAC disappeared.
+    /// Advance time: expire entries whose refresh went unanswered, settle claims, and emit the
+    /// probes due now. Returns true if a MAC disappeared or changed.
     pub fn poll(&mut self, now: Instant, mut send: impl FnMut(Probe)) -> bool {
         let t = self.timers;
-        let mut lost = false;
+        let mut changed = false;
         for (ip, state) in self.entries.iter_mut() {
             if let NeighState::Resolved { confirmed, .. } = *state
                 && now.saturating_duration_since(confirmed) >= t.expire_after
             {
                 *state = NeighState::Unresolved { probes: 0, next_probe: now };
-                lost = true;
+                self.stats.expired += 1;
+                changed = true;
+            }
+            if let NeighState::Resolved { mac, confirmed, next_probe, claim: Some(c) } = state {
+                if !c.probed {
+                    send(Probe { target: *ip, unicast: None });
+                    c.probed = true;
+                } else if now >= c.until {
+                    if c.answered && !c.contested {
+                        self.stats.changes_confirmed += 1;
+                        *mac = c.mac;
+                        *confirmed = now;
+                        *next_probe = now + t.refresh_after;
+                        changed = true;
+                    } else if c.contested {
+                        self.stats.conflicts_kept += 1;
+                    }
+                    if let NeighState::Resolved { claim, .. } = state {
+                        *claim = None;
+                    }
+                }
             }
             match state {
                 NeighState::Unresolved { probes, next_probe } if now >= *next_probe => {
@@ -260,7 +372,7 @@ impl NeighTable {
                 _ => {}
             }
         }
-        lost
+        changed
     }
 
     /// The earliest time `poll` has something to do.
@@ -269,8 +381,14 @@ impl NeighTable {
             .values()
             .map(|s| match *s {
                 NeighState::Unresolved { next_probe, .. } => next_probe,
-                NeighState::Resolved { confirmed, next_probe, .. } => {
-                    next_probe.min(confirmed + self.timers.expire_after)
+                NeighState::Resolved { confirmed, next_probe, claim, .. } => {
+                    let due = next_probe.min(confirmed + self.timers.expire_after);
+                    match claim {
+                        // The confirming request is due at once.
+                        Some(c) if !c.probed => confirmed,
+                        Some(c) => due.min(c.until),
+                        None => due,
+                    }
                 }
             })
             .min()

@@ -152,11 +152,10 @@ fn refreshes_by_unicast_and_expires_when_unanswered() {
 }
 
 #[test]
-fn learns_mac_changes_and_gratuitous_arp_only_from_targets() {
+fn learns_gratuitous_arp_only_from_targets() {
     let t0 = Instant::now();
     let mut t = table(t0);
-    t.on_arp(&reply_from(251, mac(0xa1)), t0);
-    // A gratuitous announcement with a new MAC (backend moved).
+    // A gratuitous announcement resolves an unresolved backend.
     let garp =
         Arp { request: true, sender_mac: mac(0xb1), sender_ip: ip(251), target_mac: MacAddr::ZERO, target_ip: ip(251) };
     assert!(t.on_arp(&garp, t0));
@@ -167,6 +166,63 @@ fn learns_mac_changes_and_gratuitous_arp_only_from_targets() {
     assert!(!t.on_arp(&reply_from(77, mac(0xa7)), t0));
     assert!(!t.on_arp(&reply_from(252, MacAddr::BROADCAST), t0));
     assert_eq!(t.mac(ip(252)), None);
+}
+
+#[test]
+fn our_own_macs_are_never_learned() {
+    let t0 = Instant::now();
+    let mut t = table(t0);
+    t.set_own_macs(&[mac(0xf1), mac(0xf2)]);
+    assert!(!t.on_arp(&reply_from(251, mac(0xf1)), t0));
+    assert!(!t.on_arp(&reply_from(252, mac(0xf2)), t0));
+    assert_eq!((t.mac(ip(251)), t.mac(ip(252))), (None, None));
+    assert_eq!(t.stats().own_mac_refused, 2);
+}
+
+#[test]
+fn one_unsolicited_reply_cannot_take_a_backend_over() {
+    let t0 = Instant::now();
+    let mut t = table(t0);
+    t.on_arp(&reply_from(251, mac(0xa1)), t0);
+    // Someone claims .251 with another MAC: not used yet, confirmed by a broadcast request.
+    assert!(!t.on_arp(&reply_from(251, mac(0xee)), t0 + Duration::from_millis(10)));
+    assert_eq!(t.mac(ip(251)), Some(mac(0xa1)));
+    let (p, changed) = probes(&mut t, t0 + Duration::from_millis(20));
+    assert!(p.contains(&Probe { target: ip(251), unicast: None }), "a broadcast request confirms: {p:?}");
+    assert!(!changed);
+    // The real backend answers it (and so does the impostor): the known MAC stays.
+    assert!(!t.on_arp(&reply_from(251, mac(0xee)), t0 + Duration::from_millis(30)));
+    assert!(!t.on_arp(&reply_from(251, mac(0xa1)), t0 + Duration::from_millis(31)));
+    let (_, changed) = probes(&mut t, t0 + Duration::from_secs(2));
+    assert!(!changed);
+    assert_eq!(t.mac(ip(251)), Some(mac(0xa1)));
+    assert_eq!((t.stats().challenges, t.stats().conflicts_kept, t.stats().changes_confirmed), (1, 1, 0));
+}
+
+#[test]
+fn a_real_mac_change_is_confirmed_then_used() {
+    let t0 = Instant::now();
+    let mut t = table(t0);
+    t.on_arp(&reply_from(251, mac(0xa1)), t0);
+    // The backend moved (new pod, same IP) and announces itself.
+    let garp =
+        Arp { request: true, sender_mac: mac(0xb1), sender_ip: ip(251), target_mac: MacAddr::ZERO, target_ip: ip(251) };
+    assert!(!t.on_arp(&garp, t0 + Duration::from_millis(5)));
+    let (p, _) = probes(&mut t, t0 + Duration::from_millis(10));
+    assert!(p.contains(&Probe { target: ip(251), unicast: None }));
+    // Only the new MAC answers the broadcast request.
+    assert!(!t.on_arp(&reply_from(251, mac(0xb1)), t0 + Duration::from_millis(20)));
+    assert_eq!(t.mac(ip(251)), Some(mac(0xa1)), "not before the confirmation window ends");
+    let (_, changed) = probes(&mut t, t0 + Duration::from_millis(1100));
+    assert!(changed);
+    assert_eq!(t.mac(ip(251)), Some(mac(0xb1)));
+    assert_eq!((t.stats().challenges, t.stats().changes_confirmed), (1, 1));
+    // A claim nobody confirms is dropped after the window.
+    assert!(!t.on_arp(&reply_from(251, mac(0xc1)), t0 + Duration::from_secs(2)));
+    probes(&mut t, t0 + Duration::from_millis(2010));
+    let (_, changed) = probes(&mut t, t0 + Duration::from_secs(4));
+    assert!(!changed);
+    assert_eq!(t.mac(ip(251)), Some(mac(0xb1)));
 }
 
 #[test]

@@ -1,0 +1,170 @@
+//! The snapshot builder thread: builds and publishes every forwarding snapshot after start-up, so
+//! that table builds never hold up the control thread (ARP refresh, signals, the file check).
+//!
+//! The control thread posts what changed into a mailbox — a new configuration to try (a reload),
+//! the backend MACs now known, the interfaces' MACs — and goes on at once. The builder takes
+//! everything posted since its last build in one go (later posts of the same kind replace
+//! earlier ones; a reload is never dropped), builds with [`super::prepare`] — the same function
+//! `maglevd check` and start-up use — reusing every table that did not change, and publishes.
+//!
+//! A reload is applied whole or refused whole: if its snapshot or VIP filter cannot be built,
+//! nothing of it is published, `reload_failures` is counted, the error is logged, and the running
+//! configuration stays; the control thread hears the outcome through a channel and only then
+//! switches its ARP targets and responders to the new configuration.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+
+use tracing::{error, info};
+
+use super::{Shared, prepare};
+use crate::config::Config;
+use crate::dataplane::Links;
+use crate::table::TableCache;
+use crate::wire::MacAddr;
+
+/// Backend MACs known to the neighbour table.
+pub type Macs = BTreeMap<Ipv4Addr, MacAddr>;
+
+/// What the builder tells the control thread about a reload.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Published: this configuration is now the running one.
+    Applied(Arc<Config>),
+    /// Refused (logged and counted); the running configuration stays.
+    Refused,
+}
+
+#[derive(Debug, Default)]
+struct Mail {
+    reload: Option<Arc<Config>>,
+    macs: Option<Macs>,
+    links: Option<Links>,
+    stop: bool,
+}
+
+#[derive(Debug, Default)]
+struct Mailbox {
+    mail: Mutex<Mail>,
+    ready: Condvar,
+}
+
+/// The control thread's handle on the builder.
+#[derive(Debug)]
+pub struct Builder {
+    mailbox: Arc<Mailbox>,
+    outcomes: mpsc::Receiver<Outcome>,
+}
+
+/// What the builder starts from: the running configuration, the state its first snapshot was
+/// built with, and the table cache of that build.
+#[derive(Debug)]
+pub struct Start {
+    pub cfg: Arc<Config>,
+    pub links: Links,
+    pub macs: Macs,
+    pub cache: TableCache,
+    pub generation: u64,
+}
+
+impl Builder {
+    /// Start the builder thread.
+    pub fn spawn(start: Start, shared: Arc<Shared>) -> std::io::Result<Builder> {
+        let mailbox = Arc::new(Mailbox::default());
+        let (tx, outcomes) = mpsc::channel();
+        let mb = Arc::clone(&mailbox);
+        std::thread::Builder::new().name("maglevd-build".into()).spawn(move || run(start, &mb, &shared, &tx))?;
+        Ok(Builder { mailbox, outcomes })
+    }
+
+    fn post(&self, f: impl FnOnce(&mut Mail)) {
+        // A poisoned lock means the builder panicked; the posts are plain data, so go on.
+        let mut mail = self.mailbox.mail.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut mail);
+        self.mailbox.ready.notify_one();
+    }
+
+    /// Try this configuration (a reload); the outcome arrives through [`Builder::outcome`].
+    pub fn reload(&self, cfg: Arc<Config>) {
+        self.post(|m| m.reload = Some(cfg));
+    }
+
+    /// The backend MACs known now.
+    pub fn macs(&self, macs: Macs) {
+        self.post(|m| m.macs = Some(macs));
+    }
+
+    /// The interfaces' MACs changed.
+    pub fn links(&self, links: Links) {
+        self.post(|m| m.links = Some(links));
+    }
+
+    /// The next reload outcome, if one is ready (never blocks).
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcomes.try_recv().ok()
+    }
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        self.post(|m| m.stop = true);
+    }
+}
+
+fn run(start: Start, mailbox: &Mailbox, shared: &Shared, outcomes: &mpsc::Sender<Outcome>) {
+    let Start { mut cfg, mut links, mut macs, mut cache, mut generation } = start;
+    loop {
+        let mail = {
+            let mut guard = mailbox.mail.lock().unwrap_or_else(|p| p.into_inner());
+            while !guard.stop && guard.reload.is_none() && guard.macs.is_none() && guard.links.is_none() {
+                guard = mailbox.ready.wait(guard).unwrap_or_else(|p| p.into_inner());
+            }
+            std::mem::take(&mut *guard)
+        };
+        if mail.stop || shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let state_changed = mail.macs.is_some() || mail.links.is_some();
+        if let Some(m) = mail.macs {
+            macs = m;
+        }
+        if let Some(l) = mail.links {
+            links = l;
+        }
+        let resolve = |b: &crate::config::Backend| b.ipv4().and_then(|ip| macs.get(&ip).copied());
+        if let Some(new) = mail.reload {
+            match prepare(&new, links, &resolve, generation + 1, &mut cache) {
+                Ok(p) => {
+                    generation += 1;
+                    cfg = new;
+                    shared.snapshot.store(Arc::new(p.snapshot));
+                    info!(generation, services = cfg.services.len(), "configuration reloaded");
+                    let _ = outcomes.send(Outcome::Applied(Arc::clone(&cfg)));
+                    continue;
+                }
+                Err(e) => {
+                    shared.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    error!("reload refused, running configuration kept: {e}");
+                    let _ = outcomes.send(Outcome::Refused);
+                    // The MACs or links that came with it still apply to the running configuration.
+                    if !state_changed {
+                        continue;
+                    }
+                }
+            }
+        }
+        match prepare(&cfg, links, &resolve, generation + 1, &mut cache) {
+            Ok(p) => {
+                generation += 1;
+                let usable: usize =
+                    p.snapshot.services().iter().map(|s| s.backends.iter().filter(|b| b.usable()).count()).sum();
+                shared.snapshot.store(Arc::new(p.snapshot));
+                info!(generation, usable_backends = usable, "snapshot published");
+            }
+            Err(e) => error!(error = %e, "cannot build the forwarding snapshot; keeping the previous one"),
+        }
+    }
+}
