@@ -23,7 +23,7 @@
 //! bound to them; that needs a restart), is refused with a logged error naming the problem, and
 //! the running configuration stays in force.
 
-mod http;
+pub mod http;
 pub mod worker;
 
 use std::net::Ipv4Addr;
