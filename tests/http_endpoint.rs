@@ -1,16 +1,22 @@
-//! The metrics endpoint (`daemon::http::serve`) on a real loopback socket over the daemon's real
-//! shared state: `/metrics` is parsed by a real Prometheus text-format parser, the Python
-//! `prometheus-client` package that tests/setup.sh installs into a venv (`MAGLEVD_TEST_VENV`,
-//! default `/tmp/maglevd-test-venv`): the test fails, never skips, without it.
+//! The metrics/health endpoint (`daemon::http::serve`) on a real loopback socket over the daemon's
+//! real shared state:
+//! * slow clients trickling bytes must not hold `/healthz`, and are closed at the connection
+//!   deadline;
+//! * connections beyond the limit are closed at once; timed-out and refused connections are
+//!   counted in `/metrics`;
+//! * the server returns when the daemon's stop flag is set;
+//! * `/metrics` is parsed by a real Prometheus text-format parser, the Python `prometheus-client`
+//!   package that tests/setup.sh installs into a venv (`MAGLEVD_TEST_VENV`, default
+//!   `/tmp/maglevd-test-venv`): the test fails, never skips, without it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use maglevd::config;
 use maglevd::daemon::{Shared, http};
@@ -37,13 +43,26 @@ fn shared(service: &str) -> Arc<Shared> {
     Arc::new(Shared::new(snap, 2, Arc::new(AtomicBool::new(false))))
 }
 
-/// The endpoint on 127.0.0.1:<ephemeral>, served on its own thread.
-fn start(shared: &Arc<Shared>) -> SocketAddr {
+/// The endpoint on 127.0.0.1:<ephemeral>, served on its own thread; the receiver gets a message
+/// when `serve` returns.
+fn start(shared: &Arc<Shared>) -> (SocketAddr, mpsc::Receiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
+    let (done_tx, done_rx) = mpsc::channel();
     let shared = Arc::clone(shared);
-    std::thread::spawn(move || http::serve(listener, &shared));
-    addr
+    std::thread::spawn(move || {
+        http::serve(listener, &shared);
+        let _ = done_tx.send(());
+    });
+    (addr, done_rx)
+}
+
+/// Set the stop flag and require `serve` to return within a second.
+fn stop(shared: &Shared, done: &mpsc::Receiver<()>) {
+    shared.stop.store(true, Ordering::Relaxed);
+    let t = Instant::now();
+    assert!(done.recv_timeout(Duration::from_secs(1)).is_ok(), "serve() still running 1 s after the stop flag was set");
+    eprintln!("serve() returned {} ms after the stop flag was set", t.elapsed().as_millis());
 }
 
 struct Response {
@@ -66,6 +85,161 @@ fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Respo
     };
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok(Response { code, head: head.to_string(), body: body.to_string() })
+}
+
+/// Open (true), closed by the server (false), judged by a non-blocking read.
+fn still_open(s: &TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    s.set_nonblocking(true).expect("non-blocking");
+    let mut reader = s;
+    loop {
+        match reader.read(&mut b) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// One value of `/metrics` (0.0.4 text: `name value` lines).
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let r = get(addr, "/metrics", Duration::from_secs(2)).expect("GET /metrics");
+    assert_eq!(r.code, 200, "/metrics: {}\n{}", r.head, r.body);
+    r.body
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", r.body))
+}
+
+/// A slow client: connected, sending its request line one byte at a time, never finishing it.
+struct Slow {
+    stream: TcpStream,
+    since: Instant,
+    sent: usize,
+}
+
+impl Slow {
+    const LINE: &'static [u8] = b"GET /healthz?padding=";
+
+    fn connect(addr: SocketAddr) -> Slow {
+        let stream = TcpStream::connect(addr).expect("connect a slow client");
+        Slow { stream, since: Instant::now(), sent: 0 }
+    }
+
+    /// Send one more byte; false if the server has closed the connection.
+    fn trickle(&mut self) -> bool {
+        if !still_open(&self.stream) {
+            return false;
+        }
+        let b = Self::LINE.get(self.sent).copied().unwrap_or(b'x');
+        self.sent += 1;
+        self.stream.write(&[b]).is_ok()
+    }
+}
+
+/// Bug: the server handled one connection at a time with per-read timeouts, so one client
+/// sending a byte every 0.5 s held `/healthz` (the liveness probe's target) indefinitely.
+#[test]
+fn slow_clients_do_not_hold_healthz() {
+    const SLOW: usize = 100;
+    let sh = shared("web");
+    let (addr, done) = start(&sh);
+    let mut slow: Vec<Slow> = (0..SLOW).map(|_| Slow::connect(addr)).collect();
+    let quit = Arc::new(AtomicBool::new(false));
+    // The slow clients, on their own thread: a byte every 0.5 s each; one the server closed is
+    // replaced, so SLOW slow connections stay open the whole time.
+    let trickler = {
+        let quit = Arc::clone(&quit);
+        std::thread::spawn(move || {
+            let (mut replaced, mut longest) = (0usize, Duration::ZERO);
+            while !quit.load(Ordering::Relaxed) {
+                for s in &mut slow {
+                    if !s.trickle() {
+                        longest = longest.max(s.since.elapsed());
+                        *s = Slow::connect(addr);
+                        replaced += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            (replaced, longest)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (mut probes, mut worst, mut failures) = (0, Duration::ZERO, Vec::new());
+    while started.elapsed() < Duration::from_secs(5) {
+        let t = Instant::now();
+        let r = get(addr, "/healthz", Duration::from_secs(1));
+        let took = t.elapsed();
+        probes += 1;
+        worst = worst.max(took);
+        match r {
+            Ok(r) if r.code == 200 && took < Duration::from_secs(1) => {}
+            Ok(r) => failures.push(format!("{} after {} ms", r.code, took.as_millis())),
+            Err(e) => failures.push(format!("{e} after {} ms", took.as_millis())),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    quit.store(true, Ordering::Relaxed);
+    let (replaced, longest) = trickler.join().expect("trickler");
+    eprintln!(
+        "{probes} /healthz probes with {SLOW} slow clients connected: slowest {} ms, {} failed; \
+         slow connections closed by the server: {replaced}, the longest after {} ms",
+        worst.as_millis(),
+        failures.len(),
+        longest.as_millis()
+    );
+    assert!(failures.is_empty(), "/healthz probes failed while slow clients were connected: {failures:?}");
+    assert!(replaced >= SLOW, "slow clients were not closed at the connection deadline ({replaced} closed)");
+    // A closed connection is noticed at the next 0.5 s tick (1 s of slack for a loaded machine).
+    assert!(longest < http::CONNECTION_DEADLINE + Duration::from_secs(1), "a slow client stayed {longest:?}");
+    assert!(metric(addr, "maglevd_http_connections_timed_out_total") >= SLOW as u64);
+    stop(&sh, &done);
+}
+
+/// Connections beyond the limit are closed at once and counted; idle ones are closed at the
+/// deadline and counted.
+#[test]
+fn connections_beyond_the_limit_are_refused_and_counted() {
+    const EXTRA: usize = 20;
+    let sh = shared("web");
+    let (addr, done) = start(&sh);
+    let conns: Vec<TcpStream> =
+        (0..http::MAX_CONNECTIONS + EXTRA).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let open = conns.iter().filter(|s| still_open(s)).count();
+    eprintln!("{} idle connections opened: {open} still open after 0.5 s", conns.len());
+    assert_eq!(open, http::MAX_CONNECTIONS, "open connections after 0.5 s");
+    std::thread::sleep(http::CONNECTION_DEADLINE);
+    let open = conns.iter().filter(|s| still_open(s)).count();
+    assert_eq!(open, 0, "idle connections still open after the deadline");
+    drop(conns);
+    let (refused, timed_out) = (
+        metric(addr, "maglevd_http_connections_refused_total"),
+        metric(addr, "maglevd_http_connections_timed_out_total"),
+    );
+    eprintln!("refused {refused}, timed out {timed_out}");
+    assert_eq!(refused, EXTRA as u64);
+    assert_eq!(timed_out, http::MAX_CONNECTIONS as u64);
+    let r = get(addr, "/healthz", Duration::from_secs(1)).expect("GET /healthz after the flood");
+    assert_eq!(r.code, 200);
+    stop(&sh, &done);
+}
+
+/// The server returns when the stop flag is set, even with a connection open and no new one
+/// coming.
+#[test]
+fn serve_returns_when_the_stop_flag_is_set() {
+    let sh = shared("web");
+    let (addr, done) = start(&sh);
+    let _idle = TcpStream::connect(addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(200));
+    stop(&sh, &done);
 }
 
 fn venv_python() -> PathBuf {
@@ -124,7 +298,7 @@ fn metrics_parse_with_a_real_prometheus_parser() {
     w.record(&Verdict::Pass(PassReason::NotVip));
     bump(&w.io.rx_frames, 5);
     bump(&sh.counters.worker(0).expect("worker 0").io.rx_frames, 2);
-    let addr = start(&sh);
+    let (addr, done) = start(&sh);
     let r = get(addr, "/metrics", Duration::from_secs(2)).expect("GET /metrics");
     assert_eq!(r.code, 200, "{}", r.head);
     assert!(
@@ -173,6 +347,8 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         "maglevd_workers",
         "maglevd_backend_up",
         "maglevd_backend_slots",
+        "maglevd_http_connections_refused_total",
+        "maglevd_http_connections_timed_out_total",
     ]
     .into_iter()
     .map(String::from)
@@ -216,4 +392,5 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         families.len(),
         weird
     );
+    stop(&sh, &done);
 }
