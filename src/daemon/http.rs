@@ -214,12 +214,14 @@ impl Conn {
                     Err(e) => return Err(e),
                 }
             }
-            match request_line(&self.request, eof) {
-                Some(line) => self.answer = Some((answer(line, shared, stats), 0)),
+            let answer = match request(&self.request, eof) {
+                Request::Line(line) => answer(Some(line), shared, stats),
+                Request::TooLarge => answer(None, shared, stats),
                 // The client gave up before finishing its request.
-                None if eof => return Ok(true),
-                None => return Ok(false),
-            }
+                Request::Incomplete if eof => return Ok(true),
+                Request::Incomplete => return Ok(false),
+            };
+            self.answer = Some((answer, 0));
         }
         let Some((out, sent)) = &mut self.answer else { return Ok(false) };
         while *sent < out.len() {
@@ -236,15 +238,28 @@ impl Conn {
     }
 }
 
-/// The request line once the request is complete: its header ended by an empty line, or input
-/// ended after the request line, or [`MAX_REQUEST`] bytes read (then `None` as a line: too large).
-fn request_line(request: &[u8], eof: bool) -> Option<Option<&str>> {
-    let header_done = request.windows(4).any(|w| w == b"\r\n\r\n") || request.windows(2).any(|w| w == b"\n\n");
-    if header_done || (eof && request.contains(&b'\n')) {
-        let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
-        return Some(Some(std::str::from_utf8(line).unwrap_or("").trim_end_matches('\r')));
+/// How far a request has come.
+#[derive(Debug, PartialEq, Eq)]
+enum Request<'a> {
+    /// Its header goes on.
+    Incomplete,
+    /// [`MAX_REQUEST`] bytes and its header goes on.
+    TooLarge,
+    /// Complete (header ended by an empty line, or input ended after the request line): its
+    /// request line.
+    Line(&'a str),
+}
+
+fn request(buf: &[u8], eof: bool) -> Request<'_> {
+    let header_done = buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n");
+    if header_done || (eof && buf.contains(&b'\n')) {
+        let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+        Request::Line(std::str::from_utf8(line).unwrap_or("").trim_end_matches('\r'))
+    } else if buf.len() >= MAX_REQUEST {
+        Request::TooLarge
+    } else {
+        Request::Incomplete
     }
-    (request.len() >= MAX_REQUEST).then_some(None)
 }
 
 /// The whole HTTP/1.0 answer to a request line (`None`: the request was too large).
@@ -388,5 +403,52 @@ impl Collector for DaemonMetrics {
             "Lookup-table slots owned by the backend.",
             self.backends.iter().map(|b| (b.labels(), b.slots)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::dataplane::{Links, Snapshot};
+    use crate::wire::MacAddr;
+
+    #[test]
+    fn a_request_is_complete_at_the_end_of_its_header_or_of_input() {
+        let full = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(request(full, false), Request::Line("GET /metrics HTTP/1.1"));
+        assert_eq!(request(b"GET /healthz HTTP/1.0\n\n", false), Request::Line("GET /healthz HTTP/1.0"));
+        assert_eq!(request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n", false), Request::Incomplete);
+        assert_eq!(request(b"GET /metrics\n", true), Request::Line("GET /metrics"), "line, then end of input");
+        assert_eq!(request(b"GET /metr", true), Request::Incomplete);
+        assert_eq!(request(&[b'x'; MAX_REQUEST], false), Request::TooLarge);
+        assert_eq!(request(&[0xff, b'\n', b'\n'], false), Request::Line(""), "not UTF-8: no route");
+    }
+
+    #[test]
+    fn answers_carry_status_type_and_length() {
+        let text = |v: Vec<u8>| String::from_utf8(v).unwrap();
+        let text_cfg = "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\ntable_size = 251\n[[service.backend]]\nip = \"10.0.0.7\"\n";
+        let cfg = crate::config::parse(text_cfg, std::path::Path::new("t.toml")).unwrap();
+        let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
+        let snap = Snapshot::build(&cfg, links, &|_| None, 1).unwrap();
+        let shared = Shared::new(snap, 1, Arc::new(AtomicBool::new(false)));
+        let stats = ConnectionStats::default();
+        let a = text(answer(Some("GET /nope HTTP/1.0"), &shared, stats));
+        assert!(a.starts_with("HTTP/1.0 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n"), "{a}");
+        let a = text(answer(Some("POST /metrics HTTP/1.0"), &shared, stats));
+        assert!(a.starts_with("HTTP/1.0 405 "), "{a}");
+        let a = text(answer(None, &shared, stats));
+        assert!(a.starts_with("HTTP/1.0 431 ") && a.ends_with(&format!("over {MAX_REQUEST} bytes\n")), "{a}");
+        let a = text(answer(Some("GET /metrics?x=1 HTTP/1.1"), &shared, stats));
+        let (head, body) = a.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Type: {}\r\n", metrics::CONTENT_TYPE)), "{head}");
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{head}");
+        assert!(body.contains("\nmaglevd_workers 1\n"), "{body}");
+        // No backend MAC: the service has no usable backend.
+        let a = text(answer(Some("GET /healthz HTTP/1.1"), &shared, stats));
+        assert!(a.starts_with("HTTP/1.0 503 ") && a.ends_with("no usable backend: 10.201.0.1:80/tcp\n"), "{a}");
     }
 }
