@@ -153,7 +153,7 @@ impl Server {
     fn admit(&mut self, mut stream: TcpStream) {
         let free = if self.open < MAX_CONNECTIONS { self.conns.iter().position(Option::is_none) } else { None };
         let Some(slot) = free else {
-            // Dropped unread: the client gets a reset at once.
+            // Closed at once: the client sees the end of input (a reset if it had sent data).
             self.stats.refused += 1;
             return;
         };
