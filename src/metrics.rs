@@ -4,11 +4,20 @@
 //! is its only writer: it adds with a plain load + store ([`bump`]), not an atomic read-modify-write,
 //! so counting costs what a local `u64 += 1` costs. Readers (the metrics endpoint, the demo) load
 //! them with relaxed ordering and sum across workers at scrape time.
+//!
+//! The exposition is `prometheus-client`'s (escaping, HELP/TYPE, one block per family): at scrape
+//! time the sums ([`Totals`]) are encoded as constant counters by its [`Collector`] interface, so
+//! the hot path keeps its own counters and never touches the library's types.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::dataplane::{DropReason, PassReason, Verdict};
 
@@ -22,12 +31,18 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+/// Each entry: its doc comment, which becomes the metric's HELP text (every entry needs one;
+/// tests/http_endpoint.rs checks every family has HELP), and its name, which becomes
+/// `maglevd_<name>_total`.
 macro_rules! io_counters {
-    ($($(#[$m:meta])* $name:ident,)*) => {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
         /// Counters of the I/O around `forward()`, per worker.
         #[derive(Debug, Default)]
-        pub struct IoCounters { $($(#[$m])* pub $name: AtomicU64,)* }
+        pub struct IoCounters { $($(#[doc = $doc])* pub $name: AtomicU64,)* }
         impl IoCounters {
+            /// (name, doc comment) of every counter, in the order of [`IoCounters::values`].
+            pub const DOCS: &'static [(&'static str, &'static str)] = &[$((stringify!($name), concat!($($doc),*)),)*];
+
             /// (name, value) of every counter.
             pub fn values(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), get(&self.$name)),)*]
@@ -181,27 +196,67 @@ impl Totals {
     }
 }
 
-/// Prometheus text exposition (format 0.0.4) of the packet counters.
-pub fn render_counters(c: &Counters, out: &mut String) {
-    let t = c.totals();
-    let _ = writeln!(out, "# HELP maglevd_forwarded_total Frames forwarded to a backend.");
-    let _ = writeln!(out, "# TYPE maglevd_forwarded_total counter");
-    let _ = writeln!(out, "maglevd_forwarded_total {}", t.forwarded);
-    let _ = writeln!(out, "# HELP maglevd_drop_total Frames for a VIP dropped, by reason.");
-    let _ = writeln!(out, "# TYPE maglevd_drop_total counter");
-    for r in DropReason::ALL {
-        let _ = writeln!(out, "maglevd_drop_total{{reason=\"{}\"}} {}", r.name(), t.drop(*r));
-    }
-    let _ = writeln!(out, "# HELP maglevd_pass_total Frames left to the kernel, by reason.");
-    let _ = writeln!(out, "# TYPE maglevd_pass_total counter");
-    for r in PassReason::ALL {
-        let _ = writeln!(out, "maglevd_pass_total{{reason=\"{}\"}} {}", r.name(), t.passes[r.index()]);
-    }
-    for (name, v) in &t.io {
-        let _ = writeln!(out, "# TYPE maglevd_{name}_total counter");
-        let _ = writeln!(out, "maglevd_{name}_total {v}");
+/// The packet counters: `maglevd_forwarded_total`, `maglevd_drop_total{reason}`,
+/// `maglevd_pass_total{reason}` and `maglevd_<io counter>_total`.
+impl Collector for Totals {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        counter(&mut enc, "maglevd_forwarded", "Frames forwarded to a backend.", self.forwarded)?;
+        let mut family =
+            enc.encode_descriptor("maglevd_drop", "Frames for a VIP dropped, by reason.", None, MetricType::Counter)?;
+        for r in DropReason::ALL {
+            ConstCounter::new(self.drop(*r)).encode(family.encode_family(&[("reason", r.name())])?)?;
+        }
+        let mut family =
+            enc.encode_descriptor("maglevd_pass", "Frames left to the kernel, by reason.", None, MetricType::Counter)?;
+        for r in PassReason::ALL {
+            ConstCounter::new(self.passes[r.index()]).encode(family.encode_family(&[("reason", r.name())])?)?;
+        }
+        for (name, v) in &self.io {
+            let doc = IoCounters::DOCS.iter().find(|(n, _)| n == name).map_or("", |d| d.1);
+            counter(&mut enc, &format!("maglevd_{name}"), doc.trim(), *v)?;
+        }
+        Ok(())
     }
 }
+
+/// One unlabelled counter family; `name` without the `_total` suffix (the encoder adds it).
+pub fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// One unlabelled gauge family.
+pub fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// One gauge family with a sample per label set.
+pub fn gauge_family<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]) of these collectors, in order.
+pub fn encode(collectors: Vec<Box<dyn Collector>>) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    for c in collectors {
+        registry.register_collector(c);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail, and neither can our collectors.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}
+
+/// The `Content-Type` of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 #[cfg(test)]
 mod tests {
@@ -222,8 +277,9 @@ mod tests {
         assert_eq!((t.forwarded, t.dropped(), t.passed(), t.io("rx_frames")), (2, 1, 1, 4));
         assert_eq!(t.drop(DropReason::Ipv4Checksum), 1);
         assert!(t.summary().contains("[ipv4_checksum=1]"), "{}", t.summary());
-        let mut out = String::new();
-        render_counters(&c, &mut out);
+        let out = encode(vec![Box::new(t)]);
+        assert!(out.contains("# HELP maglevd_rx_frames_total Frames taken from the RX ring.\n"), "{out}");
+        assert!(out.contains("# TYPE maglevd_rx_frames_total counter\n"), "{out}");
         assert!(out.contains("maglevd_forwarded_total 2\n"));
         assert!(out.contains("maglevd_drop_total{reason=\"ipv4_checksum\"} 1\n"));
         assert!(out.contains("maglevd_drop_total{reason=\"no_backend\"} 0\n"));

@@ -27,3 +27,11 @@ fi
 for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
+# A real Prometheus text-format parser for tests/http_endpoint.rs: the Python prometheus-client
+# package (its `prometheus_client.parser`) in a venv, from PyPI.
+venv="${MAGLEVD_TEST_VENV:-/tmp/maglevd-test-venv}"
+if ! "$venv/bin/python3" -c 'import prometheus_client.parser' 2>/dev/null; then
+    echo "tests/setup.sh: installing the Python prometheus-client parser into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'prometheus-client>=0.20,<1'
+fi

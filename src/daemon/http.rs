@@ -1,60 +1,294 @@
-//! `/metrics` (Prometheus text format 0.0.4) and `/healthz` over HTTP/1.0, on a plain
-//! `std::net::TcpListener`: one GET route each, so no HTTP crate and no async runtime in the
-//! forwarder process. Requests are handled one at a time with short timeouts; a slow or broken
-//! client cannot hold the endpoint for more than a second.
+//! `/metrics` (Prometheus text format 0.0.4) and `/healthz` over HTTP/1.0.
+//!
+//! # Serving
+//! One thread serves every connection over non-blocking sockets, woken by readiness events from
+//! `mio` (a thin, safe layer over epoll: no futures, no async runtime). Each connection lives at
+//! most [`CONNECTION_DEADLINE`], from accept to its last byte written, whatever its client does,
+//! and at most [`MAX_CONNECTIONS`] are open at once: one more is closed as soon as it is accepted.
+//! Both closings are counted (`maglevd_http_connections_{timed_out,refused}_total`). A client that
+//! trickles its request or never reads the answer therefore costs one slot for two seconds, never
+//! the endpoint, which matters because `/healthz` and `/metrics` are the Kubernetes probes' targets
+//! and the port is reachable from the pod network.
+//!
+//! Why this shape: std has no readiness API, and `poll(2)` through `libc` would need `unsafe`, which
+//! this crate keeps in `io::sys` (mio is the well-kept safe wrapper). A thread per connection would
+//! put up to [`MAX_CONNECTIONS`] threads in the forwarder; a fixed pool of threads doing blocking
+//! I/O lets as many slow clients as there are threads stall it. Here the memory is bounded
+//! ([`MAX_CONNECTIONS`] × at most [`MAX_REQUEST`] bytes of request plus one answer) and the accept
+//! loop never waits on a client. The thread wakes at least every 100 ms to see the daemon's stop
+//! flag, and returns when it is set.
+//!
+//! A request is answered once its header is complete (an empty line), or at end of input after
+//! its request line; only its request line is looked at.
+//!
+//! # Exposition
+//! `prometheus-client`'s text encoder for the 0.0.4 format (the format and names maglevd has always
+//! served, so the `_total` names and dashboards stay as they are): it escapes label values (service
+//! names are free text), writes HELP and TYPE for every family and each family in one block.
 
-use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use tracing::{error, warn};
 
 use super::Shared;
 use crate::metrics;
 
-/// Serve until the process exits.
+/// Most connections open at once; one more is closed when accepted (and counted).
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a connection may stay open, from accept to the last byte of its answer.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest request header read; a longer one is answered 431.
+pub const MAX_REQUEST: usize = 8 * 1024;
+/// Longest sleep before the stop flag is looked at again.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+const LISTENER: Token = Token(usize::MAX);
+
+/// Connections the endpoint closed on its own.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Closed when accepted: [`MAX_CONNECTIONS`] were open.
+    pub refused: u64,
+    /// Closed at [`CONNECTION_DEADLINE`] before the answer was written.
+    pub timed_out: u64,
+}
+
+/// Serve until `shared.stop` is set.
 pub fn serve(listener: TcpListener, shared: &Shared) {
-    for stream in listener.incoming() {
-        if shared.stop.load(Ordering::Relaxed) {
+    if let Err(e) = Server::new(listener).and_then(|mut s| s.run(shared)) {
+        error!(error = %e, "the metrics endpoint stopped");
+    }
+}
+
+struct Server {
+    poll: Poll,
+    listener: mio::net::TcpListener,
+    /// Slot `i` is the connection of `Token(i)`.
+    conns: Vec<Option<Conn>>,
+    open: usize,
+    stats: ConnectionStats,
+    last_accept_warning: Option<Instant>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    deadline: Instant,
+    request: Vec<u8>,
+    /// The answer and how much of it is written, once the request is complete.
+    answer: Option<(Vec<u8>, usize)>,
+}
+
+impl Server {
+    fn new(listener: TcpListener) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener,
+            conns: (0..MAX_CONNECTIONS).map(|_| None).collect(),
+            open: 0,
+            stats: ConnectionStats::default(),
+            last_accept_warning: None,
+        })
+    }
+
+    fn run(&mut self, shared: &Shared) -> io::Result<()> {
+        let mut events = Events::with_capacity(MAX_CONNECTIONS);
+        // Readiness is edge-triggered: accept until WouldBlock, and after a failed accept try
+        // again at the next wake-up rather than wait for a new connection.
+        let mut accept_pending = true;
+        while !shared.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = self
+                .conns
+                .iter()
+                .flatten()
+                .map(|c| c.deadline.saturating_duration_since(now))
+                .fold(STOP_CHECK, Duration::min);
+            match self.poll.poll(&mut events, Some(wait)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => accept_pending = true,
+                    Token(slot) => self.drive(slot, shared),
+                }
+            }
+            if accept_pending {
+                accept_pending = !self.accept_all();
+            }
+            self.expire(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Accept every queued connection; false if accepting failed (e.g. out of descriptors).
+    fn accept_all(&mut self) -> bool {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    if self.last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        warn!(error = %e, "metrics endpoint: accept failed");
+                        self.last_accept_warning = Some(Instant::now());
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream) {
+        let free = if self.open < MAX_CONNECTIONS { self.conns.iter().position(Option::is_none) } else { None };
+        let Some(slot) = free else {
+            // Closed at once: the client sees the end of input (a reset if it had sent data).
+            self.stats.refused += 1;
+            return;
+        };
+        if self.poll.registry().register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE).is_err() {
             return;
         }
-        if let Ok(s) = stream {
-            let _ = handle(s, shared);
+        let deadline = Instant::now() + CONNECTION_DEADLINE;
+        self.conns[slot] = Some(Conn { stream, deadline, request: Vec::new(), answer: None });
+        self.open += 1;
+    }
+
+    /// Move connection `slot` on after a readiness event; close it when it is done or broken.
+    fn drive(&mut self, slot: usize, shared: &Shared) {
+        let stats = self.stats;
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        if conn.step(shared, stats).unwrap_or(true) {
+            self.close(slot);
+        }
+    }
+
+    /// Close the connections past their deadline.
+    fn expire(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| c.deadline <= now) {
+                self.stats.timed_out += 1;
+                self.close(slot);
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.open -= 1;
         }
     }
 }
 
-fn handle(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    s.set_write_timeout(Some(Duration::from_secs(1)))?;
-    let mut buf = [0u8; 1024];
-    let mut len = 0;
-    // Read until the end of the request line (enough to route on).
-    while len < buf.len() {
-        let n = s.read(&mut buf[len..])?;
-        if n == 0 {
-            break;
+impl Conn {
+    /// Read what has arrived, answer once the request is complete, write what the socket takes.
+    /// True when the connection is finished.
+    fn step(&mut self, shared: &Shared, stats: ConnectionStats) -> io::Result<bool> {
+        if self.answer.is_none() {
+            let mut buf = [0u8; 1024];
+            let mut eof = false;
+            while self.request.len() < MAX_REQUEST {
+                match self.stream.read(&mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        let room = MAX_REQUEST - self.request.len();
+                        self.request.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let answer = match request(&self.request, eof) {
+                Request::Line(line) => answer(Some(line), shared, stats),
+                Request::TooLarge => answer(None, shared, stats),
+                // The client gave up before finishing its request.
+                Request::Incomplete if eof => return Ok(true),
+                Request::Incomplete => return Ok(false),
+            };
+            self.answer = Some((answer, 0));
         }
-        len += n;
-        if buf[..len].contains(&b'\n') {
-            break;
+        let Some((out, sent)) = &mut self.answer else { return Ok(false) };
+        while *sent < out.len() {
+            match self.stream.write(&out[*sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        let _ = self.stream.shutdown(Shutdown::Write);
+        Ok(true)
     }
-    let line = std::str::from_utf8(&buf[..len]).unwrap_or("").lines().next().unwrap_or("");
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", render(shared)),
-        ("GET", "/healthz") => health(shared),
-        ("GET", _) => ("404 Not Found", "not found: try /metrics or /healthz\n".to_string()),
-        _ => ("405 Method Not Allowed", "only GET\n".to_string()),
+}
+
+/// How far a request has come.
+#[derive(Debug, PartialEq, Eq)]
+enum Request<'a> {
+    /// Its header goes on.
+    Incomplete,
+    /// [`MAX_REQUEST`] bytes and its header goes on.
+    TooLarge,
+    /// Complete (header ended by an empty line, or input ended after the request line): its
+    /// request line.
+    Line(&'a str),
+}
+
+fn request(buf: &[u8], eof: bool) -> Request<'_> {
+    let header_done = buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n");
+    if header_done || (eof && buf.contains(&b'\n')) {
+        let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+        Request::Line(std::str::from_utf8(line).unwrap_or("").trim_end_matches('\r'))
+    } else if buf.len() >= MAX_REQUEST {
+        Request::TooLarge
+    } else {
+        Request::Incomplete
+    }
+}
+
+/// The whole HTTP/1.0 answer to a request line (`None`: the request was too large).
+fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats) -> Vec<u8> {
+    let text = "text/plain; charset=utf-8";
+    let (status, content_type, body) = match line {
+        None => ("431 Request Header Fields Too Large", text, format!("request header over {MAX_REQUEST} bytes\n")),
+        Some(line) => {
+            let mut parts = line.split_whitespace();
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let path = target.split('?').next().unwrap_or("");
+            match (method, path) {
+                ("GET", "/metrics") => ("200 OK", metrics::CONTENT_TYPE, render(shared, stats)),
+                ("GET", "/healthz") => {
+                    let (status, body) = health(shared);
+                    (status, text, body)
+                }
+                ("GET", _) => ("404 Not Found", text, "not found: try /metrics or /healthz\n".to_string()),
+                _ => ("405 Method Not Allowed", text, "only GET\n".to_string()),
+            }
+        }
     };
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut out = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 /// Ready when every service has at least one usable backend.
@@ -68,42 +302,173 @@ fn health(shared: &Shared) -> (&'static str, String) {
     }
 }
 
-/// Every metric of the daemon.
-pub fn render(shared: &Shared) -> String {
-    let mut out = String::new();
-    metrics::render_counters(&shared.counters, &mut out);
-    let arp = &shared.arp;
-    for (name, help, v) in [
-        ("arp_replies_sent", "ARP requests for our address answered by maglevd.", &arp.replies_sent),
-        ("arp_vip_requests_refused", "ARP requests for a VIP left unanswered (by design).", &arp.vip_requests_refused),
-        ("arp_probes_sent", "ARP probes sent to resolve or refresh backend MACs.", &arp.probes_sent),
-        ("arp_macs_learned", "Backend MACs learned or changed.", &arp.macs_learned),
-        ("arp_macs_expired", "Backend MACs forgotten after unanswered refreshes.", &arp.macs_expired),
-        ("arp_errors", "ARP socket errors.", &arp.errors),
-        ("reload_failures", "Reloads refused; the running configuration was kept.", &shared.reload_failures),
-    ] {
-        let _ = writeln!(out, "# HELP maglevd_{name}_total {help}");
-        let _ = writeln!(out, "# TYPE maglevd_{name}_total counter");
-        let _ = writeln!(out, "maglevd_{name}_total {}", v.load(Ordering::Relaxed));
+/// Every metric of the daemon, in the 0.0.4 text format ([`metrics::CONTENT_TYPE`]).
+pub fn render(shared: &Shared, connections: ConnectionStats) -> String {
+    metrics::encode(vec![Box::new(shared.counters.totals()), Box::new(DaemonMetrics::collect(shared, connections))])
+}
+
+/// The daemon's metrics other than the packet counters, read at scrape time.
+#[derive(Debug)]
+struct DaemonMetrics {
+    /// (name without `_total`, help, value).
+    counters: Vec<(&'static str, &'static str, u64)>,
+    generation: u64,
+    workers: usize,
+    backends: Vec<BackendState>,
+}
+
+#[derive(Debug)]
+struct BackendState {
+    service: String,
+    backend: String,
+    up: bool,
+    slots: u64,
+}
+
+impl BackendState {
+    fn labels(&self) -> [(&'static str, &str); 2] {
+        [("service", self.service.as_str()), ("backend", self.backend.as_str())]
     }
-    let snap = shared.snapshot.load();
-    let _ = writeln!(out, "# HELP maglevd_snapshot_generation Generation of the forwarding snapshot in use.");
-    let _ = writeln!(out, "# TYPE maglevd_snapshot_generation gauge");
-    let _ = writeln!(out, "maglevd_snapshot_generation {}", snap.generation());
-    let _ = writeln!(out, "# HELP maglevd_workers Forwarding worker threads.");
-    let _ = writeln!(out, "# TYPE maglevd_workers gauge");
-    let _ = writeln!(out, "maglevd_workers {}", shared.counters.workers());
-    let _ = writeln!(out, "# HELP maglevd_backend_up 1 if the backend is in the table (weight > 0 and MAC known).");
-    let _ = writeln!(out, "# TYPE maglevd_backend_up gauge");
-    let _ = writeln!(out, "# HELP maglevd_backend_slots Lookup-table slots owned by the backend.");
-    let _ = writeln!(out, "# TYPE maglevd_backend_slots gauge");
-    for s in snap.services() {
-        let shares = s.table.shares(s.backends.len());
-        for (b, slots) in s.backends.iter().zip(shares) {
-            let labels = format!("service=\"{}\",backend=\"{}\"", s.name, b.ip);
-            let _ = writeln!(out, "maglevd_backend_up{{{labels}}} {}", u8::from(b.usable()));
-            let _ = writeln!(out, "maglevd_backend_slots{{{labels}}} {slots}");
+}
+
+impl DaemonMetrics {
+    fn collect(shared: &Shared, connections: ConnectionStats) -> DaemonMetrics {
+        let arp = &shared.arp;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let counters = vec![
+            ("maglevd_arp_replies_sent", "ARP requests for our address answered by maglevd.", get(&arp.replies_sent)),
+            (
+                "maglevd_arp_vip_requests_refused",
+                "ARP requests for a VIP left unanswered (by design).",
+                get(&arp.vip_requests_refused),
+            ),
+            ("maglevd_arp_probes_sent", "ARP probes sent to resolve or refresh backend MACs.", get(&arp.probes_sent)),
+            ("maglevd_arp_macs_learned", "Backend MACs learned or changed.", get(&arp.macs_learned)),
+            ("maglevd_arp_macs_expired", "Backend MACs forgotten after unanswered refreshes.", get(&arp.macs_expired)),
+            ("maglevd_arp_errors", "ARP socket errors.", get(&arp.errors)),
+            (
+                "maglevd_arp_own_mac_refused",
+                "ARP packets offering one of our own MACs for a backend (refused: frames would loop).",
+                get(&arp.own_mac_refused),
+            ),
+            (
+                "maglevd_arp_mac_claims",
+                "Another MAC claimed for a resolved backend (used only once confirmed by a broadcast request).",
+                get(&arp.mac_claims),
+            ),
+            (
+                "maglevd_arp_mac_changes_confirmed",
+                "Backend MAC changes confirmed by a broadcast request.",
+                get(&arp.mac_changes_confirmed),
+            ),
+            (
+                "maglevd_arp_mac_conflicts_kept",
+                "MAC claims rejected because the known MAC still answered.",
+                get(&arp.mac_conflicts_kept),
+            ),
+            (
+                "maglevd_reload_failures",
+                "Reloads refused; the running configuration was kept.",
+                get(&shared.reload_failures),
+            ),
+            (
+                "maglevd_http_connections_refused",
+                "Connections to this endpoint closed when accepted because the most allowed were open.",
+                connections.refused,
+            ),
+            (
+                "maglevd_http_connections_timed_out",
+                "Connections to this endpoint closed at their deadline before the answer was written.",
+                connections.timed_out,
+            ),
+        ];
+        let snap = shared.snapshot.load();
+        let mut backends = Vec::new();
+        for s in snap.services() {
+            let shares = s.table.shares(s.backends.len());
+            for (b, slots) in s.backends.iter().zip(shares) {
+                backends.push(BackendState {
+                    service: s.name.clone(),
+                    backend: b.ip.to_string(),
+                    up: b.usable(),
+                    slots,
+                });
+            }
         }
+        DaemonMetrics { counters, generation: snap.generation(), workers: shared.counters.workers(), backends }
     }
-    out
+}
+
+impl Collector for DaemonMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        for (name, help, v) in &self.counters {
+            metrics::counter(&mut enc, name, help, *v)?;
+        }
+        metrics::gauge(
+            &mut enc,
+            "maglevd_snapshot_generation",
+            "Generation of the forwarding snapshot in use.",
+            self.generation,
+        )?;
+        metrics::gauge(&mut enc, "maglevd_workers", "Forwarding worker threads.", self.workers as u64)?;
+        metrics::gauge_family(
+            &mut enc,
+            "maglevd_backend_up",
+            "1 if the backend is in the table (weight > 0 and MAC known).",
+            self.backends.iter().map(|b| (b.labels(), u64::from(b.up))),
+        )?;
+        metrics::gauge_family(
+            &mut enc,
+            "maglevd_backend_slots",
+            "Lookup-table slots owned by the backend.",
+            self.backends.iter().map(|b| (b.labels(), b.slots)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::dataplane::{Links, Snapshot};
+    use crate::wire::MacAddr;
+
+    #[test]
+    fn a_request_is_complete_at_the_end_of_its_header_or_of_input() {
+        let full = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(request(full, false), Request::Line("GET /metrics HTTP/1.1"));
+        assert_eq!(request(b"GET /healthz HTTP/1.0\n\n", false), Request::Line("GET /healthz HTTP/1.0"));
+        assert_eq!(request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n", false), Request::Incomplete);
+        assert_eq!(request(b"GET /metrics\n", true), Request::Line("GET /metrics"), "line, then end of input");
+        assert_eq!(request(b"GET /metr", true), Request::Incomplete);
+        assert_eq!(request(&[b'x'; MAX_REQUEST], false), Request::TooLarge);
+        assert_eq!(request(&[0xff, b'\n', b'\n'], false), Request::Line(""), "not UTF-8: no route");
+    }
+
+    #[test]
+    fn answers_carry_status_type_and_length() {
+        let text = |v: Vec<u8>| String::from_utf8(v).unwrap();
+        let text_cfg = "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\ntable_size = 251\n[[service.backend]]\nip = \"10.0.0.7\"\n";
+        let cfg = crate::config::parse(text_cfg, std::path::Path::new("t.toml")).unwrap();
+        let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
+        let snap = Snapshot::build(&cfg, links, &|_| None, 1).unwrap();
+        let shared = Shared::new(snap, 1, Arc::new(AtomicBool::new(false)));
+        let stats = ConnectionStats::default();
+        let a = text(answer(Some("GET /nope HTTP/1.0"), &shared, stats));
+        assert!(a.starts_with("HTTP/1.0 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n"), "{a}");
+        let a = text(answer(Some("POST /metrics HTTP/1.0"), &shared, stats));
+        assert!(a.starts_with("HTTP/1.0 405 "), "{a}");
+        let a = text(answer(None, &shared, stats));
+        assert!(a.starts_with("HTTP/1.0 431 ") && a.ends_with(&format!("over {MAX_REQUEST} bytes\n")), "{a}");
+        let a = text(answer(Some("GET /metrics?x=1 HTTP/1.1"), &shared, stats));
+        let (head, body) = a.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Type: {}\r\n", metrics::CONTENT_TYPE)), "{head}");
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{head}");
+        assert!(body.contains("\nmaglevd_workers 1\n"), "{body}");
+        // No backend MAC: the service has no usable backend.
+        let a = text(answer(Some("GET /healthz HTTP/1.1"), &shared, stats));
+        assert!(a.starts_with("HTTP/1.0 503 ") && a.ends_with("no usable backend: 10.201.0.1:80/tcp\n"), "{a}");
+    }
 }

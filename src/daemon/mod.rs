@@ -33,7 +33,7 @@
 //! ARP refresh, signals and the file check never wait for them.
 
 mod builder;
-mod http;
+pub mod http;
 pub mod worker;
 
 use std::net::Ipv4Addr;
