@@ -46,7 +46,7 @@ fn mtu(mtu: u32) -> FrameMeta {
 }
 
 /// Clear the IPv4 don't-fragment bit.
-fn clear_df(f: &mut Vec<u8>) {
+fn clear_df(f: &mut [u8]) {
     f[20] &= !0x40;
     fix_ip_checksum(f);
 }
@@ -138,7 +138,12 @@ fn fixtures() -> Vec<Fixture> {
             To("10.158.200.251"),
         ),
         fxm("priority-tagged (vlan id 0) is the ingress's own", tagged(0xa000), syn(40000), To("10.158.200.251")),
-        fxm("frame of exactly the egress mtu", mtu(1500), tcp(CLIENT, 40000, VIP, 80, &[0; 1460]), To("10.158.200.251")),
+        fxm(
+            "frame of exactly the egress mtu",
+            mtu(1500),
+            tcp(CLIENT, 40000, VIP, 80, &[0; 1460]),
+            To("10.158.200.251"),
+        ),
         fxm(
             "gso super-frame above the egress mtu (segmented on egress)",
             FrameMeta { gso: true, egress_mtu: Some(1500), vlan_tci: None },
@@ -150,7 +155,11 @@ fn fixtures() -> Vec<Fixture> {
         fxm("vlan 4095 with priority bits", tagged(0xefff), syn(40000), Pass(P::ForeignVlan)),
         fx("arp", edit(syn(1), |f| f[12..14].copy_from_slice(&[0x08, 0x06])), Pass(P::NotIpv4)),
         fx("ipv6 ethertype", edit(syn(1), |f| f[12..14].copy_from_slice(&[0x86, 0xdd])), Pass(P::NotIpv4)),
-        fx("802.1q tag left in the frame", edit(syn(1), |f| f[12..14].copy_from_slice(&[0x81, 0x00])), Pass(P::NotIpv4)),
+        fx(
+            "802.1q tag left in the frame",
+            edit(syn(1), |f| f[12..14].copy_from_slice(&[0x81, 0x00])),
+            Pass(P::NotIpv4),
+        ),
         fx("broadcast destination mac", edit(syn(1), |f| f[..6].copy_from_slice(&[0xff; 6])), Pass(P::NotOurMac)),
         fx("another host's mac", edit(syn(1), |f| f[..6].copy_from_slice(&OTHER_MAC)), Pass(P::NotOurMac)),
         fx("tcp to the frontend's own ip", tcp(CLIENT, 40000, "10.158.100.2", 22, &[]), Pass(P::NotVip)),
@@ -231,7 +240,12 @@ fn fixtures() -> Vec<Fixture> {
             edit(syn(40000), |f| f[6..12].copy_from_slice(&EGRESS_MAC)),
             Drop(D::OwnFrame),
         ),
-        fxm("df tcp one byte above the egress mtu", mtu(1500), tcp(CLIENT, 40000, VIP, 80, &[0; 1461]), Drop(D::FragNeeded)),
+        fxm(
+            "df tcp one byte above the egress mtu",
+            mtu(1500),
+            tcp(CLIENT, 40000, VIP, 80, &[0; 1461]),
+            Drop(D::FragNeeded),
+        ),
         fxm(
             "jumbo df tcp over a 1500 egress",
             mtu(1500),
@@ -241,7 +255,7 @@ fn fixtures() -> Vec<Fixture> {
         fxm(
             "udp without df above the egress mtu (not fragmented)",
             mtu(1500),
-            edit(udp(CLIENT, 5353, "10.201.0.2", 53, &[0; 2000]), clear_df),
+            edit(udp(CLIENT, 5353, "10.201.0.2", 53, &[0; 2000]), |f| clear_df(f)),
             Drop(D::TooBig),
         ),
         fxm(

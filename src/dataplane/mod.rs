@@ -64,7 +64,8 @@ pub use snapshot::{BackendState, Links, ServiceState, Snapshot};
 use crate::config::FlowKey;
 use crate::table::ServiceTable;
 use crate::wire::{
-    self, ETH_HEADER_LEN, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, Ipv4Header,
+    self, ETH_HEADER_LEN, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN,
+    Ipv4Header,
 };
 
 /// Seed of the flow hash: the ASCII bytes `"mlvflow1"` read as a little-endian u64. Fixed forever

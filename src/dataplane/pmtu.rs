@@ -118,7 +118,9 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
+    use etherparse::{
+        Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
+    };
 
     const INGRESS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
     const ROUTER: [u8; 6] = [2, 0, 0, 0, 9, 9];
