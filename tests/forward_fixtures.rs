@@ -253,6 +253,12 @@ fn fixtures() -> Vec<Fixture> {
             Drop(D::FragNeeded),
         ),
         fxm(
+            "a packet that fits, with an ethernet trailer beyond the egress mtu",
+            mtu(1500),
+            edit(tcp(CLIENT, 40000, VIP, 80, &[0; 1000]), |f| f.resize(1600, 0)),
+            Drop(D::TooBig),
+        ),
+        fxm(
             "udp without df above the egress mtu (not fragmented)",
             mtu(1500),
             edit(udp(CLIENT, 5353, "10.201.0.2", 53, &[0; 2000]), |f| clear_df(f)),

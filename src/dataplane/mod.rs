@@ -142,8 +142,9 @@ reasons! {
         /// Larger than the egress MTU with DF set (not GSO): the worker answers with an ICMP
         /// fragmentation-needed (rate-limited; see the `icmp_frag_needed_*` counters).
         FragNeeded = "frag_needed",
-        /// Larger than the egress MTU without DF, or an ICMP error that large: maglevd does not
-        /// fragment and sends no ICMP error about an ICMP error.
+        /// Larger than the egress MTU without DF, or an ICMP error that large, or with an Ethernet
+        /// trailer that makes the frame too long: maglevd does not fragment and sends no ICMP error
+        /// about an ICMP error.
         TooBig = "too_big",
         /// Refused by the TX ring: no free slot (decided by the worker, not by `forward()`).
         TxRingFull = "tx_ring_full",
@@ -306,8 +307,9 @@ fn classify(frame: &[u8], meta: &FrameMeta, snap: &Snapshot) -> Verdict {
     // the path MTU of a flow that works, not of one dropped anyway.
     match (verdict, meta.egress_mtu) {
         (Verdict::Forward { .. }, Some(mtu)) if !meta.gso && frame.len() > ETH_HEADER_LEN + mtu as usize => {
-            // The frame length, not the IP total length: it is what the kernel checks on send.
-            if ip.protocol() != IPPROTO_ICMP && dont_fragment(packet) {
+            // The frame length is what the kernel checks on send; only a packet that is itself too
+            // long (not one with an oversized Ethernet trailer) is worth an ICMP.
+            if total > mtu as usize && ip.protocol() != IPPROTO_ICMP && dont_fragment(packet) {
                 Verdict::Drop(D::FragNeeded)
             } else {
                 Verdict::Drop(D::TooBig)
