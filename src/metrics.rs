@@ -64,9 +64,9 @@ io_counters! {
     rx_ring_drops,
     /// `poll()` on the RX ring failed (unexpected; the worker sleeps and retries).
     rx_wait_errors,
-    /// Frames handed to the TX ring.
+    /// Frames the kernel took from the TX ring (counted at flush, like `forwarded`).
     tx_frames,
-    /// Bytes of those frames.
+    /// Bytes the kernel reported as sent.
     tx_bytes,
     /// Frames dropped because the TX ring had no free slot.
     tx_ring_full,
@@ -82,6 +82,17 @@ io_counters! {
     tx_enobufs,
     /// `send()` failed otherwise.
     tx_errors,
+    /// Bytes the kernel took from the TX ring but discarded instead of sending (a lower bound; the
+    /// kernel does not say which frames, so they cannot be counted as frames).
+    tx_kernel_dropped_bytes,
+    /// Reading the RX ring's kernel statistics (PACKET_STATISTICS) failed.
+    rx_stats_errors,
+    /// ICMP fragmentation-needed messages sent to clients (see `drop_total{reason="frag_needed"}`).
+    icmp_frag_needed_sent,
+    /// ICMP fragmentation-needed messages not sent because of the per-worker rate limit.
+    icmp_frag_needed_suppressed,
+    /// ICMP fragmentation-needed messages that could not be built or sent (send error).
+    icmp_frag_needed_errors,
 }
 
 /// All counters of one worker.

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use maglevd::dataplane::{Snapshot, Verdict, forward};
+use maglevd::dataplane::{FrameMeta, PassReason, Snapshot, Verdict, forward, forward_frame};
 use proptest::prelude::*;
 use std::sync::LazyLock;
 
@@ -121,6 +121,42 @@ proptest! {
             apply(&mut frame, m);
         }
         check_invariants(&SNAPSHOT, &frame)?;
+    }
+
+    /// With receive metadata and an egress MTU: the same invariants; a foreign VLAN is always
+    /// passed; a forwarded non-GSO frame fits the MTU; and the frame is unchanged unless forwarded.
+    #[test]
+    fn valid_and_mutated_frames_with_metadata(
+        seed in 0usize..6,
+        muts in proptest::collection::vec(mutation(), 0..3),
+        tci in proptest::option::of(any::<u16>()),
+        gso in any::<bool>(),
+        mtu in proptest::option::of(0u32..2000),
+    ) {
+        let mut input = seeds()[seed].clone();
+        input.resize(input.len() + 40 * seed, 0); // some frames above a small MTU
+        for m in &muts {
+            apply(&mut input, m);
+        }
+        let meta = FrameMeta { vlan_tci: tci, gso, egress_mtu: mtu };
+        let mut frame = input.clone();
+        let verdict = forward_frame(&mut frame, &meta, &SNAPSHOT);
+        if meta.foreign_vlan() {
+            prop_assert_eq!(verdict, Verdict::Pass(PassReason::ForeignVlan));
+        }
+        match verdict {
+            Verdict::Forward { .. } => {
+                prop_assert_eq!(&frame[12..], &input[12..]);
+                if let (false, Some(mtu)) = (gso, mtu) {
+                    // (The frame, trailer included, is what the kernel checks.)
+                    prop_assert!(frame.len() <= 14 + mtu as usize, "{} bytes over MTU {}", frame.len(), mtu);
+                }
+                // Without metadata the same frame gets the same backend.
+                let mut plain = input.clone();
+                prop_assert_eq!(forward(&mut plain, &SNAPSHOT), verdict);
+            }
+            _ => prop_assert_eq!(&frame[..], &input[..], "frame changed on {:?}", verdict),
+        }
     }
 
     #[test]

@@ -54,7 +54,9 @@ use super::{BenchError, fmt_load};
 use crate::config::{self, MAX_WORKERS};
 use crate::daemon::{self, Shared, worker};
 use crate::dataplane::{Links, Snapshot};
-use crate::io::{RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, VipFilter, enter_netns, pin_current_thread};
+use crate::io::{
+    PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, VipFilter, enter_netns, pin_current_thread,
+};
 use crate::wire::MacAddr;
 
 /// Destination UDP port of the generated traffic (the service covers all ports).
@@ -545,14 +547,15 @@ impl Workers {
             let h = std::thread::Builder::new()
                 .name(format!("bench-w{i}"))
                 .spawn(move || -> Result<WorkerReport, String> {
-                    let setup = || -> Result<(RxRing, TxRing), String> {
+                    let setup = || -> Result<(RxRing, TxRing, PacketSocket), String> {
                         enter_netns(&path).map_err(|e| format!("setns: {e}"))?;
                         pin_current_thread(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
                         let rx = RxRing::open(LB_IN, &rx_cfg).map_err(|e| e.to_string())?;
                         let tx = TxRing::open(LB_OUT, &tx_cfg).map_err(|e| e.to_string())?;
-                        Ok((rx, tx))
+                        let icmp = PacketSocket::sender(LB_IN).map_err(|e| e.to_string())?;
+                        Ok((rx, tx, icmp))
                     };
-                    let (mut rx, mut tx) = match setup() {
+                    let (mut rx, mut tx, mut icmp) = match setup() {
                         Ok(r) => {
                             let _ = ready_tx.send(Ok(0));
                             r
@@ -565,7 +568,7 @@ impl Workers {
                     let Some(counters) = shared.counters.worker(i) else {
                         return Err(format!("no counters for worker {i}"));
                     };
-                    worker::run(&mut rx, &mut tx, &shared, counters);
+                    worker::run(&mut rx, &mut tx, &mut icmp, &shared, counters);
                     let stats = rx.stats().map_err(|e| e.to_string())?;
                     Ok(WorkerReport { rx_drops: stats.drops })
                 })

@@ -384,10 +384,12 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let (rx_cfg, tx_cfg) = worker_rings(&vips(&cfg), fanout_group(), opts.rx_slots, opts.tx_slots)?;
     let mut rings = Vec::with_capacity(workers);
     for _ in 0..workers {
-        rings.push((RxRing::open(&cfg.ingress, &rx_cfg)?, TxRing::open(&cfg.egress, &tx_cfg)?));
+        // Each worker also gets a send-only socket on the ingress for its ICMP errors to clients.
+        let icmp = PacketSocket::sender(&cfg.ingress)?;
+        rings.push((RxRing::open(&cfg.ingress, &rx_cfg)?, TxRing::open(&cfg.egress, &tx_cfg)?, icmp));
     }
-    let memory: usize = rings.iter().map(|(rx, tx)| rx.memory() + tx.memory()).sum();
-    let sndbuf = rings.first().map_or(0, |(_, tx)| tx.sndbuf());
+    let memory: usize = rings.iter().map(|(rx, tx, _)| rx.memory() + tx.memory()).sum();
+    let sndbuf = rings.first().map_or(0, |(_, tx, _)| tx.sndbuf());
     let egress_arp = PacketSocket::open(&cfg.egress, ETHERTYPE_ARP)?;
     let ingress_arp = if cfg.one_arm() { None } else { Some(PacketSocket::open(&cfg.ingress, ETHERTYPE_ARP)?) };
     let metrics = match cfg.daemon.metrics {
@@ -402,13 +404,13 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let shared = Arc::new(Shared::new(snapshot, workers, stop));
 
     let mut handles = Vec::new();
-    for (i, (mut rx, mut tx)) in rings.into_iter().enumerate() {
+    for (i, (mut rx, mut tx, mut icmp)) in rings.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let h = std::thread::Builder::new()
             .name(format!("maglevd-w{i}"))
             .spawn(move || {
                 let Some(counters) = shared.counters.worker(i) else { return };
-                worker::run(&mut rx, &mut tx, &shared, counters);
+                worker::run(&mut rx, &mut tx, &mut icmp, &shared, counters);
             })
             .map_err(|e| DaemonError::Setup(format!("spawning worker {i}: {e}")))?;
         handles.push(h);

@@ -1,17 +1,34 @@
-//! One forwarding worker: drain the RX ring in batches, run `forward()` on each frame in place,
-//! copy forwarded frames into the TX ring, and flush the TX ring with one `send()` per batch.
+//! One forwarding worker: drain the RX ring in batches, run [`forward_frame`] on each frame in
+//! place, copy forwarded frames into the TX ring, and flush the TX ring with one `send()` per batch.
 //!
-//! Per batch: one snapshot load (wait-free `arc-swap`), no allocation, no lock, no syscall except
-//! the single `send()` of the flush and the `poll()` when the ring is empty. Counters are the
-//! worker's own ([`WorkerCounters`]).
+//! Per batch: one snapshot load (wait-free `arc-swap`), one clock read, no allocation, no lock, no
+//! syscall except the single `send()` of the flush and the `poll()` when the ring is empty. Counters
+//! are the worker's own ([`WorkerCounters`]).
+//!
+//! # What the counters mean
+//! * A frame counts as **forwarded** (and in `tx_frames`) only when the kernel took it from the TX
+//!   ring (at flush, from [`crate::io::FlushOutcome::frames`]). A frame the TX ring refused is a
+//!   drop (`tx_ring_full`, `tx_rejected`); a queued frame the kernel never took is a drop too
+//!   (`tx_send_failed`): after a hard `send()` error (e.g. ENETDOWN: the egress is down) at once, and
+//!   after [`TX_STALL_LIMIT`] without progress on EAGAIN/ENOBUFS, so the ring never wedges and a
+//!   stale frame is never sent late.
+//! * **RX ring overflow**: the kernel counts frames it could not put in the ring
+//!   (`PACKET_STATISTICS`, reset on read). The worker reads them when a frame is marked
+//!   `TP_STATUS_LOSING` (at most once per batch), at least every [`RX_STATS_EVERY`], and when it
+//!   stops, into `rx_ring_drops`.
+//! * **Too big for the egress**: a DF frame above the egress MTU is dropped before the copy
+//!   (`frag_needed`) and answered with an ICMP fragmentation-needed to the client out of the
+//!   ingress interface (see [`crate::dataplane::pmtu`]): one send per message, at most
+//!   [`TokenBucket::ICMP_RATE`] per second and worker (bursts of [`TokenBucket::ICMP_BURST`]).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::net::Ipv4Addr;
 
-use crate::dataplane::{Snapshot, Verdict, forward};
-use crate::io::{FlushStatus, IoError, MemRx, RxDevice, RxRing, TxDevice, TxError, VipFilter};
+use crate::dataplane::pmtu::{self, FRAG_NEEDED_LEN, TokenBucket};
+use crate::dataplane::{DropReason, FrameMeta, Snapshot, Verdict, forward_frame};
+use crate::io::{FlushStatus, FrameSender, IoError, MemRx, RxDevice, RxRing, TxDevice, TxError, VipFilter};
 use crate::metrics::{WorkerCounters, bump};
 
 use super::Shared;
@@ -20,6 +37,10 @@ use super::Shared;
 pub const BATCH: usize = 256;
 /// How long an idle worker sleeps in `poll()` before it checks for shutdown.
 pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// The kernel's RX drop count is read at least this often (and at once on `TP_STATUS_LOSING`).
+pub const RX_STATS_EVERY: Duration = Duration::from_secs(1);
+/// Queued TX frames that make no progress (EAGAIN/ENOBUFS) for this long are discarded.
+pub const TX_STALL_LIMIT: Duration = Duration::from_millis(100);
 
 /// An RX device whose kernel-side filter follows the configured VIPs.
 pub trait VipFiltered {
@@ -40,96 +61,234 @@ impl VipFiltered for MemRx {
     }
 }
 
-/// Run until `shared.stop` is set.
-pub fn run<R: RxDevice + VipFiltered, T: TxDevice>(rx: &mut R, tx: &mut T, shared: &Shared, counters: &WorkerCounters) {
-    let mut backlog = 0u32;
-    let first = shared.snapshot.load();
-    let mut generation = first.generation();
-    let mut vips: Vec<Ipv4Addr> = first.vip_addrs().collect();
-    drop(first);
-    while !shared.stop.load(Ordering::Relaxed) {
-        // One snapshot per batch: every frame of the batch sees the same generation.
-        let snap = shared.snapshot.load();
-        // A new snapshot may bring other VIPs (a reload): follow them in the kernel filter. Only
-        // on a generation change, never per packet.
-        if snap.generation() != generation {
-            generation = snap.generation();
-            let now: Vec<Ipv4Addr> = snap.vip_addrs().collect();
-            if now != vips {
-                match rx.set_vips(&now) {
-                    Ok(()) => vips = now,
-                    Err(e) => tracing::error!(error = %e, "cannot update the VIP filter"),
-                }
-            }
-        }
-        let n = run_batch(rx, tx, &snap, counters);
-        // Not held while sleeping: arc-swap guards are meant to be short-lived.
-        drop(snap);
-        if n > 0 || backlog > 0 {
-            backlog = flush(tx, counters);
-        }
-        if n == 0 {
-            // Frames still queued after EAGAIN/ENOBUFS: retry soon rather than sleep long.
-            let wait = if backlog > 0 { Duration::from_millis(1) } else { IDLE_WAIT };
-            if rx.wait(wait).is_err() {
-                bump(&counters.io.rx_wait_errors, 1);
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    flush(tx, counters);
-}
-
-/// Handle one batch of received frames; returns how many were taken from the ring.
-pub fn run_batch<R: RxDevice, T: TxDevice>(
+/// Run until `shared.stop` is set: RX ring `rx` (ingress), TX ring `tx` (egress), and `icmp`, a
+/// sender on the ingress interface for ICMP errors to clients.
+pub fn run<R: RxDevice + VipFiltered, T: TxDevice, S: FrameSender>(
     rx: &mut R,
     tx: &mut T,
-    snap: &Snapshot,
+    icmp: &mut S,
+    shared: &Shared,
     counters: &WorkerCounters,
-) -> usize {
-    let io = &counters.io;
-    let n = rx.recv_batch(BATCH, |frame| {
-        bump(&io.rx_frames, 1);
-        bump(&io.rx_bytes, frame.data.len() as u64);
-        if frame.truncated {
-            // Cut to the slot size: forwarding it would corrupt the flow.
-            bump(&io.rx_truncated, 1);
-            return;
-        }
-        let verdict = forward(frame.data, snap);
-        counters.record(&verdict);
-        if let Verdict::Forward { .. } = verdict {
-            match tx.push(frame.vnet.as_ref(), frame.data) {
-                Ok(()) => {
-                    bump(&io.tx_frames, 1);
-                    bump(&io.tx_bytes, frame.data.len() as u64);
-                }
-                Err(TxError::RingFull) => bump(&io.tx_ring_full, 1),
-                Err(TxError::FrameTooBig { .. }) => bump(&io.tx_too_big, 1),
-                Err(TxError::BadVnetHdr(_)) => bump(&io.tx_bad_vnet, 1),
-            }
-        }
-    });
-    if n > 0 {
-        bump(&io.rx_batches, 1);
-    }
-    n
+) {
+    Worker::new(rx, tx, icmp, counters, Instant::now()).run(shared);
 }
 
-/// Flush the TX ring once and count the outcome; returns the frames still queued.
-pub fn flush<T: TxDevice>(tx: &mut T, counters: &WorkerCounters) -> u32 {
-    let io = &counters.io;
-    let o = tx.flush();
-    if o.syscalls > 0 {
-        bump(&io.tx_flushes, o.syscalls as u64);
+/// One worker's devices and the state it keeps between batches.
+#[derive(Debug)]
+pub struct Worker<'a, R, T, S> {
+    rx: &'a mut R,
+    tx: &'a mut T,
+    icmp: &'a mut S,
+    counters: &'a WorkerCounters,
+    icmp_limit: TokenBucket,
+    /// The kernel's cumulative RX drop count at the last read.
+    rx_drops_seen: u64,
+    next_rx_stats: Instant,
+    /// A frame of the current batch was marked `TP_STATUS_LOSING`.
+    losing: bool,
+    /// Since when queued TX frames have made no progress.
+    tx_stalled_since: Option<Instant>,
+}
+
+impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
+    pub fn new(rx: &'a mut R, tx: &'a mut T, icmp: &'a mut S, counters: &'a WorkerCounters, now: Instant) -> Self {
+        Worker {
+            rx,
+            tx,
+            icmp,
+            counters,
+            icmp_limit: TokenBucket::icmp(now),
+            rx_drops_seen: 0,
+            next_rx_stats: now + RX_STATS_EVERY,
+            losing: false,
+            tx_stalled_since: None,
+        }
     }
-    match o.status {
-        FlushStatus::Idle | FlushStatus::Sent => {}
-        FlushStatus::Again => bump(&io.tx_eagain, 1),
-        FlushStatus::NoBufs => bump(&io.tx_enobufs, 1),
-        FlushStatus::Error(_) => bump(&io.tx_errors, 1),
+
+    pub fn rx(&mut self) -> &mut R {
+        self.rx
     }
-    o.backlog
+
+    pub fn tx(&mut self) -> &mut T {
+        self.tx
+    }
+
+    pub fn icmp(&mut self) -> &mut S {
+        self.icmp
+    }
+
+    /// Run until `shared.stop` is set.
+    pub fn run(&mut self, shared: &Shared)
+    where
+        R: VipFiltered,
+    {
+        let mut backlog = 0u32;
+        let first = shared.snapshot.load();
+        let mut generation = first.generation();
+        let mut vips: Vec<Ipv4Addr> = first.vip_addrs().collect();
+        drop(first);
+        while !shared.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            // One snapshot per batch: every frame of the batch sees the same generation.
+            let snap = shared.snapshot.load();
+            // A new snapshot may bring other VIPs (a reload): follow them in the kernel filter.
+            // Only on a generation change, never per packet.
+            if snap.generation() != generation {
+                generation = snap.generation();
+                let now: Vec<Ipv4Addr> = snap.vip_addrs().collect();
+                if now != vips {
+                    match self.rx.set_vips(&now) {
+                        Ok(()) => vips = now,
+                        Err(e) => tracing::error!(error = %e, "cannot update the VIP filter"),
+                    }
+                }
+            }
+            let n = self.run_batch(&snap, now);
+            // Not held while sleeping: arc-swap guards are meant to be short-lived.
+            drop(snap);
+            if n > 0 || backlog > 0 {
+                backlog = self.flush(now);
+            }
+            if self.losing || now >= self.next_rx_stats {
+                self.read_rx_drops(now);
+            }
+            if n == 0 {
+                // Frames still queued after EAGAIN/ENOBUFS: retry soon rather than sleep long.
+                let wait = if backlog > 0 { Duration::from_millis(1) } else { IDLE_WAIT };
+                if self.rx.wait(wait).is_err() {
+                    bump(&self.counters.io.rx_wait_errors, 1);
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        // Stopping: what the kernel does not take now is never sent.
+        if self.flush(Instant::now()) > 0 {
+            self.discard_queued();
+        }
+        self.read_rx_drops(Instant::now());
+    }
+
+    /// Handle one batch of received frames at time `now`; returns how many were taken from the
+    /// ring. Forwarded frames are queued in the TX ring, not yet counted (see [`Worker::flush`]).
+    pub fn run_batch(&mut self, snap: &Snapshot, now: Instant) -> usize {
+        let Worker { rx, tx, icmp, counters, icmp_limit, losing, .. } = self;
+        let io = &counters.io;
+        let egress_mtu = tx.mtu();
+        let ingress_mac = snap.links().ingress_mac;
+        let n = rx.recv_batch(BATCH, |frame| {
+            bump(&io.rx_frames, 1);
+            bump(&io.rx_bytes, frame.data.len() as u64);
+            *losing |= frame.status.losing();
+            if frame.truncated {
+                // Cut to the slot size: forwarding it would corrupt the flow.
+                bump(&io.rx_truncated, 1);
+                return;
+            }
+            let meta = FrameMeta {
+                vlan_tci: frame.vlan_tci,
+                gso: frame.vnet.is_some_and(|v| v.is_gso()),
+                egress_mtu: Some(egress_mtu),
+            };
+            let verdict = forward_frame(frame.data, &meta, snap);
+            match verdict {
+                Verdict::Forward { .. } => {
+                    let reason = match tx.push(frame.vnet.as_ref(), frame.data) {
+                        Ok(()) => return,
+                        Err(TxError::RingFull) => {
+                            bump(&io.tx_ring_full, 1);
+                            DropReason::TxRingFull
+                        }
+                        Err(TxError::FrameTooBig { .. }) => {
+                            bump(&io.tx_too_big, 1);
+                            DropReason::TxRejected
+                        }
+                        Err(TxError::BadVnetHdr(_)) => {
+                            bump(&io.tx_bad_vnet, 1);
+                            DropReason::TxRejected
+                        }
+                    };
+                    counters.record(&Verdict::Drop(reason));
+                }
+                Verdict::Drop(DropReason::FragNeeded) => {
+                    counters.record(&verdict);
+                    // The frame is unchanged on a drop: its source MAC is still the sender's.
+                    if !icmp_limit.take(now) {
+                        bump(&io.icmp_frag_needed_suppressed, 1);
+                        return;
+                    }
+                    let mut out = [0u8; FRAG_NEEDED_LEN];
+                    let mtu = u16::try_from(egress_mtu).unwrap_or(u16::MAX);
+                    let sent = pmtu::frag_needed(frame.data, ingress_mac, mtu, &mut out)
+                        .is_some_and(|()| icmp.send_frame(&out).is_ok());
+                    bump(if sent { &io.icmp_frag_needed_sent } else { &io.icmp_frag_needed_errors }, 1);
+                }
+                _ => counters.record(&verdict),
+            }
+        });
+        if n > 0 {
+            bump(&io.rx_batches, 1);
+        }
+        n
+    }
+
+    /// Flush the TX ring once at time `now` and count the outcome; returns the frames still
+    /// queued. Frames the kernel took count as forwarded; after a hard error, or no progress for
+    /// [`TX_STALL_LIMIT`], the queued frames are discarded (counted as `tx_send_failed`).
+    pub fn flush(&mut self, now: Instant) -> u32 {
+        let io = &self.counters.io;
+        let o = self.tx.flush();
+        if o.syscalls > 0 {
+            bump(&io.tx_flushes, o.syscalls as u64);
+        }
+        if o.frames > 0 {
+            bump(&self.counters.forwarded, u64::from(o.frames));
+            bump(&io.tx_frames, u64::from(o.frames));
+            bump(&io.tx_bytes, o.bytes);
+            self.tx_stalled_since = None;
+        }
+        bump(&io.tx_kernel_dropped_bytes, o.dropped_bytes);
+        let give_up = match o.status {
+            FlushStatus::Idle | FlushStatus::Sent => {
+                self.tx_stalled_since = None;
+                false
+            }
+            FlushStatus::Again | FlushStatus::NoBufs => {
+                bump(if o.status == FlushStatus::Again { &io.tx_eagain } else { &io.tx_enobufs }, 1);
+                let since = *self.tx_stalled_since.get_or_insert(now);
+                now.saturating_duration_since(since) >= TX_STALL_LIMIT
+            }
+            // ENETDOWN, ENXIO…: the queued frames will not go out soon, and would be stale if they did.
+            FlushStatus::Error(_) => {
+                bump(&io.tx_errors, 1);
+                true
+            }
+        };
+        if give_up && o.backlog > 0 {
+            self.discard_queued();
+            return 0;
+        }
+        o.backlog
+    }
+
+    fn discard_queued(&mut self) {
+        let n = self.tx.discard_queued();
+        bump(&self.counters.drops[DropReason::TxSendFailed.index()], n as u64);
+        self.tx_stalled_since = None;
+    }
+
+    /// Add the frames the kernel could not put in the RX ring since the last read to
+    /// `rx_ring_drops`.
+    pub fn read_rx_drops(&mut self, now: Instant) {
+        match self.rx.kernel_drops() {
+            Ok(total) => {
+                bump(&self.counters.io.rx_ring_drops, total.saturating_sub(self.rx_drops_seen));
+                self.rx_drops_seen = self.rx_drops_seen.max(total);
+            }
+            Err(_) => bump(&self.counters.io.rx_stats_errors, 1),
+        }
+        self.losing = false;
+        self.next_rx_stats = now + RX_STATS_EVERY;
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +309,7 @@ mod tests {
 
     const INGRESS: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const EGRESS: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const ROUTER: [u8; 6] = [2, 0, 0, 0, 9, 9];
 
     fn snapshot(vip: &str, generation: u64) -> Snapshot {
         let text = format!(
@@ -165,16 +325,14 @@ mod tests {
     }
 
     fn tcp(dst: [u8; 4], payload: usize) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 9, 9], INGRESS)
-            .ipv4([192, 168, 1, 1], dst, 64)
-            .tcp(40000, 80, 1, 512);
+        let b = PacketBuilder::ethernet2(ROUTER, INGRESS).ipv4([192, 168, 1, 1], dst, 64).tcp(40000, 80, 1, 512);
         let mut v = Vec::new();
         b.write(&mut v, &vec![0u8; payload]).unwrap();
         v
     }
 
     /// A receive device that records the VIP filters it was given.
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     struct FilteredRx {
         inner: MemRx,
         filters: Vec<Vec<Ipv4Addr>>,
@@ -187,6 +345,9 @@ mod tests {
         fn wait(&mut self, timeout: Duration) -> Result<bool, IoError> {
             std::thread::sleep(Duration::from_millis(1));
             self.inner.wait(timeout)
+        }
+        fn kernel_drops(&mut self) -> Result<u64, IoError> {
+            self.inner.kernel_drops()
         }
     }
 
@@ -201,12 +362,16 @@ mod tests {
         c.load(Ordering::Relaxed)
     }
 
+    fn dropped(c: &WorkerCounters, r: DropReason) -> u64 {
+        get(&c.drops[r.index()])
+    }
+
     #[test]
     fn a_batch_forwards_counts_and_keeps_the_vnet_header() {
         let snap = snapshot("10.201.0.1", 1);
         let counters = Counters::new(1);
         let c = counters.worker(0).unwrap();
-        let (mut rx, mut tx) = (MemRx::new(), MemTx::new(8));
+        let (mut rx, mut tx, mut icmp) = (MemRx::new(), MemTx::new(8), MemTx::new(8));
         let gso = VnetHdr { flags: 1, gso_type: 1, hdr_len: 54, gso_size: 1448, csum_start: 34, csum_offset: 16 };
         rx.inject(MemFrame { vnet: Some(gso), ..MemFrame::new(tcp([10, 201, 0, 1], 3000)) });
         rx.inject(MemFrame::new(tcp([10, 9, 9, 9], 0)));
@@ -216,8 +381,10 @@ mod tests {
         // Cut by the kernel to the slot size: never forwarded, counted apart.
         rx.inject(MemFrame { wire_len: Some(70_000), ..MemFrame::new(tcp([10, 201, 0, 1], 100)) });
 
-        assert_eq!(run_batch(&mut rx, &mut tx, &snap, c), 4);
-        assert_eq!(flush(&mut tx, c), 0);
+        let mut w = Worker::new(&mut rx, &mut tx, &mut icmp, c, Instant::now());
+        assert_eq!(w.run_batch(&snap, Instant::now()), 4);
+        assert_eq!(get(&c.forwarded), 0, "queued is not forwarded yet");
+        assert_eq!(w.flush(Instant::now()), 0);
         assert_eq!(tx.sent.len(), 1);
         let out = &tx.sent[0];
         assert_eq!(&out.data[..6], &[2, 0, 0, 0, 0, 7], "backend MAC");
@@ -226,8 +393,9 @@ mod tests {
         assert_eq!(out.vnet, Some(gso), "the GSO/checksum state travels with the frame");
         assert_eq!((get(&c.io.rx_frames), get(&c.io.rx_batches), get(&c.io.rx_truncated)), (4, 1, 1));
         assert_eq!((get(&c.forwarded), get(&c.io.tx_frames), get(&c.io.tx_flushes)), (1, 1, 1));
+        assert_eq!(get(&c.io.tx_bytes), out.data.len() as u64);
         assert_eq!(get(&c.passes[PassReason::NotVip.index()]), 1);
-        assert_eq!(get(&c.drops[DropReason::Ipv4Checksum.index()]), 1);
+        assert_eq!(dropped(c, DropReason::Ipv4Checksum), 1);
     }
 
     #[test]
@@ -235,18 +403,146 @@ mod tests {
         let snap = snapshot("10.201.0.1", 1);
         let counters = Counters::new(1);
         let c = counters.worker(0).unwrap();
-        let (mut rx, mut tx) = (MemRx::new(), MemTx::new(2));
+        let (mut rx, mut tx, mut icmp) = (MemRx::new(), MemTx::new(2), MemTx::new(2));
         for _ in 0..3 {
             rx.inject(MemFrame::new(tcp([10, 201, 0, 1], 0)));
         }
-        run_batch(&mut rx, &mut tx, &snap, c);
-        assert_eq!(get(&c.io.tx_ring_full), 1);
-        tx.fail_next = Some(FlushStatus::Again);
-        assert_eq!(flush(&mut tx, c), 2, "EAGAIN keeps the frames queued");
-        assert_eq!(get(&c.io.tx_eagain), 1);
-        assert_eq!(flush(&mut tx, c), 0);
+        let t0 = Instant::now();
+        let mut w = Worker::new(&mut rx, &mut tx, &mut icmp, c, t0);
+        w.run_batch(&snap, t0);
+        assert_eq!((get(&c.io.tx_ring_full), dropped(c, DropReason::TxRingFull)), (1, 1));
+        w.tx().fail_next = Some(FlushStatus::Again);
+        assert_eq!(w.flush(t0), 2, "EAGAIN keeps the frames queued");
+        assert_eq!((get(&c.io.tx_eagain), get(&c.forwarded), get(&c.io.tx_frames)), (1, 0, 0));
+        assert_eq!(w.flush(t0 + Duration::from_millis(1)), 0);
         assert_eq!(tx.sent.len(), 2);
-        assert_eq!(get(&c.io.tx_flushes), 2);
+        assert_eq!((get(&c.io.tx_flushes), get(&c.forwarded), get(&c.io.tx_frames)), (2, 2, 2));
+    }
+
+    /// Only frames the kernel took are forwarded: frames the TX ring refuses are drops, and with
+    /// the egress down (every send() fails with ENETDOWN) nothing is forwarded, every frame is a
+    /// counted drop and the ring never wedges.
+    #[test]
+    fn forwarded_counts_only_frames_the_kernel_took() {
+        let snap = snapshot("10.201.0.1", 1);
+        let counters = Counters::new(1);
+        let c = counters.worker(0).unwrap();
+        let (mut rx, mut tx, mut icmp) = (MemRx::new(), MemTx::new(4), MemTx::new(4));
+        // Super-frames larger than a TX slot: refused at push.
+        tx.max_frame = 2048;
+        let gso = VnetHdr { flags: 1, gso_type: 1, hdr_len: 54, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        for _ in 0..10 {
+            rx.inject(MemFrame { vnet: Some(gso), ..MemFrame::new(tcp([10, 201, 0, 1], 9000)) });
+        }
+        let t0 = Instant::now();
+        let mut w = Worker::new(&mut rx, &mut tx, &mut icmp, c, t0);
+        w.run_batch(&snap, t0);
+        w.flush(t0);
+        assert_eq!((get(&c.forwarded), get(&c.io.tx_frames)), (0, 0), "none was sent");
+        assert_eq!((dropped(c, DropReason::TxRejected), get(&c.io.tx_too_big)), (10, 10));
+
+        // The egress goes down.
+        w.tx().fail_always = Some(FlushStatus::Error(libc::ENETDOWN));
+        for round in 0..5u32 {
+            for _ in 0..3 {
+                w.rx().inject(MemFrame::new(tcp([10, 201, 0, 1], 0)));
+            }
+            let now = t0 + Duration::from_millis(u64::from(round));
+            assert_eq!(w.run_batch(&snap, now), 3);
+            assert_eq!(w.flush(now), 0, "discarded, not left queued");
+            assert_eq!(w.tx().queued(), 0);
+        }
+        assert_eq!((get(&c.forwarded), get(&c.io.tx_frames)), (0, 0));
+        assert_eq!(get(&c.io.tx_errors), 5);
+        assert_eq!(dropped(c, DropReason::TxSendFailed), 15);
+        assert_eq!(dropped(c, DropReason::TxRingFull), 0, "the ring never filled up");
+
+        // Back up: frames flow again.
+        w.tx().fail_always = None;
+        w.rx().inject(MemFrame::new(tcp([10, 201, 0, 1], 0)));
+        w.run_batch(&snap, t0);
+        w.flush(t0);
+        assert_eq!((get(&c.forwarded), get(&c.io.tx_frames)), (1, 1));
+        assert_eq!(tx.sent.len(), 1);
+    }
+
+    /// EAGAIN/ENOBUFS keep frames queued for a retry, but not forever.
+    #[test]
+    fn frames_stuck_on_eagain_are_discarded_after_the_stall_limit() {
+        let snap = snapshot("10.201.0.1", 1);
+        let counters = Counters::new(1);
+        let c = counters.worker(0).unwrap();
+        let (mut rx, mut tx, mut icmp) = (MemRx::new(), MemTx::new(4), MemTx::new(4));
+        rx.inject(MemFrame::new(tcp([10, 201, 0, 1], 0)));
+        rx.inject(MemFrame::new(tcp([10, 201, 0, 1], 0)));
+        tx.fail_always = Some(FlushStatus::NoBufs);
+        let t0 = Instant::now();
+        let mut w = Worker::new(&mut rx, &mut tx, &mut icmp, c, t0);
+        w.run_batch(&snap, t0);
+        assert_eq!(w.flush(t0), 2);
+        assert_eq!(w.flush(t0 + TX_STALL_LIMIT / 2), 2, "retried within the limit");
+        assert_eq!(w.flush(t0 + TX_STALL_LIMIT), 0);
+        assert_eq!((dropped(c, DropReason::TxSendFailed), get(&c.forwarded)), (2, 0));
+        assert_eq!(get(&c.io.tx_enobufs), 3);
+    }
+
+    #[test]
+    fn a_frame_of_another_vlan_is_not_forwarded() {
+        let snap = snapshot("10.201.0.1", 1);
+        let counters = Counters::new(1);
+        let c = counters.worker(0).unwrap();
+        let (mut rx, mut tx, mut icmp) = (MemRx::new(), MemTx::new(8), MemTx::new(8));
+        for tci in [Some(100), Some(0x2000 | 7), None, Some(0x2000)] {
+            rx.inject(MemFrame { vlan_tci: tci, ..MemFrame::new(tcp([10, 201, 0, 1], 0)) });
+        }
+        let mut w = Worker::new(&mut rx, &mut tx, &mut icmp, c, Instant::now());
+        w.run_batch(&snap, Instant::now());
+        w.flush(Instant::now());
+        assert_eq!(get(&c.passes[PassReason::ForeignVlan.index()]), 2);
+        assert_eq!((get(&c.forwarded), tx.sent.len()), (2, 2), "untagged and VLAN 0 (priority) only");
+    }
+
+    /// A DF frame above the egress MTU: no TX copy, one ICMP fragmentation-needed to the client per
+    /// frame up to the rate limit.
+    #[test]
+    fn too_big_df_frames_get_rate_limited_icmp_and_no_tx_copy() {
+        let snap = snapshot("10.201.0.1", 1);
+        let counters = Counters::new(1);
+        let c = counters.worker(0).unwrap();
+        let (mut rx, mut tx, mut icmp) = (MemRx::new(), MemTx::new(64), MemTx::new(64));
+        tx.mtu = 1400;
+        let big = tcp([10, 201, 0, 1], 1500);
+        rx.inject(MemFrame::new(big.clone()));
+        let t0 = Instant::now();
+        let mut w = Worker::new(&mut rx, &mut tx, &mut icmp, c, t0);
+        w.run_batch(&snap, t0);
+        w.flush(t0);
+        assert_eq!(w.tx().pending.len() + w.tx().sent.len(), 0, "no copy into the TX ring");
+        assert_eq!(w.icmp().sent.len(), 1);
+        let mut want = [0u8; FRAG_NEEDED_LEN];
+        pmtu::frag_needed(&big, MacAddr(INGRESS), 1400, &mut want).unwrap();
+        assert_eq!(w.icmp().sent[0].data, want, "the ICMP for this frame and MTU");
+        assert_eq!(&w.icmp().sent[0].data[..6], &ROUTER);
+        assert_eq!((dropped(c, DropReason::FragNeeded), get(&c.io.icmp_frag_needed_sent)), (1, 1));
+
+        // A flood in the same instant: the rest of the burst goes out, then the limit holds.
+        for _ in 0..100 {
+            w.rx().inject(MemFrame::new(big.clone()));
+        }
+        w.run_batch(&snap, t0);
+        let burst = TokenBucket::ICMP_BURST as usize;
+        assert_eq!(w.icmp().sent.len(), burst);
+        assert_eq!(get(&c.io.icmp_frag_needed_suppressed), 101 - burst as u64);
+        // One second later, the rate refills it.
+        for _ in 0..300 {
+            w.rx().inject(MemFrame::new(big.clone()));
+        }
+        w.run_batch(&snap, t0 + Duration::from_secs(1));
+        w.run_batch(&snap, t0 + Duration::from_secs(1));
+        assert_eq!(w.icmp().sent.len(), 2 * burst);
+        assert_eq!(dropped(c, DropReason::FragNeeded), 401);
+        assert_eq!(get(&c.io.icmp_frag_needed_sent) + get(&c.io.icmp_frag_needed_suppressed), 401);
+        assert_eq!((get(&c.forwarded), tx.sent.len(), tx.pending.len()), (0, 0, 0));
     }
 
     #[test]
@@ -256,9 +552,9 @@ mod tests {
         rx.inner.inject(MemFrame::new(tcp([10, 201, 0, 1], 0)));
         let worker_shared = Arc::clone(&sh);
         let worker = std::thread::spawn(move || {
-            let mut tx = MemTx::new(16);
+            let (mut tx, mut icmp) = (MemTx::new(16), MemTx::new(16));
             let counters = worker_shared.counters.worker(0).unwrap();
-            run(&mut rx, &mut tx, &worker_shared, counters);
+            run(&mut rx, &mut tx, &mut icmp, &worker_shared, counters);
             (rx.filters, tx.sent.len())
         });
         // The first frame is forwarded under generation 1 ...
@@ -275,5 +571,38 @@ mod tests {
         assert_eq!(filters, vec![vec![Ipv4Addr::new(10, 201, 0, 2)]]);
         assert_eq!(sent, 1);
         assert_eq!(get(&sh.counters.worker(0).unwrap().forwarded), 1);
+    }
+
+    /// The kernel's RX drops reach `rx_ring_drops` when a frame says the kernel is losing frames,
+    /// without a statistics read per frame.
+    #[test]
+    fn kernel_rx_drops_are_counted_on_losing_without_a_read_per_frame() {
+        let sh = Arc::new(shared(snapshot("10.201.0.1", 1)));
+        let mut rx = FilteredRx::default();
+        rx.inner.drops = 1234;
+        for _ in 0..1000 {
+            let f = MemFrame::new(tcp([10, 201, 0, 1], 0));
+            rx.inner.inject(MemFrame { status: libc::TP_STATUS_LOSING | libc::TP_STATUS_USER, ..f });
+        }
+        let worker_shared = Arc::clone(&sh);
+        let worker = std::thread::spawn(move || {
+            let (mut tx, mut icmp) = (MemTx::new(1024), MemTx::new(16));
+            let counters = worker_shared.counters.worker(0).unwrap();
+            run(&mut rx, &mut tx, &mut icmp, &worker_shared, counters);
+            rx.inner.drop_reads
+        });
+        let c = sh.counters.worker(0).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        // Well before the periodic read (1 s): the LOSING flag triggers it.
+        while get(&c.io.rx_ring_drops) != 1234 {
+            assert!(std::time::Instant::now() < deadline, "rx_ring_drops = {}", get(&c.io.rx_ring_drops));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sh.stop.store(true, Ordering::Relaxed);
+        let reads = worker.join().unwrap();
+        assert_eq!(get(&c.io.rx_ring_drops), 1234, "counted once");
+        let batches = get(&c.io.rx_batches);
+        assert!(reads <= batches + 2, "{reads} statistics reads for {batches} batches of 1000 frames");
+        assert_eq!(get(&c.io.rx_frames), 1000);
     }
 }

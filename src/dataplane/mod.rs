@@ -10,6 +10,30 @@
 //!   [`Verdict::Drop`] the frame is not modified at all. Property tests check all of this.
 //! * Frames that are not for a VIP are [`Verdict::Pass`]ed: left to the kernel. Every frame for a
 //!   VIP is either forwarded or dropped with a [`DropReason`]; each reason has its own counter.
+//! * The decision takes what the receive ring knows besides the bytes ([`FrameMeta`]): the VLAN
+//!   tag the kernel stripped, whether the frame is a GSO super-frame, and the egress MTU.
+//!   [`forward`] is [`forward_frame`] for an untagged, non-GSO frame with no MTU limit.
+//!
+//! # What is not forwarded
+//! * **VLANs.** The kernel strips an 802.1Q tag before the packet tap and reports it out of band.
+//!   The ingress interface is untagged (a VLAN subinterface's frames arrive without a tag), so a
+//!   frame that carried a non-zero VLAN ID belongs to another network: it is passed
+//!   ([`PassReason::ForeignVlan`]) and never leaves untagged on the egress. VLAN ID 0 is a
+//!   priority tag on an untagged frame and is the ingress's own.
+//! * **Our own frames.** A frame whose source MAC is the egress (or ingress) interface's is one we
+//!   sent that came back (a one-arm macvlan hands them back): forwarding it would loop
+//!   ([`DropReason::OwnFrame`]).
+//! * **Frames larger than the egress MTU** (non-GSO; a GSO super-frame is segmented to its MSS on
+//!   egress). maglevd does not fragment. With DF set the frame is dropped as
+//!   [`DropReason::FragNeeded`] and the worker answers the client with an ICMP
+//!   fragmentation-needed carrying the egress MTU, as IPVS does in direct-routing mode (see
+//!   [`pmtu`]); without DF, or for an ICMP error (no ICMP error is sent about an ICMP error), it
+//!   is dropped as [`DropReason::TooBig`].
+//!
+//! # TTL
+//! The balancer is a transparent wire for TTL, like IPVS in direct-routing mode (the director
+//! receives the packet locally and re-sends it without routing it): it neither decrements nor
+//! checks the TTL; the frame reaches the backend as the last router sent it.
 //!
 //! # Which backend
 //! The service is found by (destination VIP, protocol, destination port), falling back to the
@@ -30,8 +54,9 @@
 //!   the quoted flow's reverse — the client's packets — so they reach the backend that owns the flow
 //!   (this is what makes path-MTU discovery work through the balancer).
 //! * **IPv4 options** are dropped ([`DropReason::Ipv4Options`]), as Katran does: they are rare in
-//!   legitimate VIP traffic and common in attacks. **TTL ≤ 1** is dropped: the balancer is a hop.
+//!   legitimate VIP traffic and common in attacks.
 
+pub mod pmtu;
 mod snapshot;
 
 pub use snapshot::{BackendState, Links, Resolver, ServiceState, Snapshot};
@@ -39,7 +64,8 @@ pub use snapshot::{BackendState, Links, Resolver, ServiceState, Snapshot};
 use crate::config::FlowKey;
 use crate::table::ServiceTable;
 use crate::wire::{
-    self, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, Ipv4Header,
+    self, ETH_HEADER_LEN, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN,
+    Ipv4Header,
 };
 
 /// Seed of the flow hash: the ASCII bytes `"mlvflow1"` read as a little-endian u64. Fixed forever
@@ -96,8 +122,6 @@ reasons! {
         Ipv4TotalLength = "ipv4_total_length",
         /// Header checksum wrong.
         Ipv4Checksum = "ipv4_checksum",
-        /// TTL 0 or 1.
-        TtlExpired = "ttl_expired",
         /// TCP/UDP header incomplete.
         L4Truncated = "l4_truncated",
         /// For a VIP, but no service matches the protocol and port.
@@ -112,13 +136,40 @@ reasons! {
         IcmpMalformed = "icmp_malformed",
         /// ICMP error quoting a flow that belongs to no service.
         IcmpNoService = "icmp_no_service",
+        /// Sent by this host (source MAC = the egress or ingress interface's) and handed back to
+        /// us: forwarding it again would loop.
+        OwnFrame = "own_frame",
+        /// Larger than the egress MTU with DF set (not GSO): the worker answers with an ICMP
+        /// fragmentation-needed (rate-limited; see the `icmp_frag_needed_*` counters).
+        FragNeeded = "frag_needed",
+        /// Larger than the egress MTU without DF, or an ICMP error that large, or with an Ethernet
+        /// trailer that makes the frame too long: maglevd does not fragment and sends no ICMP error
+        /// about an ICMP error.
+        TooBig = "too_big",
+        /// Refused by the TX ring: no free slot (decided by the worker, not by `forward()`).
+        TxRingFull = "tx_ring_full",
+        /// Refused by the TX ring: larger than a slot, or an unusable virtio-net header (decided by
+        /// the worker).
+        TxRejected = "tx_rejected",
+        /// Queued in the TX ring but discarded because `send()` failed with a hard error (e.g.
+        /// ENETDOWN) or made no progress for a bounded time (decided by the worker).
+        TxSendFailed = "tx_send_failed",
     }
+}
+
+impl DropReason {
+    /// Reasons only the worker gives (TX ring outcomes), never [`forward_frame`].
+    pub const AFTER_FORWARD: &'static [DropReason] =
+        &[DropReason::TxRingFull, DropReason::TxRejected, DropReason::TxSendFailed];
 }
 
 reasons! {
     /// Why a frame was left to the kernel. Each has a counter.
     PassReason {
-        /// Not IPv4 (ARP, IPv6, VLAN-tagged, anything else).
+        /// Tagged with a VLAN other than the ingress's own (the kernel stripped the tag and
+        /// reported it): another network's frame, whatever its destination.
+        ForeignVlan = "foreign_vlan",
+        /// Not IPv4 (ARP, IPv6, an 802.1Q tag the kernel left in the frame, anything else).
         NotIpv4 = "not_ipv4",
         /// Not addressed to the ingress interface's MAC (broadcast, multicast, other host).
         NotOurMac = "not_our_mac",
@@ -163,9 +214,37 @@ const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_HEADER_LEN: usize = 8;
 
-/// Decide what to do with `frame` and, on [`Verdict::Forward`], rewrite its MAC addresses in place.
+/// What the receive path knows about a frame besides its bytes, and the MTU it would leave with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameMeta {
+    /// The 802.1Q TCI the kernel stripped from the frame (`TP_STATUS_VLAN_VALID`), if any.
+    pub vlan_tci: Option<u16>,
+    /// A GSO super-frame (segmented to its MSS on egress): exempt from the MTU check.
+    pub gso: bool,
+    /// MTU of the egress interface (IP bytes per frame); `None`: no limit.
+    pub egress_mtu: Option<u32>,
+}
+
+impl FrameMeta {
+    /// The VLAN ID bits of an 802.1Q TCI.
+    pub const VID_MASK: u16 = 0x0fff;
+
+    /// True if the frame carried a VLAN ID other than 0 (0 = priority tag only = untagged).
+    #[inline]
+    pub fn foreign_vlan(&self) -> bool {
+        self.vlan_tci.is_some_and(|tci| tci & Self::VID_MASK != 0)
+    }
+}
+
+/// [`forward_frame`] for an untagged, non-GSO frame with no egress MTU limit.
 pub fn forward(frame: &mut [u8], snap: &Snapshot) -> Verdict {
-    let decision = classify(frame, snap);
+    forward_frame(frame, &FrameMeta::default(), snap)
+}
+
+/// Decide what to do with `frame` received with `meta` and, on [`Verdict::Forward`], rewrite its MAC
+/// addresses in place. The frame is unchanged on any other verdict.
+pub fn forward_frame(frame: &mut [u8], meta: &FrameMeta, snap: &Snapshot) -> Verdict {
+    let decision = classify(frame, meta, snap);
     if let Verdict::Forward { service, backend } = decision {
         // A snapshot's tables only hold backends with a known MAC, and `classify` has checked the
         // frame's length; the `else` arms are defence in depth, never a silent pass-through.
@@ -179,8 +258,11 @@ pub fn forward(frame: &mut [u8], snap: &Snapshot) -> Verdict {
 }
 
 /// The decision, without touching the frame.
-fn classify(frame: &[u8], snap: &Snapshot) -> Verdict {
+fn classify(frame: &[u8], meta: &FrameMeta, snap: &Snapshot) -> Verdict {
     use DropReason as D;
+    if meta.foreign_vlan() {
+        return Verdict::Pass(PassReason::ForeignVlan);
+    }
     let Some(eth) = EthernetFrame::new_checked(frame) else {
         return Verdict::Drop(D::EthTruncated);
     };
@@ -201,6 +283,10 @@ fn classify(frame: &[u8], snap: &Snapshot) -> Verdict {
     if !snap.is_vip(dst) {
         return Verdict::Pass(PassReason::NotVip);
     }
+    let src_mac = eth.src();
+    if src_mac == snap.links().egress_mac || src_mac == snap.links().ingress_mac {
+        return Verdict::Drop(D::OwnFrame);
+    }
     let ihl = ip.header_len();
     if ihl < IPV4_MIN_HEADER_LEN {
         return Verdict::Drop(D::Ipv4HeaderLength);
@@ -216,9 +302,35 @@ fn classify(frame: &[u8], snap: &Snapshot) -> Verdict {
     if !ip.checksum_ok_20() {
         return Verdict::Drop(D::Ipv4Checksum);
     }
-    if ip.ttl() <= 1 {
-        return Verdict::Drop(D::TtlExpired);
+    let verdict = route(snap, &ip, packet, total);
+    // Only a frame that would be forwarded is checked against the egress MTU: the client learns
+    // the path MTU of a flow that works, not of one dropped anyway.
+    match (verdict, meta.egress_mtu) {
+        (Verdict::Forward { .. }, Some(mtu)) if !meta.gso && frame.len() > ETH_HEADER_LEN + mtu as usize => {
+            // The frame length is what the kernel checks on send; only a packet that is itself too
+            // long (not one with an oversized Ethernet trailer) is worth an ICMP.
+            if total > mtu as usize && ip.protocol() != IPPROTO_ICMP && dont_fragment(packet) {
+                Verdict::Drop(D::FragNeeded)
+            } else {
+                Verdict::Drop(D::TooBig)
+            }
+        }
+        _ => verdict,
     }
+}
+
+/// The IPv4 don't-fragment flag of a packet whose header was checked.
+#[inline]
+fn dont_fragment(packet: &[u8]) -> bool {
+    packet.get(6).is_some_and(|b| b & 0x40 != 0)
+}
+
+/// The service and backend of a checked, option-less IPv4 packet to a VIP.
+#[inline]
+fn route(snap: &Snapshot, ip: &Ipv4Header<&[u8]>, packet: &[u8], total: usize) -> Verdict {
+    use DropReason as D;
+    let ihl = IPV4_MIN_HEADER_LEN;
+    let dst = ip.dst_raw();
     let src = ip.src_raw();
     let proto = ip.protocol();
     if ip.is_fragment() {

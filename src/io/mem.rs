@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{FlushOutcome, FlushStatus, IoError, RxDevice, RxFrame, RxStatus, TxDevice, TxError, VnetHdr};
+use super::{FlushOutcome, FlushStatus, FrameSender, IoError, RxDevice, RxFrame, RxStatus, TxDevice, TxError, VnetHdr};
 
 /// A frame queued in a [`MemRx`] or sent through a [`MemTx`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -35,6 +35,10 @@ pub struct MemRx {
     pub queue: VecDeque<MemFrame>,
     /// Number of `wait` calls.
     pub waits: u64,
+    /// What `kernel_drops` reports: frames "the kernel" could not queue.
+    pub drops: u64,
+    /// Number of `kernel_drops` calls (each would be a system call on a ring).
+    pub drop_reads: u64,
 }
 
 impl MemRx {
@@ -76,6 +80,11 @@ impl RxDevice for MemRx {
         self.waits += 1;
         Ok(!self.queue.is_empty())
     }
+
+    fn kernel_drops(&mut self) -> Result<u64, IoError> {
+        self.drop_reads += 1;
+        Ok(self.drops)
+    }
 }
 
 /// In-memory transmit ring: `push` fills up to `capacity` slots, `flush`
@@ -94,6 +103,12 @@ pub struct MemTx {
     pub syscalls: u64,
     /// If set, the next flush reports this status and keeps the frames.
     pub fail_next: Option<FlushStatus>,
+    /// If set, every flush reports this status and keeps the frames.
+    pub fail_always: Option<FlushStatus>,
+    /// Frames given up by `discard_queued`.
+    pub discarded: usize,
+    /// MTU reported to the worker.
+    pub mtu: u32,
 }
 
 impl MemTx {
@@ -106,6 +121,9 @@ impl MemTx {
             sent: Vec::new(),
             syscalls: 0,
             fail_next: None,
+            fail_always: None,
+            discarded: 0,
+            mtu: 65535,
         }
     }
 }
@@ -127,17 +145,38 @@ impl TxDevice for MemTx {
             return FlushOutcome::default();
         }
         self.syscalls += 1;
-        if let Some(status) = self.fail_next.take() {
-            return FlushOutcome { syscalls: 1, frames: 0, bytes: 0, backlog: self.pending.len() as u32, status };
+        if let Some(status) = self.fail_next.take().or(self.fail_always) {
+            let backlog = self.pending.len() as u32;
+            return FlushOutcome { syscalls: 1, backlog, status, ..FlushOutcome::default() };
         }
         let frames = self.pending.len() as u32;
         let bytes = self.pending.iter().map(|f| f.data.len() as u64).sum();
         self.sent.append(&mut self.pending);
-        FlushOutcome { syscalls: 1, frames, bytes, backlog: 0, status: FlushStatus::Sent }
+        FlushOutcome { syscalls: 1, frames, bytes, backlog: 0, status: FlushStatus::Sent, dropped_bytes: 0 }
     }
 
     fn queued(&self) -> usize {
         self.pending.len()
+    }
+
+    fn discard_queued(&mut self) -> usize {
+        let n = self.pending.len();
+        self.pending.clear();
+        self.discarded += n;
+        n
+    }
+
+    fn mtu(&self) -> u32 {
+        self.mtu
+    }
+}
+
+/// As a single-frame sender (e.g. the worker's ICMP path) a `MemTx` records
+/// each frame in `sent` at once.
+impl FrameSender for MemTx {
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), IoError> {
+        self.sent.push(MemFrame::new(frame.to_vec()));
+        Ok(())
     }
 }
 

@@ -255,6 +255,8 @@ pub struct TxStats {
     pub errors: u64,
     /// Slots found in TP_STATUS_WRONG_FORMAT and reclaimed.
     pub wrong_format: u64,
+    /// Queued frames given up by `discard_queued` (never taken by the kernel).
+    pub discarded: u64,
     /// Bytes the kernel consumed from the ring but did not send (frames it
     /// rejected and discarded thanks to PACKET_LOSS). A lower bound.
     pub kernel_dropped_bytes: u64,
@@ -274,6 +276,11 @@ pub struct FlushOutcome {
     pub backlog: u32,
     /// Result of the `send()`.
     pub status: FlushStatus,
+    /// Bytes of frames the kernel took from the ring in this call but did
+    /// not send (discarded under `PACKET_LOSS`): taken bytes minus sent
+    /// bytes, known only when one `send()` succeeded. The kernel does not
+    /// mark which slot it discarded, so frames cannot be counted.
+    pub dropped_bytes: u64,
 }
 
 /// Result class of a flush.
@@ -407,6 +414,11 @@ pub trait RxDevice {
     /// Sleeps until a frame is ready or `timeout` passes (`poll`); `Ok(true)`
     /// when frames are ready. Call it only when `recv_batch` returned 0.
     fn wait(&mut self, timeout: Duration) -> Result<bool, IoError>;
+    /// Frames the kernel could not put in the ring since it was opened
+    /// (cumulative). A system call on a real ring: call it rarely (when a
+    /// frame is marked [`RxStatus::losing`], and periodically), never per
+    /// frame.
+    fn kernel_drops(&mut self) -> Result<u64, IoError>;
 }
 
 /// A sink of frames (a [`TxRing`] or a [`MemTx`]).
@@ -417,6 +429,20 @@ pub trait TxDevice {
     fn flush(&mut self) -> FlushOutcome;
     /// Frames pushed but not yet taken by the kernel.
     fn queued(&self) -> usize;
+    /// Gives up on every queued frame (the kernel has not taken them and
+    /// `send()` keeps failing): their slots are free again. Returns how many
+    /// were discarded.
+    fn discard_queued(&mut self) -> usize;
+    /// MTU of the interface: the largest IP packet a non-GSO frame may carry.
+    fn mtu(&self) -> u32;
+}
+
+/// A sender of single, complete frames (a [`PacketSocket`], or a [`MemTx`]
+/// in tests): one system call per frame, for rare traffic such as ICMP
+/// errors.
+pub trait FrameSender {
+    /// Sends `frame` (from the Ethernet header) without blocking.
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), IoError>;
 }
 
 /// Effective capabilities of the calling thread that matter here.

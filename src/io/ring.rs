@@ -647,6 +647,9 @@ impl RxDevice for RxRing {
     fn wait(&mut self, timeout: Duration) -> Result<bool, IoError> {
         RxRing::wait(self, timeout)
     }
+    fn kernel_drops(&mut self) -> Result<u64, IoError> {
+        Ok(self.stats()?.drops)
+    }
 }
 
 /// A memory-mapped AF_PACKET TPACKET_V2 transmit ring bound to one interface.
@@ -944,10 +947,38 @@ impl TxRing {
         let syscalls = (self.stats.sends - sends_before) as u32;
         // Only a single successful send() reports every byte it sent (after a
         // failed first attempt the bytes of that attempt are unknown).
+        let mut dropped_bytes = 0;
         if status == FlushStatus::Sent && syscalls == 1 {
-            self.stats.kernel_dropped_bytes += consumed.saturating_sub(bytes);
+            dropped_bytes = consumed.saturating_sub(bytes);
+            self.stats.kernel_dropped_bytes += dropped_bytes;
         }
-        FlushOutcome { syscalls, frames, bytes, backlog: self.queued as u32, status }
+        FlushOutcome { syscalls, frames, bytes, backlog: self.queued as u32, status, dropped_bytes }
+    }
+
+    /// Gives up on every frame queued and not taken by the kernel: their
+    /// slots go back to `TP_STATUS_AVAILABLE` and the next `push` reuses the
+    /// oldest. Safe because the kernel reads SEND_REQUEST slots only inside
+    /// our own `send()` (`tpacket_snd`, under the ring's lock), and its head
+    /// is the oldest queued slot (it stops at the first slot it did not take,
+    /// which is where our queue starts): after this, both point at that slot.
+    /// Returns the number of frames discarded.
+    pub fn discard_queued(&mut self) -> usize {
+        let n = self.queued;
+        let mut i = self.qstart;
+        for _ in 0..n {
+            let base = self.layout.frame_offset(i);
+            if self.map.load_acquire(base).is_some_and(|st| st & TX_STATE_MASK == libc::TP_STATUS_SEND_REQUEST) {
+                self.map.store_release(base, libc::TP_STATUS_AVAILABLE);
+            }
+            i += 1;
+            if i == self.layout.frame_nr {
+                i = 0;
+            }
+        }
+        self.head = self.qstart;
+        self.queued = 0;
+        self.stats.discarded += n as u64;
+        n
     }
 }
 
@@ -961,6 +992,12 @@ impl TxDevice for TxRing {
     fn queued(&self) -> usize {
         self.queued
     }
+    fn discard_queued(&mut self) -> usize {
+        TxRing::discard_queued(self)
+    }
+    fn mtu(&self) -> u32 {
+        self.iface.mtu
+    }
 }
 
 /// A plain (ring-less) AF_PACKET socket for one ethertype on one interface,
@@ -973,6 +1010,12 @@ pub struct PacketSocket {
 }
 
 impl PacketSocket {
+    /// A send-only socket on `name` (bound with protocol 0: it receives
+    /// nothing, so no receive queue fills up), e.g. for ICMP errors.
+    pub fn sender(name: &str) -> Result<PacketSocket, IoError> {
+        PacketSocket::open(name, 0)
+    }
+
     /// Opens a socket receiving `ethertype` (e.g. 0x0806) on `name`.
     pub fn open(name: &str, ethertype: u16) -> Result<PacketSocket, IoError> {
         let iface = InterfaceInfo::lookup(name)?;
@@ -1028,6 +1071,12 @@ impl PacketSocket {
     /// Sends one complete frame (Ethernet header included).
     pub fn send(&mut self, frame: &[u8]) -> Result<(), IoError> {
         sys::send_buf(&self.fd, frame).map(|_| ()).map_err(|e| IoError::sys(&self.iface.name, "send", e))
+    }
+}
+
+impl super::FrameSender for PacketSocket {
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), IoError> {
+        self.send(frame)
     }
 }
 
