@@ -598,6 +598,15 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "rx_ring_drops = {}", get(&c.io.rx_ring_drops));
             std::thread::sleep(Duration::from_millis(1));
         }
+        // Let the worker take every frame before it is stopped.
+        while get(&c.io.rx_frames) != 1000 {
+            assert!(
+                std::time::Instant::now() < deadline + Duration::from_secs(5),
+                "rx_frames = {}",
+                get(&c.io.rx_frames)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         sh.stop.store(true, Ordering::Relaxed);
         let reads = worker.join().unwrap();
         assert_eq!(get(&c.io.rx_ring_drops), 1234, "counted once");
