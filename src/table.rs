@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 
 use crate::config::{Algorithm, Service};
-use crate::ipvs_mh::{self, Family, MhDest, MhError, MhFlags, MhTable};
+use crate::ipvs_mh::{self, Family, MhAvailability, MhDest, MhError, MhFlags, MhTable};
 use crate::maglev::{self, TableBackend, TableError};
 
 /// Why a service's table cannot be built.
@@ -39,8 +39,8 @@ pub struct MhService {
     pub flags: MhFlags,
     /// The dests in kernel list order, as the kernel would hold them.
     pub dests: Box<[MhDest]>,
-    /// Per dest: weight > 0 and reachable (MAC known).
-    pub available: Box<[bool]>,
+    /// Per dest: weight > 0 and reachable (MAC known), prepared for lookups.
+    pub state: MhAvailability,
 }
 
 #[derive(Debug, Clone)]
@@ -73,8 +73,8 @@ impl ServiceTable {
                     .collect();
                 let table = ipvs_mh::build(Family::of(service.vip), &dests, tab_index)
                     .map_err(|source| BuildError::IpvsMh { service: service.name.clone(), source })?;
-                let available = dests.iter().enumerate().map(|(i, d)| d.is_available() && reachable(i)).collect();
-                Ok(ServiceTable::IpvsMh(MhService { table, flags, dests, available }))
+                let state = table.availability(|i| dests.get(i).is_some_and(MhDest::is_available) && reachable(i));
+                Ok(ServiceTable::IpvsMh(MhService { table, flags, dests, state }))
             }
         }
     }
@@ -98,7 +98,7 @@ impl ServiceTable {
     pub fn is_empty(&self) -> bool {
         match self {
             ServiceTable::Maglev(t) => t.is_empty(),
-            ServiceTable::IpvsMh(m) => m.table.is_empty() || !m.available.iter().any(|a| *a),
+            ServiceTable::IpvsMh(m) => m.table.is_empty() || !(0..m.dests.len()).any(|i| m.state.is_available(i)),
         }
     }
 
@@ -114,8 +114,6 @@ impl MhService {
     #[inline]
     pub fn lookup_v4(&self, src: u32, sport: u16) -> Option<u32> {
         let port = if self.flags.mh_port { sport } else { 0 };
-        self.table
-            .lookup_by(src, port, self.flags.mh_fallback, |i| self.available.get(i).copied().unwrap_or(false))
-            .map(|i| i as u32)
+        self.table.lookup_by(src, port, self.flags.mh_fallback, &self.state).map(|i| i as u32)
     }
 }

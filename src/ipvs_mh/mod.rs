@@ -44,8 +44,8 @@
 //! * Mixed address families (tunnel dests of the other family) fold as the kernel's
 //!   `union nf_inet_addr` memory would: see [`fold`].
 //!
-//! The lookup path ([`MhTable::lookup`], [`MhTable::lookup_by`]) does not allocate and never
-//! panics.
+//! The lookup path ([`MhTable::lookup_by`]) does not allocate and never panics;
+//! [`MhTable::lookup`] is the convenience that prepares the dests' state on every call.
 
 mod hsiphash;
 
@@ -342,6 +342,23 @@ pub struct MhTable {
     scale: Option<WeightScale>,
 }
 
+/// The dests' current availability, prepared for the lookups of one [`MhTable`]
+/// ([`MhTable::availability`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MhAvailability {
+    /// Per dest index: usable now.
+    available: Box<[bool]>,
+}
+
+impl MhAvailability {
+    /// Is dest `dest` usable now? An index beyond the dests is not.
+    #[inline]
+    #[must_use]
+    pub fn is_available(&self, dest: usize) -> bool {
+        self.available.get(dest).copied().unwrap_or(false)
+    }
+}
+
 /// Build the table exactly as `ip_vs_mh_reassign` does (§4–§6).
 ///
 /// `dests` must be in kernel list order (head first = most recently added). Slots are assigned
@@ -464,6 +481,15 @@ impl MhTable {
         hashkey(fold(self.family, client), port, K1, 0) % self.size
     }
 
+    /// The dests' availability as the lookups of this table need it. `available(i)` reports
+    /// whether dest `i` is usable now (current weight > 0 and not overloaded; callers may add
+    /// their own conditions). Build it once per table and backend state, not per lookup.
+    #[must_use]
+    pub fn availability(&self, available: impl Fn(usize) -> bool) -> MhAvailability {
+        let n = self.slots.iter().filter(|&&d| d != NO_DEST).map(|&d| d as usize + 1).max().unwrap_or(0);
+        MhAvailability { available: (0..n).map(available).collect() }
+    }
+
     /// `ip_vs_mh_schedule` for a new flow (§7). Returns the dest index in `dests`, or `None` for
     /// "no destination" (IPVS then sends ICMP port-unreachable and drops).
     ///
@@ -472,6 +498,9 @@ impl MhTable {
     /// (TCP/UDP/SCTP); otherwise 0. `dests` must be the list the table was built from (current
     /// weights and overload flags may have changed since); an index beyond it counts as
     /// unavailable.
+    ///
+    /// This convenience builds the [`MhAvailability`] on every call; for repeated lookups build
+    /// it once with [`MhTable::availability`] and call [`MhTable::lookup_by`].
     #[must_use]
     pub fn lookup(
         &self,
@@ -482,43 +511,54 @@ impl MhTable {
         proto_has_ports: bool,
     ) -> Option<usize> {
         let port = if flags.mh_port && proto_has_ports { client_port } else { 0 };
-        self.lookup_by(fold(self.family, client), port, flags.mh_fallback, |i| {
-            dests.get(i).is_some_and(MhDest::is_available)
-        })
+        let state = self.availability(|i| dests.get(i).is_some_and(MhDest::is_available));
+        self.lookup_by(fold(self.family, client), port, flags.mh_fallback, &state)
     }
 
     /// Core of the lookup with the client already folded and the port already chosen (0 unless
-    /// `mh-port` applies). `available(i)` reports whether dest `i` is usable (current weight > 0
-    /// and not overloaded), so callers may keep dest state elsewhere, e.g. in atomics.
-    pub fn lookup_by(
+    /// `mh-port` applies), against the dests' state `state` (from [`MhTable::availability`]).
+    #[inline]
+    #[must_use]
+    pub fn lookup_by(&self, client_fold: u32, port: u16, fallback: bool, state: &MhAvailability) -> Option<usize> {
+        self.lookup_counted(client_fold, port, fallback, state).0
+    }
+
+    /// [`MhTable::lookup_by`] that also returns how many times it evaluated [`hashkey`]: the
+    /// measure of a lookup's cost, for tests and benchmarks.
+    #[must_use]
+    pub fn lookup_counted(
         &self,
         client_fold: u32,
         port: u16,
         fallback: bool,
-        mut available: impl FnMut(usize) -> bool,
-    ) -> Option<usize> {
+        state: &MhAvailability,
+    ) -> (Option<usize>, u32) {
         if self.scale.is_none() || self.size == 0 {
-            return None;
+            return (None, 0);
         }
         let m = self.size;
         let ihash = hashkey(client_fold, port, K1, 0) % m;
-        let d = self.dest_at(ihash)?;
-        if available(d) {
-            return Some(d);
+        let mut evaluations = 1;
+        let Some(d) = self.dest_at(ihash) else { return (None, evaluations) };
+        if state.is_available(d) {
+            return (Some(d), evaluations);
         }
         if !fallback {
-            return None;
+            return (None, evaluations);
         }
         // ip_vs_mh_get_fallback: r = (ihash + o) mod M is added into v; the first retry uses
         // r = ihash, not 0. An empty slot ends the search.
         for o in 0..m {
             let r = (ihash + o) % m; // < 2M ≤ 2^18: no overflow
-            let d = self.dest_at(hashkey(client_fold, port, K1, r) % m)?;
-            if available(d) {
-                return Some(d);
+            evaluations += 1;
+            let Some(d) = self.dest_at(hashkey(client_fold, port, K1, r) % m) else {
+                return (None, evaluations);
+            };
+            if state.is_available(d) {
+                return (Some(d), evaluations);
             }
         }
-        None
+        (None, evaluations)
     }
 
     #[inline]
