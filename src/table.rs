@@ -7,7 +7,7 @@
 //! | built from | backends that are usable now, by `weight` | every backend, by `last_weight` (kernel rule) |
 //! | a backend that is drained or unresolved | owns no slot | keeps its slots, is *unavailable* |
 //! | lookup key | flow hash of the service's flow key | client address (+ port with `mh-port`) |
-//! | unavailable owner of the slot | cannot happen | no backend, or the kernel's fallback walk with `mh-fallback` |
+//! | unavailable owner of the slot | cannot happen | no backend, or the kernel's fallback walk with `mh-fallback` (bounded: [`crate::ipvs_mh`], "Bounded lookup cost") |
 //!
 //! For `ipvs-mh`, "available" is the kernel's rule (current weight > 0) and, in addition, a known
 //! MAC: a backend maglevd cannot reach is unavailable. While every backend resolves, maglevd picks
@@ -98,7 +98,7 @@ impl ServiceTable {
     pub fn is_empty(&self) -> bool {
         match self {
             ServiceTable::Maglev(t) => t.is_empty(),
-            ServiceTable::IpvsMh(m) => m.table.is_empty() || !(0..m.dests.len()).any(|i| m.state.is_available(i)),
+            ServiceTable::IpvsMh(m) => m.table.is_empty() || !m.state.any_available(),
         }
     }
 
