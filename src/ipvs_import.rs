@@ -334,6 +334,26 @@ impl Import {
     pub fn imported(&self) -> impl Iterator<Item = &ImportedService> {
         self.services.iter().filter(|s| s.is_imported())
     }
+
+    /// Why there is nothing to write, when no service is imported: the input has no virtual
+    /// service, or every one was skipped (the warnings say why each). `None` when some service is
+    /// imported. A file without services is not a maglevd configuration, so this is the user's
+    /// error to report, not a file to write.
+    #[must_use]
+    pub fn nothing_to_import(&self) -> Option<String> {
+        if self.imported().next().is_some() {
+            return None;
+        }
+        if self.services.is_empty() {
+            return Some("no service to import: the input has no virtual services".into());
+        }
+        let skipped: Vec<String> = self.services.iter().map(|s| format!("{} (line {})", s.label(), s.line)).collect();
+        Some(format!(
+            "no service to import: every virtual service was skipped ({}); only TCP/UDP services with scheduler \
+             `mh` on a VIP:port become ipvs-mh services (see the warnings for each)",
+            skipped.join(", ")
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -52,8 +52,8 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_name = "OTHER", conflicts_with = "dump")]
         compare: Option<PathBuf>,
-        /// Print every slot of every service: `SLOT BACKEND-IP` (`-` for none), e.g. to diff two
-        /// frontends' tables.
+        /// Print every slot of every service: `SLOT BACKEND` (`-` for none), e.g. to diff two
+        /// frontends' tables. A backend is its IP, or IP:PORT in an ipvs-mh service.
         #[arg(long)]
         dump: bool,
     },
@@ -205,8 +205,8 @@ fn lookup(path: &std::path::Path, selector: &str, client: std::net::SocketAddr) 
         report::lookup(&tables[0], dport, client)
     });
     match result {
-        Ok(Some(ip)) => {
-            println!("{ip}");
+        Ok(Some(backend)) => {
+            println!("{backend}");
             ExitCode::SUCCESS
         }
         Ok(None) => {
@@ -268,6 +268,10 @@ fn import_ipvs(
     };
     for w in &import.warnings {
         eprintln!("warning: {name}: {w}");
+    }
+    if let Some(why) = import.nothing_to_import() {
+        eprintln!("error: {name}: {why}");
+        return ExitCode::from(2);
     }
     // The file must be one maglevd accepts: check it with the real parser before writing it.
     if let Err(e) = config::parse(&toml, std::path::Path::new("<import-ipvs output>")) {

@@ -10,12 +10,44 @@ use crate::config::{self, Algorithm, Config, Protocol, Service};
 use crate::dataplane::flow_hash;
 use crate::table::{BuildError, ServiceTable};
 
-/// A service's table as built from the configuration alone, with its backend IPs.
+/// A backend as the reports name it: its identity in its service. In a Maglev service that is
+/// its IP (`10.0.2.1`); in an ipvs-mh service its IP and destination port (`10.0.2.1:8080`,
+/// `[2001:db8::1]:80`), since IPVS may have one IP on several ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendName {
+    pub ip: IpAddr,
+    /// The destination port, for ipvs-mh services only.
+    pub port: Option<u16>,
+}
+
+impl BackendName {
+    /// The name of `backend`, a backend of `service`.
+    pub fn of(service: &Service, backend: &config::Backend) -> BackendName {
+        let port = match service.algorithm {
+            Algorithm::Maglev => None,
+            Algorithm::IpvsMh { .. } => Some(backend.port),
+        };
+        BackendName { ip: backend.ip, port }
+    }
+}
+
+impl std::fmt::Display for BackendName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            // Padding applies to the whole name (`{:<15}`).
+            None => f.pad(&self.ip.to_string()),
+            Some(port) => f.pad(&SocketAddr::new(self.ip, port).to_string()),
+        }
+    }
+}
+
+/// A service's table as built from the configuration alone, with its backends' names.
 #[derive(Debug)]
 pub struct ServiceTables<'a> {
     pub service: &'a Service,
     pub table: ServiceTable,
-    pub ips: Vec<IpAddr>,
+    /// Per backend index.
+    pub names: Vec<BackendName>,
 }
 
 /// Build every service's table from the configuration.
@@ -24,13 +56,13 @@ pub fn tables(cfg: &Config) -> Result<Vec<ServiceTables<'_>>, BuildError> {
         .iter()
         .map(|s| {
             let table = ServiceTable::build(s, |_| true)?;
-            Ok(ServiceTables { service: s, table, ips: s.backends.iter().map(|b| b.ip).collect() })
+            Ok(ServiceTables { service: s, table, names: s.backends.iter().map(|b| BackendName::of(s, b)).collect() })
         })
         .collect()
 }
 
-fn slot_ip(t: &ServiceTables<'_>, slot: usize) -> Option<IpAddr> {
-    t.table.slots().get(slot).and_then(|&i| t.ips.get(i as usize).copied())
+fn slot_backend(t: &ServiceTables<'_>, slot: usize) -> Option<BackendName> {
+    t.table.slots().get(slot).and_then(|&i| t.names.get(i as usize).copied())
 }
 
 /// The `check` summary.
@@ -95,7 +127,7 @@ pub fn shares(tables: &[ServiceTables<'_>]) -> String {
             let _ = writeln!(
                 out,
                 "  {:<15} weight {:>5}  slots {:>8}  share {got:6.2}%  (weight share {want:6.2}%)",
-                b.ip.to_string(),
+                BackendName::of(s, b),
                 table_weight(b),
                 slots
             );
@@ -128,11 +160,13 @@ pub fn compare(new: &[ServiceTables<'_>], old: &[ServiceTables<'_>]) -> String {
         // Slots of backends that lose slots (removed or drained) must move; the rest is churn.
         let (mut forced, mut churn) = (0u64, 0u64);
         for slot in 0..size as usize {
-            let (before, after) = (slot_ip(o, slot), slot_ip(n, slot));
+            let (before, after) = (slot_backend(o, slot), slot_backend(n, slot));
             if before == after {
                 continue;
             }
-            let still_serving = before.is_some_and(|ip| n.service.backends.iter().any(|b| b.ip == ip && b.weight > 0));
+            let still_serving = before.is_some_and(|name| {
+                n.service.backends.iter().any(|b| BackendName::of(n.service, b) == name && b.weight > 0)
+            });
             if still_serving { churn += 1 } else { forced += 1 }
         }
         let moved = forced + churn;
@@ -152,8 +186,8 @@ pub fn compare(new: &[ServiceTables<'_>], old: &[ServiceTables<'_>]) -> String {
     out
 }
 
-/// `table --dump`: per service a `# service …` header, then one `SLOT BACKEND-IP` line per slot
-/// (`-` for none).
+/// `table --dump`: per service a `# service …` header, then one `SLOT BACKEND` line per slot:
+/// the backend's [`BackendName`] (`IP`, or `IP:port` in an ipvs-mh service), `-` for none.
 pub fn dump(tables: &[ServiceTables<'_>], out: &mut impl std::io::Write) -> std::io::Result<()> {
     for t in tables {
         let s = t.service;
@@ -163,8 +197,8 @@ pub fn dump(tables: &[ServiceTables<'_>], out: &mut impl std::io::Write) -> std:
         };
         writeln!(out, "# service {} {} {algorithm} size {}", s.name, s.endpoint(), t.table.size())?;
         for slot in 0..t.table.size() as usize {
-            match slot_ip(t, slot) {
-                Some(ip) => writeln!(out, "{slot} {ip}")?,
+            match slot_backend(t, slot) {
+                Some(name) => writeln!(out, "{slot} {name}")?,
                 None => writeln!(out, "{slot} -")?,
             }
         }
@@ -225,7 +259,7 @@ pub fn find_service<'a>(cfg: &'a Config, selector: &str) -> Result<(&'a Service,
 
 /// The backend a new flow from `client` to the service reaches, on a frontend where every backend
 /// with a positive weight is up. `None` = no backend (the packet would be dropped).
-pub fn lookup(t: &ServiceTables<'_>, dport: u16, client: SocketAddr) -> Result<Option<IpAddr>, LookupError> {
+pub fn lookup(t: &ServiceTables<'_>, dport: u16, client: SocketAddr) -> Result<Option<BackendName>, LookupError> {
     let s = t.service;
     if client.is_ipv4() != s.vip.is_ipv4() {
         return Err(LookupError::Family { client: client.ip(), service: s.endpoint() });
@@ -238,7 +272,7 @@ pub fn lookup(t: &ServiceTables<'_>, dport: u16, client: SocketAddr) -> Result<O
         (ServiceTable::IpvsMh(m), ip, _) => m.table.lookup(&m.dests, ip, client.port(), m.flags, true),
         _ => return Err(LookupError::Family { client: client.ip(), service: s.endpoint() }),
     };
-    Ok(index.and_then(|i| t.ips.get(i).copied()))
+    Ok(index.and_then(|i| t.names.get(i).copied()))
 }
 
 #[cfg(test)]

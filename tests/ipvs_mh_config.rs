@@ -78,7 +78,7 @@ fn lookup_names_the_kernels_backend() {
                     l["client_addr"].as_str().unwrap().parse().unwrap(),
                     l["client_port"].as_u64().unwrap() as u16,
                 );
-                let got = report::lookup(&tables[0], vip.port(), client).unwrap();
+                let got = report::lookup(&tables[0], vip.port(), client).unwrap().map(|b| b.ip);
                 assert_eq!(got, dest_ip(&case, l[key].as_i64().unwrap()), "{} {key} client {client}", case["name"]);
             }
         }
@@ -132,9 +132,9 @@ fn draining_by_weight_zero_keeps_the_table() {
     let mut hit = 0;
     for port in 0..2000u16 {
         let client = SocketAddr::from(([192, 168, (port >> 8) as u8, port as u8], 40000 + port));
-        let before = report::lookup(&tb[0], vip.port(), client).unwrap();
-        let (d, f) =
-            (report::lookup(&td[0], vip.port(), client).unwrap(), report::lookup(&tf[0], vip.port(), client).unwrap());
+        let ip = |t: &[report::ServiceTables<'_>]| report::lookup(&t[0], vip.port(), client).unwrap().map(|b| b.ip);
+        let before = ip(&tb);
+        let (d, f) = (ip(&td), ip(&tf));
         if before == gone {
             hit += 1;
             assert_eq!(d, None, "without mh-fallback a drained backend's client gets no backend");
@@ -144,4 +144,51 @@ fn draining_by_weight_zero_keeps_the_table() {
         }
     }
     assert!(hit > 200, "{hit} of 2000 clients hashed to the drained backend");
+}
+
+fn two_backends(algorithm: &str, a: (&str, Option<u16>, Option<&str>), b: (&str, Option<u16>, Option<&str>)) -> String {
+    let mut t = format!(
+        "[interfaces]\ningress = \"net1\"\negress = \"net2\"\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\nalgorithm = \"{algorithm}\"\n"
+    );
+    for (ip, port, mac) in [a, b] {
+        t.push_str(&format!("[[service.backend]]\nip = \"{ip}\"\n"));
+        if let Some(p) = port {
+            t.push_str(&format!("port = {p}\n"));
+        }
+        if let Some(m) = mac {
+            t.push_str(&format!("mac = \"{m}\"\n"));
+        }
+    }
+    t
+}
+
+/// In an ipvs-mh service a backend is (IP, port), as in IPVS: one IP on two ports is two
+/// backends; the same IP and port twice is a duplicate. Maglev services still identify a backend
+/// by its IP alone.
+#[test]
+fn backend_identity_is_ip_and_port_in_ipvs_mh_services() {
+    let parse = |t: String| config::parse(&t, Path::new("dup.toml"));
+    let ok = parse(two_backends("ipvs-mh", ("10.0.2.1", Some(8080), None), ("10.0.2.1", Some(8081), None))).unwrap();
+    let ports: Vec<u16> = ok.services[0].backends.iter().map(|b| b.port).collect();
+    assert_eq!(ports, [8080, 8081]);
+
+    let e = parse(two_backends("ipvs-mh", ("10.0.2.1", Some(8080), None), ("10.0.2.1", Some(8080), None)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("service[0].backend[1].port: 10.0.2.1:8080 is already backend[0] of this service"), "{e}");
+    // Without `port`, both take the service port: a duplicate.
+    let e = parse(two_backends("ipvs-mh", ("10.0.2.1", None, None), ("10.0.2.1", None, None))).unwrap_err().to_string();
+    assert!(e.contains("10.0.2.1:80 is already backend[0]"), "{e}");
+    // One IP is one host: two static MACs for it are a mistake.
+    let e = parse(two_backends(
+        "ipvs-mh",
+        ("10.0.2.1", Some(8080), Some("02:00:00:00:00:01")),
+        ("10.0.2.1", Some(8081), Some("02:00:00:00:00:02")),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("backend[1].mac: 10.0.2.1 already has mac 02:00:00:00:00:01 in backend[0]"), "{e}");
+
+    let e = parse(two_backends("maglev", ("10.0.2.1", None, None), ("10.0.2.1", None, None))).unwrap_err().to_string();
+    assert!(e.contains("service[0].backend[1].ip: 10.0.2.1 is already backend[0] of this service"), "{e}");
 }
