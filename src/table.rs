@@ -109,6 +109,14 @@ impl ServiceTable {
 }
 
 impl MhService {
+    /// The `ipvs-mh` lookup for a new TCP/UDP flow from `client`:`port` (either family), with the
+    /// service's flags. `None` = no destination. Off the hot path (IPv6 services, which the
+    /// forwarder does not run, are answered here by `maglevd lookup`).
+    pub fn lookup(&self, client: IpAddr, port: u16) -> Option<usize> {
+        let port = if self.flags.mh_port { port } else { 0 };
+        self.table.lookup_by(ipvs_mh::fold(self.table.family(), client), port, self.flags.mh_fallback, &self.state)
+    }
+
     /// The `ipvs-mh` lookup for an IPv4 client on the hot path: `src` in host order, `sport` the
     /// client's port (0 for fragments). `None` = no destination.
     #[inline]
