@@ -211,7 +211,7 @@ pub struct Backend {
     /// Relative share of new flows; 0 = drained (Maglev: no slots; `ipvs-mh`: keeps its slots but
     /// is unavailable, as `ipvsadm -e -w 0` does).
     pub weight: u32,
-    /// `ipvs-mh` only: the weight the kernel built the table from (`last_weight`, SPEC §9); equal
+    /// `ipvs-mh` only: the weight the kernel built the table from (`last_weight`, [`crate::ipvs_mh`] §9); equal
     /// to `weight` unless the backend was drained with `ipvsadm -e -w 0`.
     pub last_weight: u32,
     /// A static MAC skips ARP resolution for this backend.

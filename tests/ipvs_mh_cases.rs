@@ -1,6 +1,7 @@
 //! Conformance tests for `maglevd::ipvs_mh` against the kernel-verified cases in
-//! `tests/data/cases_public.json` (format: SPEC.md §11) and against an independent reference
-//! implementation written here, literally from the spec's prose.
+//! `tests/data/cases_public.json` (each case: the dests in kernel order, the kernel's table and
+//! lookups under every flag combination) and against an independent reference implementation
+//! written here, literally from a prose description of the kernel's algorithm.
 
 use maglevd::ipvs_mh::{self, Family, MhDest, MhFlags, MhTable, NO_DEST};
 use proptest::prelude::*;
@@ -132,7 +133,7 @@ fn reference_reproduces_public_cases() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Independent reference: written from SPEC.md's prose, deliberately in a different style
+// Independent reference: written from a prose description of the kernel's algorithm, deliberately in a different style
 // (u64/u128 arithmetic, siphasher directly, Maglev-paper `next[i]++` permutation indices,
 // −1 for "none"). It shares no code with the module under test.
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 //! maglevd's `ipvs-mh` compatibility mode must build the *same* lookup table as the kernel's
 //! `net/netfilter/ipvs/ip_vs_mh.c` and pick the *same* real server for every new flow, so that a
 //! fleet can move frontends from IPVS to maglevd one host at a time behind one ECMP router without
-//! reshuffling new connections. Everything here follows `SPEC.md` (the "ipvs-mh" spec):
+//! reshuffling new connections. The algorithm in numbered parts, which the rest of this module
+//! and [`crate::ipvs_import`] refer to as §1…§9:
 //!
 //! * §1 parameters: table size `M = primes[tab_index − 8]` ([`table_size`], default index 12 →
 //!   M = 4093), `TAB_BITS = tab_index / 2` ([`tab_bits`]), the fixed keys [`K1`] and [`K2`] and the
