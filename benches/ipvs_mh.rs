@@ -35,6 +35,9 @@ fn bench_lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("ipvs_mh_lookup");
     let mut d = dests(6);
     let t = ipvs_mh::build(Family::Inet, &d, 12).unwrap();
+    // The data plane prepares the dests' state once per snapshot; so does the benchmark.
+    let state = t.availability(|i| d[i].is_available());
+    let port_of = |f: MhFlags, p: u16| if f.mh_port { p } else { 0 };
     let cl = clients();
     let cases = [
         ("no_flags", MhFlags::default()),
@@ -47,19 +50,20 @@ fn bench_lookup(c: &mut Criterion) {
             b.iter(|| {
                 let (a, p) = cl[i & 1023];
                 i = i.wrapping_add(1);
-                t.lookup(black_box(&d), black_box(a), black_box(p), flags, true)
+                t.lookup_by(ipvs_mh::fold(Family::Inet, black_box(a)), port_of(flags, p), flags.mh_fallback, &state)
             });
         });
     }
     // Fallback path: one of six dests drained, so ~1/6 of lookups walk the fallback sequence.
     d[0].edit_weight(0);
+    let state = t.availability(|i| d[i].is_available());
     let mut i = 0usize;
     let flags = MhFlags { mh_port: true, mh_fallback: true };
     g.bench_function("mh_port+fallback/1of6_drained", |b| {
         b.iter(|| {
             let (a, p) = cl[i & 1023];
             i = i.wrapping_add(1);
-            t.lookup(black_box(&d), black_box(a), black_box(p), flags, true)
+            t.lookup_by(ipvs_mh::fold(Family::Inet, black_box(a)), black_box(p), flags.mh_fallback, &state)
         });
     });
     g.bench_function("hsiphash_u32", |b| {

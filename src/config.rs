@@ -202,7 +202,8 @@ impl Service {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backend {
-    /// The backend's real IP on the egress network: its identity in the table.
+    /// The backend's real IP on the egress network: its identity in a Maglev service (in an
+    /// `ipvs-mh` service the identity is IP and `port`, as in IPVS).
     pub ip: IpAddr,
     /// `ipvs-mh` only: the destination port, an input of the kernel's permutation hash
     /// (default: the service port, which ipvsadm forces for direct routing).
@@ -210,7 +211,7 @@ pub struct Backend {
     /// Relative share of new flows; 0 = drained (Maglev: no slots; `ipvs-mh`: keeps its slots but
     /// is unavailable, as `ipvsadm -e -w 0` does).
     pub weight: u32,
-    /// `ipvs-mh` only: the weight the kernel built the table from (`last_weight`, SPEC §9); equal
+    /// `ipvs-mh` only: the weight the kernel built the table from (`last_weight`, [`crate::ipvs_mh`] §9); equal
     /// to `weight` unless the backend was drained with `ipvsadm -e -w 0`.
     pub last_weight: u32,
     /// A static MAC skips ARP resolution for this backend.
@@ -672,7 +673,11 @@ impl Validator<'_> {
         }
 
         let mut backends = Vec::new();
-        let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+        // A backend's identity: its IP in a Maglev service; its IP and destination port in an
+        // ipvs-mh service, as in IPVS (`-r 10.0.2.1:8080` and `-r 10.0.2.1:8081` are two dests).
+        let mut seen: HashMap<(IpAddr, Option<u16>), usize> = HashMap::new();
+        // ipvs-mh: the static MAC given for each IP, which the IP's backends must share.
+        let mut macs: HashMap<IpAddr, (MacAddr, usize)> = HashMap::new();
         for (j, b) in s.backends.iter().enumerate() {
             let bkey = format!("{key}.backend[{j}]");
             let b = b.get_ref();
@@ -691,13 +696,6 @@ impl Validator<'_> {
                         format!(
                             "{ip} is not of the VIP's address family (direct server return keeps the packet as it is)"
                         ),
-                    );
-                }
-                if let Some(first) = seen.insert(ip, j) {
-                    self.problem(
-                        b.ip.span(),
-                        format!("{bkey}.ip"),
-                        format!("{ip} is already backend[{first}] of this service"),
                     );
                 }
             }
@@ -730,6 +728,31 @@ impl Validator<'_> {
                 },
             };
             if let Some(ip) = ip {
+                if let Some(first) = seen.insert((ip, mh.then_some(dest_port)), j) {
+                    let (span, key, message) = if mh {
+                        let endpoint = std::net::SocketAddr::new(ip, dest_port);
+                        let span = b.port.as_ref().map_or(b.ip.span(), |p| p.span());
+                        (span, "port", format!("{endpoint} is already backend[{first}] of this service"))
+                    } else {
+                        (b.ip.span(), "ip", format!("{ip} is already backend[{first}] of this service"))
+                    };
+                    self.problem(span, format!("{bkey}.{key}"), message);
+                }
+                if let (true, Some(mac), Some(m)) = (mh, mac, &b.mac) {
+                    match macs.get(&ip) {
+                        Some(&(other, first)) if other != mac => self.problem(
+                            m.span(),
+                            format!("{bkey}.mac"),
+                            format!(
+                                "{ip} already has mac {other} in backend[{first}]; backends on one IP share its MAC"
+                            ),
+                        ),
+                        Some(_) => {}
+                        None => {
+                            macs.insert(ip, (mac, j));
+                        }
+                    }
+                }
                 backends.push(Backend { ip, port: dest_port, weight, last_weight, mac });
             }
         }

@@ -8,9 +8,11 @@
 //! | [`wire`] | typed views over Ethernet/IPv4 bytes, MAC addresses | none |
 //! | [`maglev`] | the Maglev lookup table: a pure function of (backends, weights, size) | none |
 //! | [`ipvs_mh`] | the kernel's `ip_vs_mh` table and lookup, bit for bit (compatibility mode) | none |
-//! | [`ipvs_import`] | `ipvsadm -Ln --nosort` / `ipvsadm-save` text → `ipvs-mh` services and their TOML | none |
+//! | [`ipvs_import`] | `ipvsadm -Ln --nosort` / `ipvsadm-save` text → `ipvs-mh` services and their TOML: `list` (`-Ln` parsing), `save` (`ipvsadm-save` replay), `policy` (what is imported, warnings), `render` (TOML) | none |
 //! | [`config`] | TOML file types and validation into runtime types | reads the file |
+//! | [`table`] | a service's table under either algorithm; the `ipvs-mh` dests' availability, prepared per snapshot so each lookup is bounded | none |
 //! | [`dataplane`] | the immutable [`dataplane::Snapshot`] and the hot path `forward(frame, snapshot)` | none |
+//! | [`report`] | `check`/`table` reports; `lookup` asks [`dataplane::forward`] itself (IPv6 `ipvs-mh`: the kernel table) | none |
 //!
 //! The hot path ([`dataplane::forward`]) allocates nothing, takes no lock and makes no syscall; it
 //! returns a [`dataplane::Verdict`] and the caller counts it.

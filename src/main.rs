@@ -22,6 +22,12 @@ enum ImportFormat {
     Save,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LookupProtocol {
+    Tcp,
+    Udp,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the load balancer: forward VIP traffic from the ingress to the egress interface.
@@ -54,8 +60,8 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_name = "OTHER", conflicts_with = "dump")]
         compare: Option<PathBuf>,
-        /// Print every slot of every service: `SLOT BACKEND-IP` (`-` for none), e.g. to diff two
-        /// frontends' tables.
+        /// Print every slot of every service: `SLOT BACKEND` (`-` for none), e.g. to diff two
+        /// frontends' tables. A backend is its IP, or IP:PORT in an ipvs-mh service.
         #[arg(long)]
         dump: bool,
     },
@@ -80,9 +86,12 @@ enum Command {
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
     },
-    /// Print the backend a new flow from CLIENT to a service reaches (`none` if it is dropped),
-    /// on a frontend where every backend with weight > 0 is up. Works for both algorithms: with
-    /// ipvs-mh it is the backend the kernel's IPVS picks.
+    /// Print the backend a packet from CLIENT to a service reaches, or `none (REASON)` with the
+    /// drop reason as the metrics name it, on a frontend where every backend with weight > 0 is
+    /// up. The answer is the forwarder's own: the packet is built and run through the data plane.
+    /// With ipvs-mh it is the backend the kernel's IPVS picks, named IP:PORT.
+    /// IPv6 ipvs-mh services (not forwarded by maglevd) are answered from the kernel table, for
+    /// new flows only.
     Lookup {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
@@ -92,6 +101,18 @@ enum Command {
         /// The client's address and source port (ADDR:PORT, IPv6 as [ADDR]:PORT).
         #[arg(long, value_name = "ADDR:PORT")]
         client: std::net::SocketAddr,
+        /// The packet's protocol, when VIP:PORT serves both (same as a /tcp or /udp suffix).
+        #[arg(long, value_enum)]
+        protocol: Option<LookupProtocol>,
+        /// Ask about an IP fragment of the flow instead of its first packet: fragments are hashed
+        /// without ports and go to the VIP's fragment service.
+        #[arg(long, conflicts_with = "icmp_error")]
+        fragment: bool,
+        /// Ask about an ICMP error (fragmentation needed) sent to the VIP about the flow, as a
+        /// router on the path to the client sends for the backend's replies: it must reach the
+        /// flow's backend.
+        #[arg(long)]
+        icmp_error: bool,
     },
     /// Measure table builds, the packet path in memory, and live forwarding through real interfaces
     Bench(maglevd::bench::BenchArgs),
@@ -124,7 +145,18 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(&config),
         Command::Table { config, compare, dump } => table(&config, compare.as_deref(), dump),
-        Command::Lookup { config, service, client } => lookup(&config, &service, client),
+        Command::Lookup { config, service, client, protocol, fragment, icmp_error } => {
+            let protocol = protocol.map(|p| match p {
+                LookupProtocol::Tcp => config::Protocol::Tcp,
+                LookupProtocol::Udp => config::Protocol::Udp,
+            });
+            let packet = match (fragment, icmp_error) {
+                (true, _) => report::Packet::Fragment,
+                (_, true) => report::Packet::IcmpError,
+                _ => report::Packet::First,
+            };
+            lookup(&config, &service, protocol, client, packet)
+        }
         Command::ImportIpvs { input, format, ingress, egress, tab_index, output } => import_ipvs(
             &input,
             format,
@@ -201,23 +233,20 @@ fn table(path: &std::path::Path, compare: Option<&std::path::Path>, dump: bool) 
     }
 }
 
-fn lookup(path: &std::path::Path, selector: &str, client: std::net::SocketAddr) -> ExitCode {
+fn lookup(
+    path: &std::path::Path,
+    selector: &str,
+    protocol: Option<config::Protocol>,
+    client: std::net::SocketAddr,
+    packet: report::Packet,
+) -> ExitCode {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let result = report::find_service(&cfg, selector).and_then(|(service, dport)| {
-        let one = config::Config { services: vec![service.clone()], ..cfg.clone() };
-        let tables = report::tables(&one).map_err(|e| report::LookupError::BadSelector(e.to_string()))?;
-        report::lookup(&tables[0], dport, client)
-    });
-    match result {
-        Ok(Some(ip)) => {
-            println!("{ip}");
-            ExitCode::SUCCESS
-        }
-        Ok(None) => {
-            println!("none");
+    match report::question(&cfg, selector, protocol, client, packet).and_then(|q| report::lookup(&cfg, &q)) {
+        Ok(answer) => {
+            println!("{answer}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -275,6 +304,10 @@ fn import_ipvs(
     };
     for w in &import.warnings {
         eprintln!("warning: {name}: {w}");
+    }
+    if let Some(why) = import.nothing_to_import() {
+        eprintln!("error: {name}: {why}");
+        return ExitCode::from(2);
     }
     // The file must be one maglevd accepts: check it with the real parser before writing it.
     if let Err(e) = config::parse(&toml, std::path::Path::new("<import-ipvs output>")) {

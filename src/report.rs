@@ -2,20 +2,57 @@
 //! two configurations (`table --compare`), the slot dump (`table --dump`) and the backend a
 //! given client reaches (`lookup`). Pure functions from validated configs to text; every table
 //! is built as if all backends were reachable (weights decide, as on a healthy frontend).
+//!
+//! `lookup` does not choose a backend itself: it asks the data plane ([`lookup`] builds the
+//! frame and runs [`dataplane::forward`]), so its answer is the forwarder's by construction. Its
+//! one exception, IPv6 `ipvs-mh` services, which the forwarder does not run, is documented there.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::config::{self, Algorithm, Config, Protocol, Service};
-use crate::dataplane::flow_hash;
+use crate::dataplane::{self, DropReason, Links, Snapshot, Verdict};
 use crate::table::{BuildError, ServiceTable};
+use crate::wire::MacAddr;
 
-/// A service's table as built from the configuration alone, with its backend IPs.
+/// A backend as the reports name it: its identity in its service. In a Maglev service that is
+/// its IP (`10.0.2.1`); in an ipvs-mh service its IP and destination port (`10.0.2.1:8080`,
+/// `[2001:db8::1]:80`), since IPVS may have one IP on several ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendName {
+    pub ip: IpAddr,
+    /// The destination port, for ipvs-mh services only.
+    pub port: Option<u16>,
+}
+
+impl BackendName {
+    /// The name of `backend`, a backend of `service`.
+    pub fn of(service: &Service, backend: &config::Backend) -> BackendName {
+        let port = match service.algorithm {
+            Algorithm::Maglev => None,
+            Algorithm::IpvsMh { .. } => Some(backend.port),
+        };
+        BackendName { ip: backend.ip, port }
+    }
+}
+
+impl std::fmt::Display for BackendName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            // Padding applies to the whole name (`{:<15}`).
+            None => f.pad(&self.ip.to_string()),
+            Some(port) => f.pad(&SocketAddr::new(self.ip, port).to_string()),
+        }
+    }
+}
+
+/// A service's table as built from the configuration alone, with its backends' names.
 #[derive(Debug)]
 pub struct ServiceTables<'a> {
     pub service: &'a Service,
     pub table: ServiceTable,
-    pub ips: Vec<IpAddr>,
+    /// Per backend index.
+    pub names: Vec<BackendName>,
 }
 
 /// Build every service's table from the configuration.
@@ -24,13 +61,13 @@ pub fn tables(cfg: &Config) -> Result<Vec<ServiceTables<'_>>, BuildError> {
         .iter()
         .map(|s| {
             let table = ServiceTable::build(s, |_| true)?;
-            Ok(ServiceTables { service: s, table, ips: s.backends.iter().map(|b| b.ip).collect() })
+            Ok(ServiceTables { service: s, table, names: s.backends.iter().map(|b| BackendName::of(s, b)).collect() })
         })
         .collect()
 }
 
-fn slot_ip(t: &ServiceTables<'_>, slot: usize) -> Option<IpAddr> {
-    t.table.slots().get(slot).and_then(|&i| t.ips.get(i as usize).copied())
+fn slot_backend(t: &ServiceTables<'_>, slot: usize) -> Option<BackendName> {
+    t.table.slots().get(slot).and_then(|&i| t.names.get(i as usize).copied())
 }
 
 /// The `check` summary.
@@ -95,7 +132,7 @@ pub fn shares(tables: &[ServiceTables<'_>]) -> String {
             let _ = writeln!(
                 out,
                 "  {:<15} weight {:>5}  slots {:>8}  share {got:6.2}%  (weight share {want:6.2}%)",
-                b.ip.to_string(),
+                BackendName::of(s, b),
                 table_weight(b),
                 slots
             );
@@ -128,11 +165,13 @@ pub fn compare(new: &[ServiceTables<'_>], old: &[ServiceTables<'_>]) -> String {
         // Slots of backends that lose slots (removed or drained) must move; the rest is churn.
         let (mut forced, mut churn) = (0u64, 0u64);
         for slot in 0..size as usize {
-            let (before, after) = (slot_ip(o, slot), slot_ip(n, slot));
+            let (before, after) = (slot_backend(o, slot), slot_backend(n, slot));
             if before == after {
                 continue;
             }
-            let still_serving = before.is_some_and(|ip| n.service.backends.iter().any(|b| b.ip == ip && b.weight > 0));
+            let still_serving = before.is_some_and(|name| {
+                n.service.backends.iter().any(|b| BackendName::of(n.service, b) == name && b.weight > 0)
+            });
             if still_serving { churn += 1 } else { forced += 1 }
         }
         let moved = forced + churn;
@@ -152,8 +191,8 @@ pub fn compare(new: &[ServiceTables<'_>], old: &[ServiceTables<'_>]) -> String {
     out
 }
 
-/// `table --dump`: per service a `# service …` header, then one `SLOT BACKEND-IP` line per slot
-/// (`-` for none).
+/// `table --dump`: per service a `# service …` header, then one `SLOT BACKEND` line per slot:
+/// the backend's [`BackendName`] (`IP`, or `IP:port` in an ipvs-mh service), `-` for none.
 pub fn dump(tables: &[ServiceTables<'_>], out: &mut impl std::io::Write) -> std::io::Result<()> {
     for t in tables {
         let s = t.service;
@@ -163,8 +202,8 @@ pub fn dump(tables: &[ServiceTables<'_>], out: &mut impl std::io::Write) -> std:
         };
         writeln!(out, "# service {} {} {algorithm} size {}", s.name, s.endpoint(), t.table.size())?;
         for slot in 0..t.table.size() as usize {
-            match slot_ip(t, slot) {
-                Some(ip) => writeln!(out, "{slot} {ip}")?,
+            match slot_backend(t, slot) {
+                Some(name) => writeln!(out, "{slot} {name}")?,
                 None => writeln!(out, "{slot} -")?,
             }
         }
@@ -177,19 +216,30 @@ pub fn dump(tables: &[ServiceTables<'_>], out: &mut impl std::io::Write) -> std:
 pub enum LookupError {
     #[error("no service matches `{0}` (give NAME, VIP:PORT or VIP:PORT/PROTO; see `maglevd check`)")]
     NoService(String),
-    #[error("`{0}` matches several services ({1}); add /tcp or /udp")]
+    #[error("`{0}` matches several services ({1}); add /tcp or /udp, or --protocol")]
     Ambiguous(String, String),
     #[error("`{0}` is not NAME, VIP:PORT or VIP:PORT/PROTO")]
     BadSelector(String),
     #[error("client {client} and service {service} are of different address families")]
     Family { client: IpAddr, service: String },
+    #[error("service {0}: {1} questions are about the forwarder, which is IPv4 only")]
+    Ipv4Only(String, &'static str),
+    #[error(transparent)]
+    Table(#[from] BuildError),
 }
 
 /// The service a selector names: a service name, or the destination `VIP:PORT[/PROTO]` of a
-/// packet (which may fall into an "all ports" service). Returns the service and the packet's
-/// destination port.
-pub fn find_service<'a>(cfg: &'a Config, selector: &str) -> Result<(&'a Service, u16), LookupError> {
+/// packet (which may fall into an "all ports" service); `protocol` (e.g. `--protocol`) narrows a
+/// `VIP:PORT` like `/PROTO` does. Returns the service and the packet's destination port.
+pub fn find_service<'a>(
+    cfg: &'a Config,
+    selector: &str,
+    protocol: Option<Protocol>,
+) -> Result<(&'a Service, u16), LookupError> {
     if let Some(s) = cfg.services.iter().find(|s| s.name == selector) {
+        if protocol.is_some_and(|p| p != s.protocol) {
+            return Err(LookupError::BadSelector(format!("{selector} is a {} service", s.protocol)));
+        }
         return s
             .port
             .map(|p| (s, p))
@@ -200,6 +250,12 @@ pub fn find_service<'a>(cfg: &'a Config, selector: &str) -> Result<(&'a Service,
         Some((a, "udp")) => (a, Some(Protocol::Udp)),
         Some(_) => return Err(LookupError::BadSelector(selector.to_string())),
         None => (selector, None),
+    };
+    let proto = match (proto, protocol) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(LookupError::BadSelector(format!("{selector} contradicts --protocol {b}")));
+        }
+        (a, b) => a.or(b),
     };
     let dst: SocketAddr = addr.parse().map_err(|_| LookupError::BadSelector(selector.to_string()))?;
     let matches = |s: &&Service| {
@@ -223,22 +279,179 @@ pub fn find_service<'a>(cfg: &'a Config, selector: &str) -> Result<(&'a Service,
     }
 }
 
-/// The backend a new flow from `client` to the service reaches, on a frontend where every backend
-/// with a positive weight is up. `None` = no backend (the packet would be dropped).
-pub fn lookup(t: &ServiceTables<'_>, dport: u16, client: SocketAddr) -> Result<Option<IpAddr>, LookupError> {
-    let s = t.service;
-    if client.is_ipv4() != s.vip.is_ipv4() {
-        return Err(LookupError::Family { client: client.ip(), service: s.endpoint() });
-    }
-    let index = match (&t.table, client.ip(), s.vip) {
-        (ServiceTable::Maglev(table), IpAddr::V4(src), IpAddr::V4(vip)) => {
-            let h = flow_hash(s.flow_key, src.into(), vip.into(), s.protocol.number(), client.port(), dport);
-            table.lookup(h).map(|i| i as usize)
+/// Which packet of a flow `lookup` asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Packet {
+    /// The flow's first packet (a TCP SYN, a UDP datagram).
+    #[default]
+    First,
+    /// An IP fragment of one of the flow's datagrams.
+    Fragment,
+    /// An ICMP error (fragmentation needed) about the flow, quoting a packet the backend sent
+    /// from the VIP to the client.
+    IcmpError,
+}
+
+impl Packet {
+    fn name(self) -> &'static str {
+        match self {
+            Packet::First => "new-flow",
+            Packet::Fragment => "fragment",
+            Packet::IcmpError => "ICMP error",
         }
-        (ServiceTable::IpvsMh(m), ip, _) => m.table.lookup(&m.dests, ip, client.port(), m.flags, true),
-        _ => return Err(LookupError::Family { client: client.ip(), service: s.endpoint() }),
+    }
+}
+
+/// What `maglevd lookup` asks: where does a packet of the flow from `client` to `dst` go?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Question {
+    /// The packet's destination: a VIP and port.
+    pub dst: SocketAddr,
+    pub protocol: Protocol,
+    /// The client's address and source port.
+    pub client: SocketAddr,
+    pub packet: Packet,
+}
+
+/// The answer to a [`Question`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Forwarded to `backend` by the service named `service`.
+    Backend { service: String, backend: BackendName },
+    /// Not forwarded: the data plane's drop (or pass) reason, as its counters name it.
+    None(String),
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Backend { backend, .. } => write!(f, "{backend}"),
+            Answer::None(reason) => write!(f, "none ({reason})"),
+        }
+    }
+}
+
+/// The question for a selector (see [`find_service`]), a client and a packet kind.
+pub fn question(
+    cfg: &Config,
+    selector: &str,
+    protocol: Option<Protocol>,
+    client: SocketAddr,
+    packet: Packet,
+) -> Result<Question, LookupError> {
+    let (service, dport) = find_service(cfg, selector, protocol)?;
+    Ok(Question { dst: SocketAddr::new(service.vip, dport), protocol: service.protocol, client, packet })
+}
+
+/// MAC addresses of the frames `lookup` makes up: the frontend's interfaces, the client's router,
+/// and every backend's (all locally administered, never sent anywhere).
+const LOOKUP_INGRESS_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
+const LOOKUP_EGRESS_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x02]);
+const LOOKUP_ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const LOOKUP_BACKEND_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x04]);
+
+/// Answer `q` on a frontend where every backend is reachable (weights decide).
+///
+/// For an IPv4 VIP this is the data plane's own decision, not a copy of it: the services of the
+/// VIP go into a [`Snapshot`] with every backend's MAC known, the packet the question describes
+/// is built as an Ethernet frame, and [`dataplane::forward`] decides. The answer is therefore what
+/// the forwarder does, for fragments and ICMP errors too, including its drop reasons.
+///
+/// The one exception is an **IPv6** `ipvs-mh` service: the forwarder is IPv4 only, so its new
+/// flows are looked up in the service's kernel table directly
+/// ([`crate::table::MhService::lookup`]), as the
+/// kernel's IPVS would; fragments and ICMP errors cannot be asked about there.
+pub fn lookup(cfg: &Config, q: &Question) -> Result<Answer, LookupError> {
+    let vip = q.dst.ip();
+    if vip.is_ipv4() != q.client.ip().is_ipv4() {
+        return Err(LookupError::Family { client: q.client.ip(), service: q.dst.to_string() });
+    }
+    // The forwarder only ever considers the services of the packet's VIP.
+    let services: Vec<Service> = cfg.services.iter().filter(|s| s.vip == vip).cloned().collect();
+    let (IpAddr::V4(vip4), IpAddr::V4(client4)) = (vip, q.client.ip()) else {
+        return lookup_ipv6_mh(&services, q);
     };
-    Ok(index.and_then(|i| t.ips.get(i).copied()))
+    let one = Config { services, ..cfg.clone() };
+    let links = Links { ingress_mac: LOOKUP_INGRESS_MAC, egress_mac: LOOKUP_EGRESS_MAC };
+    let snap = Snapshot::build(&one, links, &|_| Some(LOOKUP_BACKEND_MAC), 0)?;
+    let mut frame = frame_for(q, vip4, client4);
+    Ok(match dataplane::forward(&mut frame, &snap) {
+        Verdict::Forward { service, backend } => {
+            let s = &one.services[usize::from(service)];
+            // A verdict's indices come from the snapshot built from `one` just above.
+            match s.backends.get(backend as usize) {
+                Some(b) => Answer::Backend { service: s.name.clone(), backend: BackendName::of(s, b) },
+                None => Answer::None(DropReason::NoBackend.name().to_string()),
+            }
+        }
+        Verdict::Drop(reason) => Answer::None(reason.name().to_string()),
+        Verdict::Pass(reason) => Answer::None(format!("left to the kernel: {}", reason.name())),
+    })
+}
+
+/// The exception for IPv6 `ipvs-mh` services (see [`lookup`]).
+fn lookup_ipv6_mh(services: &[Service], q: &Question) -> Result<Answer, LookupError> {
+    if q.packet != Packet::First {
+        return Err(LookupError::Ipv4Only(q.dst.to_string(), q.packet.name()));
+    }
+    let service = services
+        .iter()
+        .find(|s| s.protocol == q.protocol && s.port == Some(q.dst.port()))
+        .ok_or_else(|| LookupError::NoService(format!("{}/{}", q.dst, q.protocol)))?;
+    let ServiceTable::IpvsMh(m) = ServiceTable::build(service, |_| true)? else {
+        return Err(LookupError::Ipv4Only(service.endpoint(), "maglev-algorithm"));
+    };
+    Ok(match m.lookup(q.client.ip(), q.client.port()) {
+        Some(i) => match service.backends.get(i) {
+            Some(b) => Answer::Backend { service: service.name.clone(), backend: BackendName::of(service, b) },
+            None => Answer::None(DropReason::NoBackend.name().to_string()),
+        },
+        None => Answer::None(DropReason::NoBackend.name().to_string()),
+    })
+}
+
+/// The Ethernet frame the question describes, addressed to the frontend's ingress MAC.
+fn frame_for(q: &Question, vip: Ipv4Addr, client: Ipv4Addr) -> Vec<u8> {
+    use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, icmpv4};
+    let (vip, client, vport, cport) = (vip.octets(), client.octets(), q.dst.port(), q.client.port());
+    let eth = PacketBuilder::ethernet2(LOOKUP_ROUTER_MAC, LOOKUP_INGRESS_MAC.0);
+    let tcp = q.protocol == Protocol::Tcp;
+    let payload = [0u8; 32];
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail and every header below is within etherparse's limits, so
+    // an error here is impossible; the empty frame it would leave is dropped as eth_truncated.
+    let _ = match q.packet {
+        Packet::First | Packet::Fragment => {
+            let number = if tcp { IpNumber::TCP } else { IpNumber::UDP };
+            let Ok(mut ip) = Ipv4Header::new(0, 64, number, client, vip) else { return out };
+            // The first fragment of a datagram: it still carries the ports, which the forwarder
+            // ignores for every fragment.
+            ip.more_fragments = q.packet == Packet::Fragment;
+            let ip = eth.ip(IpHeaders::Ipv4(ip, Default::default()));
+            if tcp {
+                ip.tcp(cport, vport, 1, 65535).syn().write(&mut out, &payload)
+            } else {
+                ip.udp(cport, vport).write(&mut out, &payload)
+            }
+        }
+        Packet::IcmpError => {
+            // A router on the way to the client cannot pass the backend's reply (VIP → client)
+            // and reports it to the VIP, quoting the reply's IP header and first 8 bytes.
+            let reply = PacketBuilder::ipv4(vip, client, 64);
+            let mut quoted = Vec::new();
+            let _ = if tcp {
+                reply.tcp(vport, cport, 1, 65535).ack(1).write(&mut quoted, &payload)
+            } else {
+                reply.udp(vport, cport).write(&mut quoted, &payload)
+            };
+            quoted.truncate(28);
+            let unreachable = icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 };
+            eth.ipv4(client, vip, 64)
+                .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(unreachable))
+                .write(&mut out, &quoted)
+        }
+    };
+    out
 }
 
 #[cfg(test)]

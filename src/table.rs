@@ -7,7 +7,7 @@
 //! | built from | backends that are usable now, by `weight` | every backend, by `last_weight` (kernel rule) |
 //! | a backend that is drained or unresolved | owns no slot | keeps its slots, is *unavailable* |
 //! | lookup key | flow hash of the service's flow key | client address (+ port with `mh-port`) |
-//! | unavailable owner of the slot | cannot happen | no backend, or the kernel's fallback walk with `mh-fallback` |
+//! | unavailable owner of the slot | cannot happen | no backend, or the kernel's fallback walk with `mh-fallback` (bounded: [`crate::ipvs_mh`], "Bounded lookup cost") |
 //!
 //! For `ipvs-mh`, "available" is the kernel's rule (current weight > 0) and, in addition, a known
 //! MAC: a backend maglevd cannot reach is unavailable. While every backend resolves, maglevd picks
@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 
 use crate::config::{Algorithm, Service};
-use crate::ipvs_mh::{self, Family, MhDest, MhError, MhFlags, MhTable};
+use crate::ipvs_mh::{self, Family, MhAvailability, MhDest, MhError, MhFlags, MhTable};
 use crate::maglev::{self, TableBackend, TableError};
 
 /// Why a service's table cannot be built.
@@ -44,8 +44,8 @@ pub struct MhService {
     pub flags: MhFlags,
     /// The dests in kernel list order, as the kernel would hold them.
     pub dests: Box<[MhDest]>,
-    /// Per dest: weight > 0 and reachable (MAC known).
-    pub available: Box<[bool]>,
+    /// Per dest: weight > 0 and reachable (MAC known), prepared for lookups.
+    pub state: MhAvailability,
 }
 
 #[derive(Debug, Clone)]
@@ -78,8 +78,8 @@ impl ServiceTable {
                     .collect();
                 let table = ipvs_mh::build(Family::of(service.vip), &dests, tab_index)
                     .map_err(|source| BuildError::IpvsMh { service: service.name.clone(), source })?;
-                let available = dests.iter().enumerate().map(|(i, d)| d.is_available() && reachable(i)).collect();
-                Ok(ServiceTable::IpvsMh(MhService { table, flags, dests, available }))
+                let state = table.availability(|i| dests.get(i).is_some_and(MhDest::is_available) && reachable(i));
+                Ok(ServiceTable::IpvsMh(MhService { table, flags, dests, state }))
             }
         }
     }
@@ -103,7 +103,7 @@ impl ServiceTable {
     pub fn is_empty(&self) -> bool {
         match self {
             ServiceTable::Maglev(t) => t.is_empty(),
-            ServiceTable::IpvsMh(m) => m.table.is_empty() || !m.available.iter().any(|a| *a),
+            ServiceTable::IpvsMh(m) => m.table.is_empty() || !m.state.any_available(),
         }
     }
 
@@ -114,14 +114,20 @@ impl ServiceTable {
 }
 
 impl MhService {
+    /// The `ipvs-mh` lookup for a new TCP/UDP flow from `client`:`port` (either family), with the
+    /// service's flags. `None` = no destination. Off the hot path (IPv6 services, which the
+    /// forwarder does not run, are answered here by `maglevd lookup`).
+    pub fn lookup(&self, client: IpAddr, port: u16) -> Option<usize> {
+        let port = if self.flags.mh_port { port } else { 0 };
+        self.table.lookup_by(ipvs_mh::fold(self.table.family(), client), port, self.flags.mh_fallback, &self.state)
+    }
+
     /// The `ipvs-mh` lookup for an IPv4 client on the hot path: `src` in host order, `sport` the
     /// client's port (0 for fragments). `None` = no destination.
     #[inline]
     pub fn lookup_v4(&self, src: u32, sport: u16) -> Option<u32> {
         let port = if self.flags.mh_port { sport } else { 0 };
-        self.table
-            .lookup_by(src, port, self.flags.mh_fallback, |i| self.available.get(i).copied().unwrap_or(false))
-            .map(|i| i as u32)
+        self.table.lookup_by(src, port, self.flags.mh_fallback, &self.state).map(|i| i as u32)
     }
 }
 

@@ -155,7 +155,7 @@ ipvsadm -e -t 10.0.0.100:80 -r 10.0.0.2:80
 
 #[test]
 fn drained_dest_is_warned_and_last_weight_is_conservative() {
-    // SPEC §9: draining with `-e -w 0` keeps the table (case drain_edit_to_zero = seed table).
+    // ipvs_mh §9: draining with `-e -w 0` keeps the table (case drain_edit_to_zero = seed table).
     let seed = case("seed_6dests");
     let imp = import("drained_nosort.txt");
     let s = imp.imported().next().unwrap();

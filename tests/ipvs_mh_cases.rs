@@ -1,6 +1,7 @@
 //! Conformance tests for `maglevd::ipvs_mh` against the kernel-verified cases in
-//! `tests/data/cases_public.json` (format: SPEC.md §11) and against an independent reference
-//! implementation written here, literally from the spec's prose.
+//! `tests/data/cases_public.json` (each case: the dests in kernel order, the kernel's table and
+//! lookups under every flag combination) and against an independent reference implementation
+//! written here, literally from a prose description of the kernel's algorithm.
 
 use maglevd::ipvs_mh::{self, Family, MhDest, MhFlags, MhTable, NO_DEST};
 use proptest::prelude::*;
@@ -132,7 +133,7 @@ fn reference_reproduces_public_cases() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Independent reference: written from SPEC.md's prose, deliberately in a different style
+// Independent reference: written from a prose description of the kernel's algorithm, deliberately in a different style
 // (u64/u128 arithmetic, siphasher directly, Maglev-paper `next[i]++` permutation indices,
 // −1 for "none"). It shares no code with the module under test.
 // ---------------------------------------------------------------------------------------------
@@ -264,29 +265,49 @@ mod reference {
 
     /// §7 with the client port already chosen. `avail[i]` = current weight > 0 and not overloaded.
     pub fn lookup(r: &Ref, v6: bool, avail: &[bool], client: IpAddr, port: u16, fb: bool) -> i64 {
+        walk(r, v6, avail, client, port, fb).0
+    }
+
+    /// §7, also returning how many rehashes the fallback walk made (0 without one).
+    pub fn walk(r: &Ref, v6: bool, avail: &[bool], client: IpAddr, port: u16, fb: bool) -> (i64, u64) {
         let slot = hashkey(v6, client, port, K1, 0) % r.m;
         let d = r.table[slot as usize];
         if d < 0 {
-            return -1;
+            return (-1, 0);
         }
         if avail[d as usize] {
-            return d;
+            return (d, 0);
         }
         if !fb {
-            return -1;
+            return (-1, 0);
         }
         for o in 0..r.m {
             let rr = (slot + o) % r.m;
             let s2 = hashkey(v6, client, port, K1, rr) % r.m;
             let d = r.table[s2 as usize];
             if d < 0 {
-                return -1;
+                return (-1, o + 1);
             }
             if avail[d as usize] {
-                return d;
+                return (d, o + 1);
             }
         }
-        -1
+        (-1, r.m)
+    }
+
+    /// maglevd's bounded lookup (`ipvs_mh` module docs, "Bounded lookup cost"): the kernel's
+    /// answer whenever the kernel's walk needs at most `probes` rehashes; past that, the owner of
+    /// the first slot at or after the client's slot whose owner is available. Returns the answer
+    /// and whether it departs from the kernel's.
+    pub fn bounded(r: &Ref, v6: bool, avail: &[bool], client: IpAddr, port: u16, fb: bool, probes: u64) -> (i64, bool) {
+        let (kernel, rehashes) = walk(r, v6, avail, client, port, fb);
+        if rehashes <= probes {
+            return (kernel, false);
+        }
+        let slot = hashkey(v6, client, port, K1, 0) % r.m;
+        let owner =
+            (0..r.m).map(|k| r.table[((slot + k) % r.m) as usize]).find(|&d| d >= 0 && avail[d as usize]).unwrap_or(-1);
+        (owner, owner != kernel)
     }
 }
 
@@ -326,13 +347,19 @@ fn clients(v6: bool, n: usize) -> Vec<(IpAddr, u16)> {
     out
 }
 
+/// The reference's answer for maglevd's bounded lookup: the kernel's whenever the kernel's
+/// fallback walk is at most `FALLBACK_PROBES` rehashes long.
+fn expected(r: &reference::Ref, v6: bool, avail: &[bool], client: IpAddr, port: u16, fb: bool) -> i64 {
+    reference::bounded(r, v6, avail, client, port, fb, u64::from(ipvs_mh::FALLBACK_PROBES)).0
+}
+
 /// Module lookups == reference lookups for every client and all four flag combinations.
 fn assert_lookups_match_reference(family: Family, dests: &[MhDest], t: &MhTable, n: usize) {
     let r = ref_build(family, dests, t.tab_index());
     let avail: Vec<bool> = dests.iter().map(|d| d.weight > 0 && !d.overloaded).collect();
     for (c, port) in clients(family == Family::Inet6, n) {
         for (p, f) in FLAGS {
-            let want = reference::lookup(&r, family == Family::Inet6, &avail, c, if p { port } else { 0 }, f);
+            let want = expected(&r, family == Family::Inet6, &avail, c, if p { port } else { 0 }, f);
             let got = t.lookup(dests, c, port, flags(p, f), true);
             assert_eq!(opt_i64(got), want, "client {c}:{port} mh_port={p} mh_fallback={f}");
         }
@@ -381,7 +408,7 @@ fn drain_by_edit_to_zero_keeps_table() {
         assert_eq!(t.lookup(&dests, c, port, MhFlags::default(), true), None, "{c}");
         let fb = t.lookup(&dests, c, port, flags(false, true), true);
         assert!(fb.is_some() && fb != Some(drained), "{c}: fallback gave {fb:?}");
-        assert_eq!(opt_i64(fb), reference::lookup(&r, false, &avail, c, 0, true));
+        assert_eq!(opt_i64(fb), expected(&r, false, &avail, c, 0, true));
     }
     // 400 random clients over 6 equal dests: ~67 expected on the drained one.
     assert!(hits >= 30, "only {hits} clients hit the drained dest");
@@ -467,7 +494,7 @@ fn wraparound_clients_with_long_fallback_walks() {
     let avail: Vec<bool> = dests.iter().map(MhDest::is_available).collect();
     for (c, port) in [(v4(255, 255, 255, 255), 65535u16), (v4(0, 0, 0, 0), 0), (v4(255, 255, 255, 255), 0)] {
         for (p, f) in FLAGS {
-            let want = reference::lookup(&r, false, &avail, c, if p { port } else { 0 }, f);
+            let want = expected(&r, false, &avail, c, if p { port } else { 0 }, f);
             assert_eq!(opt_i64(t.lookup(&dests, c, port, flags(p, f), true)), want, "{c}:{port}");
         }
         // With fallback the only available dest is always found (table is full).
@@ -511,6 +538,50 @@ fn mh_port_needs_a_port_protocol() {
     for l in &seed.lookups {
         let got = t.lookup(&dests, l.client_addr, l.client_port, flags(true, false), false);
         assert_eq!(opt_i64(got), l.dest_no_flags);
+    }
+}
+
+/// The bounded lookup agrees with the kernel on every client whose kernel fallback walk is at most
+/// `FALLBACK_PROBES` rehashes, and departs (deterministically, to the next available slot owner)
+/// only past that. Swept over how much of the table is available.
+#[test]
+fn fallback_departs_from_the_kernel_only_past_the_probe_limit() {
+    let mut all: Vec<MhDest> = (1u8..=24).map(|i| MhDest::new(v4(10, 9, 0, i), 80, 1)).collect();
+    let t = ipvs_mh::build(Family::Inet, &all, 12).unwrap();
+    let r = ref_build(Family::Inet, &all, 12);
+    let k = u64::from(ipvs_mh::FALLBACK_PROBES);
+    for available in [1usize, 2, 3, 6, 12, 23] {
+        for (i, d) in all.iter_mut().enumerate() {
+            d.edit_weight(if i < available { 1 } else { 0 });
+        }
+        let avail: Vec<bool> = all.iter().map(MhDest::is_available).collect();
+        let (mut within, mut past, mut departed) = (0, 0, 0);
+        for (c, port) in clients(false, 3000) {
+            for p in [false, true] {
+                let port = if p { port } else { 0 };
+                let (kernel, rehashes) = reference::walk(&r, false, &avail, c, port, true);
+                let (want, departs) = reference::bounded(&r, false, &avail, c, port, true, k);
+                let got = opt_i64(t.lookup(&all, c, port, flags(p, true), true));
+                assert_eq!(got, want, "{available} of 24 available, client {c}:{port}");
+                if rehashes <= k {
+                    within += 1;
+                    assert_eq!(got, kernel, "within the probe limit the kernel's answer, client {c}:{port}");
+                } else {
+                    past += 1;
+                    departed += usize::from(departs);
+                }
+            }
+        }
+        println!(
+            "{available:>2} of 24 available: {within} lookups within {k} rehashes (= kernel), {past} past it, \
+             {departed} of those pick another dest than the kernel"
+        );
+        if available == 1 {
+            assert!(past > 0, "the sweep must exercise the departure");
+        }
+        if available >= 12 {
+            assert_eq!(past, 0);
+        }
     }
 }
 
@@ -564,7 +635,7 @@ proptest! {
         let avail: Vec<bool> = dests.iter().map(|d| d.weight > 0 && !d.overloaded).collect();
         for (c, port) in clients(v6, 24) {
             for (p, f) in FLAGS {
-                let want = reference::lookup(&r, v6, &avail, c, if p { port } else { 0 }, f);
+                let want = expected(&r, v6, &avail, c, if p { port } else { 0 }, f);
                 prop_assert_eq!(opt_i64(t.lookup(&dests, c, port, flags(p, f), true)), want);
             }
         }

@@ -8,7 +8,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use maglevd::config::{self, Config};
+use maglevd::config::{self, Config, Protocol};
 use maglevd::dataplane::{DropReason, Snapshot, Verdict, forward};
 use maglevd::report;
 use serde_json::Value;
@@ -52,6 +52,18 @@ const FLAGS: [(&str, &[&str]); 4] = [
     ("dest_mh_fallback_mh_port", &["mh-fallback", "mh-port"]),
 ];
 
+/// `maglevd lookup`'s answer for a new TCP flow from `client`, as the backend's IP.
+fn lookup_ip(cfg: &Config, vip: SocketAddr, client: SocketAddr) -> Option<IpAddr> {
+    let q = report::Question { dst: vip, protocol: Protocol::Tcp, client, packet: report::Packet::First };
+    match report::lookup(cfg, &q).unwrap() {
+        report::Answer::Backend { backend, .. } => Some(backend.ip),
+        report::Answer::None(reason) => {
+            assert_eq!(reason, "no_backend");
+            None
+        }
+    }
+}
+
 fn dest_ip(case: &Value, index: i64) -> Option<IpAddr> {
     (index >= 0).then(|| case["dests"][index as usize]["addr"].as_str().unwrap().parse().unwrap())
 }
@@ -72,13 +84,12 @@ fn lookup_names_the_kernels_backend() {
         let vip = service_of(&case);
         for (key, flags) in FLAGS {
             let cfg = config_for(&case, flags, None);
-            let tables = report::tables(&cfg).unwrap();
             for l in case["lookups"].as_array().unwrap() {
                 let client = SocketAddr::new(
                     l["client_addr"].as_str().unwrap().parse().unwrap(),
                     l["client_port"].as_u64().unwrap() as u16,
                 );
-                let got = report::lookup(&tables[0], vip.port(), client).unwrap();
+                let got = lookup_ip(&cfg, vip, client);
                 assert_eq!(got, dest_ip(&case, l[key].as_i64().unwrap()), "{} {key} client {client}", case["name"]);
             }
         }
@@ -125,16 +136,14 @@ fn draining_by_weight_zero_keeps_the_table() {
     let base = config_for(case, &[], None);
     let drained = config_for(case, &[], Some(2));
     let fallback = config_for(case, &["mh-fallback"], Some(2));
-    let (tb, td, tf) =
-        (report::tables(&base).unwrap(), report::tables(&drained).unwrap(), report::tables(&fallback).unwrap());
+    let (tb, td) = (report::tables(&base).unwrap(), report::tables(&drained).unwrap());
     assert_eq!(tb[0].table.slots(), td[0].table.slots(), "draining must not change the kernel table");
     let gone = dest_ip(case, 2);
     let mut hit = 0;
     for port in 0..2000u16 {
         let client = SocketAddr::from(([192, 168, (port >> 8) as u8, port as u8], 40000 + port));
-        let before = report::lookup(&tb[0], vip.port(), client).unwrap();
-        let (d, f) =
-            (report::lookup(&td[0], vip.port(), client).unwrap(), report::lookup(&tf[0], vip.port(), client).unwrap());
+        let before = lookup_ip(&base, vip, client);
+        let (d, f) = (lookup_ip(&drained, vip, client), lookup_ip(&fallback, vip, client));
         if before == gone {
             hit += 1;
             assert_eq!(d, None, "without mh-fallback a drained backend's client gets no backend");
@@ -144,4 +153,51 @@ fn draining_by_weight_zero_keeps_the_table() {
         }
     }
     assert!(hit > 200, "{hit} of 2000 clients hashed to the drained backend");
+}
+
+fn two_backends(algorithm: &str, a: (&str, Option<u16>, Option<&str>), b: (&str, Option<u16>, Option<&str>)) -> String {
+    let mut t = format!(
+        "[interfaces]\ningress = \"net1\"\negress = \"net2\"\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\nalgorithm = \"{algorithm}\"\n"
+    );
+    for (ip, port, mac) in [a, b] {
+        t.push_str(&format!("[[service.backend]]\nip = \"{ip}\"\n"));
+        if let Some(p) = port {
+            t.push_str(&format!("port = {p}\n"));
+        }
+        if let Some(m) = mac {
+            t.push_str(&format!("mac = \"{m}\"\n"));
+        }
+    }
+    t
+}
+
+/// In an ipvs-mh service a backend is (IP, port), as in IPVS: one IP on two ports is two
+/// backends; the same IP and port twice is a duplicate. Maglev services still identify a backend
+/// by its IP alone.
+#[test]
+fn backend_identity_is_ip_and_port_in_ipvs_mh_services() {
+    let parse = |t: String| config::parse(&t, Path::new("dup.toml"));
+    let ok = parse(two_backends("ipvs-mh", ("10.0.2.1", Some(8080), None), ("10.0.2.1", Some(8081), None))).unwrap();
+    let ports: Vec<u16> = ok.services[0].backends.iter().map(|b| b.port).collect();
+    assert_eq!(ports, [8080, 8081]);
+
+    let e = parse(two_backends("ipvs-mh", ("10.0.2.1", Some(8080), None), ("10.0.2.1", Some(8080), None)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("service[0].backend[1].port: 10.0.2.1:8080 is already backend[0] of this service"), "{e}");
+    // Without `port`, both take the service port: a duplicate.
+    let e = parse(two_backends("ipvs-mh", ("10.0.2.1", None, None), ("10.0.2.1", None, None))).unwrap_err().to_string();
+    assert!(e.contains("10.0.2.1:80 is already backend[0]"), "{e}");
+    // One IP is one host: two static MACs for it are a mistake.
+    let e = parse(two_backends(
+        "ipvs-mh",
+        ("10.0.2.1", Some(8080), Some("02:00:00:00:00:01")),
+        ("10.0.2.1", Some(8081), Some("02:00:00:00:00:02")),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("backend[1].mac: 10.0.2.1 already has mac 02:00:00:00:00:01 in backend[0]"), "{e}");
+
+    let e = parse(two_backends("maglev", ("10.0.2.1", None, None), ("10.0.2.1", None, None))).unwrap_err().to_string();
+    assert!(e.contains("service[0].backend[1].ip: 10.0.2.1 is already backend[0] of this service"), "{e}");
 }

@@ -3,7 +3,8 @@
 //! maglevd's `ipvs-mh` compatibility mode must build the *same* lookup table as the kernel's
 //! `net/netfilter/ipvs/ip_vs_mh.c` and pick the *same* real server for every new flow, so that a
 //! fleet can move frontends from IPVS to maglevd one host at a time behind one ECMP router without
-//! reshuffling new connections. Everything here follows `SPEC.md` (the "ipvs-mh" spec):
+//! reshuffling new connections. The algorithm in numbered parts, which the rest of this module
+//! and [`crate::ipvs_import`] refer to as §1…§9:
 //!
 //! * §1 parameters: table size `M = primes[tab_index − 8]` ([`table_size`], default index 12 →
 //!   M = 4093), `TAB_BITS = tab_index / 2` ([`tab_bits`]), the fixed keys [`K1`] and [`K2`] and the
@@ -14,7 +15,8 @@
 //! * §3 [`fold`] and [`hashkey`]: `H(key, offset + port + fold(addr))` with wrapping adds, so
 //!   collisions such as (10.0.0.1, 81) = (10.0.0.2, 80) are reproduced on purpose.
 //! * §4 per-dest `offset`/`skip` ([`dest_permutation`]), §5 weights → turns ([`WeightScale`]),
-//!   §6 table population ([`build`]), §7 lookup ([`MhTable::lookup`], [`MhTable::lookup_by`]).
+//!   §6 table population ([`build`]), §7 lookup ([`MhTable::lookup`], [`MhTable::lookup_by`];
+//!   bounded as described below).
 //! * §9 `last_weight` versus current `weight` ([`MhDest::edit_weight`]): slots follow
 //!   `last_weight`, availability follows `weight` and the overload flag.
 //!
@@ -44,8 +46,35 @@
 //! * Mixed address families (tunnel dests of the other family) fold as the kernel's
 //!   `union nf_inet_addr` memory would: see [`fold`].
 //!
-//! The lookup path ([`MhTable::lookup`], [`MhTable::lookup_by`]) does not allocate and never
-//! panics.
+//! The lookup path ([`MhTable::lookup_by`]) does not allocate and never panics;
+//! [`MhTable::lookup`] is the convenience that prepares the dests' state on every call.
+//!
+//! # Bounded lookup cost: the one place maglevd departs from the kernel
+//!
+//! With `mh-fallback`, the kernel rehashes a client whose slot owner is unavailable up to M times
+//! (§7). When no dest is available, or almost none, that is up to M = 131071 SipHash evaluations
+//! for *every* packet: ≈ 2.6 ms per frame on one worker, at start-up before ARP resolves, with
+//! everything drained, or in an outage. maglevd bounds a lookup to at most
+//! `1 + FALLBACK_PROBES` ([`FALLBACK_PROBES`] = 32) evaluations of [`hashkey`] in every state, with
+//! this rule, evaluated against an [`MhAvailability`] prepared once per table and backend state
+//! (O(M), at snapshot build):
+//!
+//! 1. No slot is owned by an available dest: no destination, with **no** hash evaluated. The
+//!    kernel gives the same answer after its walk, so this is not a departure.
+//! 2. Otherwise the primary slot `hashkey(client, port, K1, 0) mod M` decides as in the kernel: an
+//!    available owner is the answer; without `mh-fallback` an unavailable one is no destination.
+//! 3. With `mh-fallback` the kernel's walk runs for its first [`FALLBACK_PROBES`] steps, unchanged
+//!    (offsets `r = ihash, ihash + 1, …`). An available owner found there is the kernel's answer.
+//! 4. **Only** when those steps all land on unavailable owners does maglevd stop walking and
+//!    answer the owner of the first slot at or after the primary slot (wrapping at M) whose owner
+//!    is available. The kernel would keep walking and usually pick another dest.
+//!
+//! So maglevd and the kernel agree on every lookup except those that miss 1 + 32 times in a row,
+//! which needs most of the table to be unavailable: with a fraction `a` of the slots owned by
+//! available dests, a client whose primary owner is unavailable departs with probability
+//! `(1 − a)^32` (a = 5/6: 10⁻²⁵; a = 1/8: 1.4 %). The departure is still deterministic and a pure
+//! function of the configuration and backend state, so every maglevd frontend picks the same
+//! dest.
 
 mod hsiphash;
 
@@ -69,6 +98,9 @@ pub const MAX_TAB_INDEX: u8 = 17;
 pub const DEFAULT_TAB_INDEX: u8 = 12;
 /// Slot value meaning "no destination".
 pub const NO_DEST: u32 = u32::MAX;
+/// Rehashes an `mh-fallback` lookup makes, as the kernel does, before it takes the
+/// precomputed fallback instead (see "Bounded lookup cost" in the module docs).
+pub const FALLBACK_PROBES: u32 = 32;
 
 /// `IP_VS_SVC_F_SCHED1`, i.e. `mh-fallback`.
 pub const IP_VS_SVC_F_SCHED_MH_FALLBACK: u32 = 0x0008;
@@ -342,6 +374,48 @@ pub struct MhTable {
     scale: Option<WeightScale>,
 }
 
+/// The dests' current availability, prepared for the lookups of one [`MhTable`]
+/// ([`MhTable::availability`]): what makes every lookup's cost bounded (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MhAvailability {
+    /// Per dest index: usable now.
+    available: Box<[bool]>,
+    /// Some slot is owned by an available dest.
+    any: bool,
+    /// Per slot: the owner of the first slot at or after it (wrapping) whose owner is
+    /// available; empty when `any` is false.
+    fallback: Box<[u32]>,
+}
+
+impl MhAvailability {
+    /// Is dest `dest` usable now? An index beyond the dests is not.
+    #[inline]
+    #[must_use]
+    pub fn is_available(&self, dest: usize) -> bool {
+        self.available.get(dest).copied().unwrap_or(false)
+    }
+
+    /// Does some slot of the table belong to an available dest? If not, every lookup finds no
+    /// destination, with or without `mh-fallback`, exactly as in the kernel.
+    #[inline]
+    #[must_use]
+    pub const fn any_available(&self) -> bool {
+        self.any
+    }
+
+    /// The dest a lookup whose primary slot is `slot` ends with after [`FALLBACK_PROBES`]
+    /// unsuccessful rehashes: the owner of the first slot at or after `slot`, wrapping at M,
+    /// whose owner is available.
+    #[inline]
+    #[must_use]
+    pub fn fallback_at(&self, slot: u32) -> Option<usize> {
+        match self.fallback.get(slot as usize) {
+            Some(&d) if d != NO_DEST => Some(d as usize),
+            _ => None,
+        }
+    }
+}
+
 /// Build the table exactly as `ip_vs_mh_reassign` does (§4–§6).
 ///
 /// `dests` must be in kernel list order (head first = most recently added). Slots are assigned
@@ -464,6 +538,30 @@ impl MhTable {
         hashkey(fold(self.family, client), port, K1, 0) % self.size
     }
 
+    /// The dests' availability as the lookups of this table need it. `available(i)` reports
+    /// whether dest `i` is usable now (current weight > 0 and not overloaded; callers may add
+    /// their own conditions). O(M): build it once per table and backend state, not per lookup.
+    #[must_use]
+    pub fn availability(&self, available: impl Fn(usize) -> bool) -> MhAvailability {
+        let n = self.slots.iter().filter(|&&d| d != NO_DEST).map(|&d| d as usize + 1).max().unwrap_or(0);
+        let available: Box<[bool]> = (0..n).map(available).collect();
+        let usable = |d: u32| d != NO_DEST && available.get(d as usize).copied().unwrap_or(false);
+        // `fallback[s]` = owner of the first usable slot in s, s+1, …, M−1, 0, …: one backward
+        // sweep, starting with the first usable slot from 0 for the positions after the last.
+        let Some(&first) = self.slots.iter().find(|&&d| usable(d)) else {
+            return MhAvailability { available, any: false, fallback: Box::new([]) };
+        };
+        let mut fallback = vec![NO_DEST; self.slots.len()];
+        let mut next = first;
+        for (f, &d) in fallback.iter_mut().zip(self.slots.iter()).rev() {
+            if usable(d) {
+                next = d;
+            }
+            *f = next;
+        }
+        MhAvailability { available, any: true, fallback: fallback.into() }
+    }
+
     /// `ip_vs_mh_schedule` for a new flow (§7). Returns the dest index in `dests`, or `None` for
     /// "no destination" (IPVS then sends ICMP port-unreachable and drops).
     ///
@@ -472,6 +570,9 @@ impl MhTable {
     /// (TCP/UDP/SCTP); otherwise 0. `dests` must be the list the table was built from (current
     /// weights and overload flags may have changed since); an index beyond it counts as
     /// unavailable.
+    ///
+    /// This convenience builds the [`MhAvailability`] on every call; for repeated lookups build
+    /// it once with [`MhTable::availability`] and call [`MhTable::lookup_by`].
     #[must_use]
     pub fn lookup(
         &self,
@@ -482,43 +583,57 @@ impl MhTable {
         proto_has_ports: bool,
     ) -> Option<usize> {
         let port = if flags.mh_port && proto_has_ports { client_port } else { 0 };
-        self.lookup_by(fold(self.family, client), port, flags.mh_fallback, |i| {
-            dests.get(i).is_some_and(MhDest::is_available)
-        })
+        let state = self.availability(|i| dests.get(i).is_some_and(MhDest::is_available));
+        self.lookup_by(fold(self.family, client), port, flags.mh_fallback, &state)
     }
 
     /// Core of the lookup with the client already folded and the port already chosen (0 unless
-    /// `mh-port` applies). `available(i)` reports whether dest `i` is usable (current weight > 0
-    /// and not overloaded), so callers may keep dest state elsewhere, e.g. in atomics.
-    pub fn lookup_by(
+    /// `mh-port` applies), against the dests' state `state` (from [`MhTable::availability`]).
+    #[inline]
+    #[must_use]
+    pub fn lookup_by(&self, client_fold: u32, port: u16, fallback: bool, state: &MhAvailability) -> Option<usize> {
+        self.lookup_counted(client_fold, port, fallback, state).0
+    }
+
+    /// [`MhTable::lookup_by`] that also returns how many times it evaluated [`hashkey`]: the
+    /// measure of a lookup's cost, for tests and benchmarks. At most `1 + FALLBACK_PROBES`, and 0
+    /// when no dest is available.
+    #[must_use]
+    pub fn lookup_counted(
         &self,
         client_fold: u32,
         port: u16,
         fallback: bool,
-        mut available: impl FnMut(usize) -> bool,
-    ) -> Option<usize> {
-        if self.scale.is_none() || self.size == 0 {
-            return None;
+        state: &MhAvailability,
+    ) -> (Option<usize>, u32) {
+        // Nothing available: the kernel's answer is "no destination" whatever the walk does.
+        if self.scale.is_none() || self.size == 0 || !state.any_available() {
+            return (None, 0);
         }
         let m = self.size;
         let ihash = hashkey(client_fold, port, K1, 0) % m;
-        let d = self.dest_at(ihash)?;
-        if available(d) {
-            return Some(d);
+        let mut evaluations = 1;
+        let Some(d) = self.dest_at(ihash) else { return (None, evaluations) };
+        if state.is_available(d) {
+            return (Some(d), evaluations);
         }
         if !fallback {
-            return None;
+            return (None, evaluations);
         }
-        // ip_vs_mh_get_fallback: r = (ihash + o) mod M is added into v; the first retry uses
-        // r = ihash, not 0. An empty slot ends the search.
-        for o in 0..m {
+        // ip_vs_mh_get_fallback, its first FALLBACK_PROBES steps: r = (ihash + o) mod M is added
+        // into v; the first retry uses r = ihash, not 0. An empty slot ends the search.
+        for o in 0..FALLBACK_PROBES {
             let r = (ihash + o) % m; // < 2M ≤ 2^18: no overflow
-            let d = self.dest_at(hashkey(client_fold, port, K1, r) % m)?;
-            if available(d) {
-                return Some(d);
+            evaluations += 1;
+            let Some(d) = self.dest_at(hashkey(client_fold, port, K1, r) % m) else {
+                return (None, evaluations);
+            };
+            if state.is_available(d) {
+                return (Some(d), evaluations);
             }
         }
-        None
+        // Where maglevd departs from the kernel (module docs): the precomputed owner.
+        (state.fallback_at(ihash), evaluations)
     }
 
     #[inline]
@@ -756,11 +871,32 @@ mod tests {
         let fb = MhFlags { mh_port: false, mh_fallback: true };
         let other = t.lookup(&dests, c, 0, fb, true).unwrap();
         assert_ne!(other, primary);
-        // All unavailable: fallback gives up after M tries.
+        // All unavailable: no destination, and no hash evaluated.
         for d in &mut dests {
             d.weight = 0;
         }
         assert_eq!(t.lookup(&dests, c, 0, fb, true), None);
+        let state = t.availability(|i| dests[i].is_available());
+        assert!(!state.any_available());
+        assert_eq!(t.lookup_counted(fold(Family::Inet, c), 0, true, &state), (None, 0));
+    }
+
+    #[test]
+    fn precomputed_fallback_is_the_next_available_slot_owner() {
+        let dests: Vec<MhDest> = (1..=8).map(|i| MhDest::new(v4(10, 0, 1, i), 80, 1)).collect();
+        let t = build(Family::Inet, &dests, 8).unwrap();
+        let m = t.size() as usize;
+        for mask in [0b1u8, 0b1000_0000, 0b0101_0000, 0b1111_1110] {
+            let ok = |i: usize| mask & (1 << i) != 0;
+            let state = t.availability(ok);
+            assert!(state.any_available());
+            for s in 0..m {
+                // Naive: walk forward from s, wrapping, to the first slot with an available owner.
+                let want = (0..m).map(|k| t.slots()[(s + k) % m] as usize).find(|&d| ok(d));
+                assert_eq!(state.fallback_at(s as u32), want, "mask {mask:#b} slot {s}");
+            }
+            assert_eq!(state.fallback_at(m as u32), None, "beyond the table");
+        }
     }
 
     #[test]
