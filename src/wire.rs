@@ -7,7 +7,7 @@
 //! These are written here rather than taken from `etherparse` because the hot path needs in-place
 //! MAC writes and an IPv4 header checksum check in one pass over the header, which etherparse's
 //! read-only slices do not offer; its per-header slices cost about the same (5.7 ns per 5-tuple
-//! against 5.1 ns for this code, measured in ECOSYSTEM.md). etherparse is used where building
+//! against 5.1 ns for this code, measured in docs/dependencies.md). etherparse is used where building
 //! frames matters more than speed (ARP, tests, benches).
 
 use std::fmt;

@@ -1,5 +1,5 @@
 //! Statistics and machine-load helpers shared by the benchmarks: order statistics over samples,
-//! `/proc/stat` CPU accounting (to detect foreign load, LAB-NOTES pitfall 12), `/proc/net/dev`
+//! `/proc/stat` CPU accounting (to detect foreign load, docs/lab.md pitfall 12), `/proc/net/dev`
 //! counters, and list parsing for the command line. Everything here is pure or reads `/proc` only.
 
 use std::time::Duration;

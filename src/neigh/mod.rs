@@ -19,7 +19,7 @@
 //!   moved is followed within about a second; a single forged reply changes nothing. Claims,
 //!   confirmed changes, kept MACs and refused own MACs are counted ([`NeighStats`]).
 //!
-//! Parsing uses `etherparse`'s ARP slice (ECOSYSTEM.md: its ARP types are complete and ARP is not a
+//! Parsing uses `etherparse`'s ARP slice (docs/dependencies.md: its ARP types are complete and ARP is not a
 //! hot path); building writes the fixed 42-byte Ethernet + ARP frame directly.
 
 use std::collections::BTreeMap;
