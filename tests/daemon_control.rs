@@ -167,10 +167,10 @@ fn sigterm_is_not_held_up_by_a_table_build() {
     let stop = t.elapsed();
     eprintln!("SIGTERM during the reload's build: exited ({status}) after {stop:?}");
     assert!(status.success(), "{}", lab.maglevd_log("fe1"));
-    assert!(
-        stop < Duration::from_millis(1500).max(build / 2),
-        "SIGTERM waited for the table build ({stop:?}, build {build:?})"
-    );
+    // The daemon's build of the same tables takes about as long as `check`'s: a stop that waited
+    // for it would take at least half of that.
+    assert!(build >= Duration::from_millis(400), "the build is too short ({build:?}) to tell anything");
+    assert!(stop < build / 2, "SIGTERM waited for the table build ({stop:?}, build {build:?})");
 }
 
 /// A backend that is not on the egress subnet cannot be resolved by ARP: start-up and reload
@@ -236,4 +236,51 @@ fn one_forged_arp_reply_cannot_take_a_backend_over() {
     for (port, be) in &flows {
         assert_eq!(&get(&lab, *port), be, "flow from port {port} moved");
     }
+}
+
+/// The ingress interface deleted and re-created (a CNI re-plumbing a pod): while it is gone
+/// `/healthz` fails naming it; once it is back maglevd re-opens its rings and forwards again
+/// (before the fix `/healthz` stayed 200 and VIP traffic was black-holed for good).
+#[test]
+fn a_recreated_ingress_interface_is_followed() {
+    let (mut lab, _path) = lab_with_fe1("lk", &example());
+    lab.wait_ready("fe1", Duration::from_secs(15));
+    assert!(get(&lab, 44000).starts_with("be"));
+    lab.sh("fe1", &["ip", "link", "del", "net1"]);
+    let t = Instant::now();
+    wait_until("/healthz failing without net1", Duration::from_secs(5), || lab.http_local("fe1", "/healthz").0 == 503);
+    let (_, body) = lab.http_local("fe1", "/healthz");
+    eprintln!("net1 deleted: /healthz 503 after {:?}: {}", t.elapsed(), body.trim());
+    assert!(body.contains("net1"), "{body}");
+
+    // Re-plumb it as the lab (and a CNI plugin) does: a macvlan on the node's vlan100.
+    let fe1 = lab.ns("fe1");
+    lab.sh(
+        "w1",
+        &[
+            "ip",
+            "link",
+            "add",
+            "link",
+            "vlan100",
+            "name",
+            "fe1-net1",
+            "address",
+            "c2:b0:57:49:47:f1",
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ],
+    );
+    lab.sh("w1", &["ip", "link", "set", "fe1-net1", "netns", &fe1]);
+    lab.sh("fe1", &["ip", "link", "set", "fe1-net1", "name", "net1"]);
+    lab.sh("fe1", &["ip", "addr", "add", "10.158.100.2/24", "dev", "net1"]);
+    lab.sh("fe1", &["ip", "link", "set", "net1", "up"]);
+    let t = Instant::now();
+    wait_until("/healthz back", Duration::from_secs(10), || lab.http_local("fe1", "/healthz").0 == 200);
+    eprintln!("net1 re-created: /healthz 200 after {:?}", t.elapsed());
+    let served: Vec<String> = (0..20).map(|i| get(&lab, 44100 + i)).collect();
+    assert!(served.iter().all(|b| b.starts_with("be")), "{served:?}");
+    assert!(lab.maglevd_log("fe1").contains("rings re-opened"), "{}", lab.maglevd_log("fe1"));
 }

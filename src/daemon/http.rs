@@ -291,8 +291,12 @@ fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats) -> Vec<u8
     out
 }
 
-/// Ready when every service has at least one usable backend.
+/// Ready when the interfaces are there, every worker's rings are open, and every service has at
+/// least one usable backend.
 fn health(shared: &Shared) -> (&'static str, String) {
+    if let Some(problem) = shared.datapath_problem() {
+        return ("503 Service Unavailable", format!("{problem}\n"));
+    }
     let snap = shared.snapshot.load();
     let empty: Vec<&str> = snap.services().iter().filter(|s| s.table.is_empty()).map(|s| s.name.as_str()).collect();
     if empty.is_empty() {

@@ -66,6 +66,14 @@ pub struct Shared {
     pub arp: ArpCounters,
     /// Reloads refused (bad file); the running configuration stayed in force.
     pub reload_failures: AtomicU64,
+    /// Bumped by the control thread when an interface was re-created or changed: every worker
+    /// re-opens its rings (see [`worker::Worker::run_reopening`]).
+    pub rings_epoch: AtomicU64,
+    /// Per worker: its rings are open and bound (false after a failed re-open, until it works).
+    pub rings_ok: Box<[AtomicBool]>,
+    /// Why the interfaces cannot carry traffic now (an interface is missing or down), if so:
+    /// readiness fails until the control thread sees them back.
+    pub link_problem: arc_swap::ArcSwapOption<String>,
 }
 
 impl Shared {
@@ -78,7 +86,26 @@ impl Shared {
             counters: Counters::new(workers),
             arp: ArpCounters::default(),
             reload_failures: AtomicU64::new(0),
+            rings_epoch: AtomicU64::new(0),
+            rings_ok: (0..workers).map(|_| AtomicBool::new(true)).collect(),
+            link_problem: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// Why forwarding cannot work now, if it cannot: an interface is missing or down, or a worker
+    /// could not re-open its rings.
+    pub fn datapath_problem(&self) -> Option<String> {
+        if let Some(p) = self.link_problem.load_full() {
+            return Some((*p).clone());
+        }
+        let dead: Vec<String> = self
+            .rings_ok
+            .iter()
+            .enumerate()
+            .filter(|(_, ok)| !ok.load(Ordering::Relaxed))
+            .map(|(i, _)| i.to_string())
+            .collect();
+        (!dead.is_empty()).then(|| format!("worker {} could not re-open its rings", dead.join(", ")))
     }
 }
 
@@ -101,6 +128,13 @@ pub fn worker_rings(
 /// network namespace never share a group.
 pub fn fanout_group() -> u16 {
     (std::process::id() & 0xffff) as u16
+}
+
+/// The fanout group of the rings re-opened at `epoch`: a new group each time, because the
+/// kernel refuses to put sockets of a re-created interface in a group whose members are still
+/// bound to the old one.
+fn fanout_group_at(epoch: u64) -> u16 {
+    fanout_group().wrapping_add((epoch as u16).wrapping_mul(0x9e37))
 }
 
 /// ARP counters (written by the control and ingress-ARP threads with atomic adds: ARP is rare).
@@ -332,6 +366,9 @@ fn macs_of(neigh: &NeighTable) -> builder::Macs {
     neigh.entries().filter_map(|(ip, s)| s.mac().map(|m| (ip, m))).collect()
 }
 
+/// How often the control thread looks at the interfaces (index, MAC, MTU).
+const LINK_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(opts: &Options) -> Result<(), DaemonError> {
     // Signals first: a SIGTERM during start-up (e.g. to PID 1 of a pod) must not be lost.
@@ -406,11 +443,26 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let mut handles = Vec::new();
     for (i, (mut rx, mut tx, mut icmp)) in rings.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
+        let (ingress, egress) = (cfg.ingress.clone(), cfg.egress.clone());
+        let (rx_cfg, tx_cfg) = (rx_cfg.clone(), tx_cfg.clone());
         let h = std::thread::Builder::new()
             .name(format!("maglevd-w{i}"))
             .spawn(move || {
                 let Some(counters) = shared.counters.worker(i) else { return };
-                worker::run(&mut rx, &mut tx, &mut icmp, &shared, counters);
+                // The same rings again, on the interfaces as they are now (after a re-creation).
+                let mut reopen = |epoch: u64| -> Result<_, IoError> {
+                    let rx_cfg = RxConfig { fanout: Some(Fanout::hash(fanout_group_at(epoch))), ..rx_cfg.clone() };
+                    Ok((
+                        RxRing::open(&ingress, &rx_cfg)?,
+                        TxRing::open(&egress, &tx_cfg)?,
+                        PacketSocket::sender(&ingress)?,
+                    ))
+                };
+                worker::Worker::new(&mut rx, &mut tx, &mut icmp, counters, Instant::now()).run_reopening(
+                    &shared,
+                    i,
+                    &mut reopen,
+                );
             })
             .map_err(|e| DaemonError::Setup(format!("spawning worker {i}: {e}")))?;
         handles.push(h);
@@ -494,7 +546,12 @@ impl Control<'_> {
         // (Kubernetes updates a mounted ConfigMap by swapping a symlink, without any signal).
         let mut seen = config::read_file(&self.opts.config).ok();
         let mut next_check = Instant::now();
+        let mut next_link_check = Instant::now() + LINK_CHECK_EVERY;
         while !self.shared.stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next_link_check {
+                next_link_check = Instant::now() + LINK_CHECK_EVERY;
+                self.check_links(&mut sock);
+            }
             let mut due = reload.swap(false, Ordering::Relaxed);
             if let Some(every) = self.cfg.daemon.config_check
                 && Instant::now() >= next_check
@@ -644,6 +701,64 @@ impl Control<'_> {
         self.builder.reload(Arc::new(new));
     }
 
+    /// Follow the interfaces: one missing makes the daemon not ready (loudly) until it is back;
+    /// one re-created (new index) or changed (MAC, MTU) gets every ring and ARP socket re-opened
+    /// and its MAC into the next snapshot.
+    fn check_links(&mut self, sock: &mut PacketSocket) {
+        let looked = InterfaceInfo::lookup(&self.cfg.ingress).and_then(|i| {
+            let e = if self.cfg.one_arm() { i.clone() } else { InterfaceInfo::lookup(&self.cfg.egress)? };
+            Ok((i, e))
+        });
+        let (ingress, egress) = match looked {
+            Ok(pair) => pair,
+            Err(e) => {
+                if self.shared.link_problem.load().is_none() {
+                    error!("{e}: VIP traffic cannot flow; not ready until the interface is back");
+                    self.shared.link_problem.store(Some(Arc::new(e.to_string())));
+                }
+                return;
+            }
+        };
+        let (old_in, old_eg) = (&self.ifs.ingress, &self.ifs.egress);
+        let recreated = ingress.ifindex != old_in.ifindex || egress.ifindex != old_eg.ifindex;
+        let changed = recreated
+            || ingress.mac != old_in.mac
+            || egress.mac != old_eg.mac
+            || ingress.mtu != old_in.mtu
+            || egress.mtu != old_eg.mtu;
+        if changed {
+            info!(
+                ingress = %format!("{} index {} {} mtu {}", ingress.name, ingress.ifindex, ingress.mac_string(), ingress.mtu),
+                egress = %format!("{} index {} {} mtu {}", egress.name, egress.ifindex, egress.mac_string(), egress.mtu),
+                "interfaces changed; re-opening the rings"
+            );
+            let egress_ip =
+                self.cfg.egress_address.or_else(|| egress.ipv4.first().copied()).unwrap_or(self.ifs.egress_ip);
+            self.ifs = Interfaces { ingress, egress, egress_ip };
+            let (in_mac, eg_mac) = (MacAddr(self.ifs.ingress.mac), MacAddr(self.ifs.egress.mac));
+            self.neigh.set_sender(eg_mac, egress_ip);
+            self.neigh.set_own_macs(&[in_mac, eg_mac]);
+            self.responder = egress_responder(&self.cfg, &self.ifs);
+            if let Some(r) = &self.ingress_responder {
+                r.store(Arc::new(Responder::new(
+                    in_mac,
+                    answer_for(self.cfg.ingress_address, &self.ifs.ingress),
+                    vips(&self.cfg),
+                )));
+            }
+            match PacketSocket::open(&self.cfg.egress, ETHERTYPE_ARP) {
+                Ok(s) => *sock = s,
+                Err(e) => warn!(error = %e, "cannot re-open the ARP socket on the egress interface"),
+            }
+            self.builder.links(self.ifs.links());
+            self.shared.rings_epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.shared.link_problem.load().is_some() {
+            info!("the interfaces are back");
+            self.shared.link_problem.store(None);
+        }
+    }
+
     /// The builder published `cfg`: resolve its backends and answer ARP as it says.
     fn applied(&mut self, cfg: Arc<Config>) {
         let lost = self.neigh.set_targets(arp_targets(&cfg), Instant::now());
@@ -664,7 +779,23 @@ impl Control<'_> {
 
 fn ingress_arp_loop(mut sock: PacketSocket, responder: &ArcSwap<Responder>, shared: &Shared) {
     let mut buf = [0u8; 256];
+    let mut epoch = shared.rings_epoch.load(Ordering::Relaxed);
     while !shared.stop.load(Ordering::Relaxed) {
+        // The ingress interface was re-created: listen on the new one.
+        let now_epoch = shared.rings_epoch.load(Ordering::Relaxed);
+        if now_epoch != epoch {
+            match PacketSocket::open(&sock.interface().name.clone(), ETHERTYPE_ARP) {
+                Ok(s) => {
+                    sock = s;
+                    epoch = now_epoch;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot re-open the ARP socket on the ingress interface; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            }
+        }
         match sock.recv(&mut buf, Duration::from_millis(200)) {
             Ok(Some(n)) => {
                 let Some(arp) = neigh::parse_arp(&buf[..n]) else { continue };

@@ -73,6 +73,9 @@ pub fn run<R: RxDevice + VipFiltered, T: TxDevice, S: FrameSender>(
     Worker::new(rx, tx, icmp, counters, Instant::now()).run(shared);
 }
 
+/// Re-opens a worker's devices for a rings epoch (see [`Worker::run_reopening`]).
+pub type Reopen<'f, R, T, S> = dyn FnMut(u64) -> Result<(R, T, S), IoError> + 'f;
+
 /// One worker's devices and the state it keeps between batches.
 #[derive(Debug)]
 pub struct Worker<'a, R, T, S> {
@@ -122,13 +125,68 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
     where
         R: VipFiltered,
     {
+        self.run_inner(shared, None);
+    }
+
+    /// [`Worker::run`] as the daemon's worker `index` runs it: when `shared.rings_epoch` moves
+    /// (an interface was re-created or changed), replace the devices by `reopen(epoch)`'s — the
+    /// same rings on the interfaces as they are now — and put the current VIP filter on them.
+    /// Queued frames of the old TX ring are discarded (counted). A failed re-open marks the
+    /// worker's rings dead in `shared.rings_ok` (readiness fails) and is retried every second.
+    pub fn run_reopening(&mut self, shared: &Shared, index: usize, reopen: &mut Reopen<'_, R, T, S>)
+    where
+        R: VipFiltered,
+    {
+        self.run_inner(shared, Some((index, reopen)));
+    }
+
+    fn run_inner(&mut self, shared: &Shared, mut reopen: Option<(usize, &mut Reopen<'_, R, T, S>)>)
+    where
+        R: VipFiltered,
+    {
         let mut backlog = 0u32;
         let first = shared.snapshot.load();
         let mut generation = first.generation();
         let mut vips: Vec<Ipv4Addr> = first.vip_addrs().collect();
         drop(first);
+        let mut epoch = shared.rings_epoch.load(Ordering::Relaxed);
+        let mut retry_at: Option<Instant> = None;
         while !shared.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            // One relaxed load per batch: has an interface been re-created?
+            let want = shared.rings_epoch.load(Ordering::Relaxed);
+            if let Some((index, f)) = reopen.as_mut()
+                && (want != epoch || retry_at.is_some_and(|t| now >= t))
+            {
+                epoch = want;
+                match f(want) {
+                    Ok((rx, tx, icmp)) => {
+                        self.discard_queued();
+                        *self.rx = rx;
+                        *self.tx = tx;
+                        *self.icmp = icmp;
+                        backlog = 0;
+                        self.rx_drops_seen = 0;
+                        if let Err(e) = self.rx.set_vips(&vips) {
+                            tracing::error!(worker = *index, error = %e, "cannot put the VIP filter on the re-opened ring");
+                        }
+                        retry_at = None;
+                        if let Some(ok) = shared.rings_ok.get(*index) {
+                            ok.store(true, Ordering::Relaxed);
+                        }
+                        tracing::info!(worker = *index, "rings re-opened");
+                    }
+                    Err(e) => {
+                        if retry_at.is_none() {
+                            tracing::error!(worker = *index, error = %e, "cannot re-open the rings; retrying every second");
+                        }
+                        retry_at = Some(now + Duration::from_secs(1));
+                        if let Some(ok) = shared.rings_ok.get(*index) {
+                            ok.store(false, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
             // One snapshot per batch: every frame of the batch sees the same generation.
             let snap = shared.snapshot.load();
             // A new snapshot may bring other VIPs (a reload): follow them in the kernel filter.

@@ -107,7 +107,7 @@ impl Snapshot {
             let std::net::IpAddr::V4(vip) = s.vip else {
                 return Err(BuildError::NotForwardable {
                     service: s.name.clone(),
-                    reason: "IPv6 services are supported by check, table, lookup and import-ipvs; the forwarder is IPv4 only",
+                    reason: "IPv6 services are supported by table, lookup and import-ipvs (migration tooling); the forwarder is IPv4 only",
                 });
             };
             let mut backends = Vec::with_capacity(s.backends.len());

@@ -234,6 +234,16 @@ impl NeighTable {
         NeighTable { mac, ip, timers, entries: BTreeMap::new(), own: vec![mac], stats: NeighStats::default() }
     }
 
+    /// Send probes from this MAC and address from now on (the interface was re-created or
+    /// changed).
+    pub fn set_sender(&mut self, mac: MacAddr, ip: Ipv4Addr) {
+        self.mac = mac;
+        self.ip = ip;
+        if !self.own.contains(&mac) {
+            self.own.push(mac);
+        }
+    }
+
     /// Our own interfaces' MACs (the sending MAC is always among them): never learned for a
     /// backend.
     pub fn set_own_macs(&mut self, macs: &[MacAddr]) {
