@@ -13,6 +13,11 @@
 //! | [`table`] | a service's table under either algorithm; the `ipvs-mh` dests' availability, prepared per snapshot so each lookup is bounded | none |
 //! | [`dataplane`] | the immutable [`dataplane::Snapshot`] and the hot path `forward(frame, snapshot)` | none |
 //! | [`report`] | `check`/`table` reports; `lookup` asks [`dataplane::forward`] itself (IPv6 `ipvs-mh`: the kernel table) | none |
+//! | [`neigh`] | ARP: answering for our own address (never a VIP), resolving backend MACs, confirming MAC changes | none (time passed in) |
+//! | [`metrics`] | per-worker counters (one writer each) and their Prometheus exposition | none |
+//! | [`io`] | AF_PACKET rings, packet sockets, the classic BPF VIP filter, interface facts; all `unsafe` in `io::sys` | syscalls |
+//! | [`daemon`] | `maglevd run`: [`daemon::prepare`] (the one path to a snapshot for check, start-up and reload), workers, the snapshot builder thread, the control thread (ARP, reload, interface changes), `/metrics` and `/healthz` | threads, sockets |
+//! | [`bench`] | `maglevd bench`: table builds, `forward()` in memory, live forwarding vs the kernel in namespaces | namespaces, rings |
 //!
 //! The hot path ([`dataplane::forward`]) allocates nothing, takes no lock and makes no syscall; it
 //! returns a [`dataplane::Verdict`] and the caller counts it.
