@@ -22,8 +22,7 @@ use tracing::{error, info};
 
 use super::{Shared, prepare};
 use crate::config::Config;
-use crate::dataplane::Links;
-use crate::table::TableCache;
+use crate::dataplane::{BuildState, Links};
 use crate::wire::MacAddr;
 
 /// Backend MACs known to the neighbour table.
@@ -66,7 +65,7 @@ pub struct Start {
     pub cfg: Arc<Config>,
     pub links: Links,
     pub macs: Macs,
-    pub cache: TableCache,
+    pub cache: BuildState,
     pub generation: u64,
 }
 

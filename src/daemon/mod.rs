@@ -46,6 +46,7 @@ use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError};
+use crate::dataplane::BuildState;
 use crate::dataplane::{Links, Resolver, Snapshot};
 use crate::io::{
     BpfProgram, Capabilities, Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing,
@@ -53,7 +54,7 @@ use crate::io::{
 };
 use crate::metrics::Counters;
 use crate::neigh::{self, Answer, NeighStats, NeighTable, NeighTimers, Responder};
-use crate::table::{BuildError, TableCache};
+use crate::table::BuildError;
 use crate::wire::{ETHERTYPE_ARP, MacAddr};
 
 /// What the workers, the control thread and the metrics endpoint share.
@@ -311,7 +312,7 @@ pub struct Prepared {
     pub filter: BpfProgram,
 }
 
-/// Build everything a configuration needs to forward: the snapshot (tables reused from `cache`
+/// Build everything a configuration needs to forward: the snapshot (tables reused from `state`
 /// where nothing changed) and the VIP filter. `check`, start-up and reload all come here, so
 /// what one accepts the others accept.
 pub fn prepare(
@@ -319,9 +320,9 @@ pub fn prepare(
     links: Links,
     resolve: Resolver<'_>,
     generation: u64,
-    cache: &mut TableCache,
+    state: &mut BuildState,
 ) -> Result<Prepared, DaemonError> {
-    let snapshot = Snapshot::build_cached(cfg, links, resolve, generation, cache)?;
+    let snapshot = Snapshot::build_cached(cfg, links, resolve, generation, state)?;
     let filter = VipFilter::new(&vips(cfg), false).build()?;
     Ok(Prepared { snapshot, filter })
 }
@@ -336,7 +337,7 @@ pub fn prepare_offline(cfg: &Config) -> Result<Prepared, DaemonError> {
     };
     let resolved = MacAddr([0x02, 0, 0, 0, 0xff, 0xff]);
     let links = Links { ingress_mac, egress_mac };
-    prepare(cfg, links, &|_| Some(resolved), 1, &mut TableCache::new())
+    prepare(cfg, links, &|_| Some(resolved), 1, &mut BuildState::default())
 }
 
 /// Backends that `cfg` wants resolved by ARP on the egress interface but that are not on any of
@@ -414,7 +415,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let mut neigh = NeighTable::new(MacAddr(ifs.egress.mac), ifs.egress_ip, NeighTimers::default());
     neigh.set_own_macs(&[MacAddr(ifs.ingress.mac), MacAddr(ifs.egress.mac)]);
     neigh.set_targets(arp_targets(&cfg), now);
-    let mut cache = TableCache::new();
+    let mut cache = BuildState::default();
     let macs = macs_of(&neigh);
     let resolve = |b: &config::Backend| b.ipv4().and_then(|ip| macs.get(&ip).copied());
     let snapshot = prepare(&cfg, ifs.links(), &resolve, 1, &mut cache)?.snapshot;

@@ -59,7 +59,7 @@
 pub mod pmtu;
 mod snapshot;
 
-pub use snapshot::{BackendState, Links, Resolver, ServiceState, Snapshot};
+pub use snapshot::{BackendIds, BackendState, BuildState, Links, Resolver, ServiceState, Snapshot};
 
 use crate::config::FlowKey;
 use crate::table::ServiceTable;

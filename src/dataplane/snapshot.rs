@@ -3,10 +3,11 @@
 //! change and publishes it whole (workers load it once per batch), so a worker never sees a table
 //! from one generation with MACs from another.
 
-use std::net::Ipv4Addr;
-
-use crate::config::{Backend, Config, FlowKey, Protocol};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+
+use crate::config::{Backend, Config, FlowKey, Protocol, Service};
 
 use crate::table::{BuildError, ServiceTable, TableCache};
 use crate::wire::MacAddr;
@@ -24,6 +25,11 @@ pub struct Links {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendState {
     pub ip: Ipv4Addr,
+    /// Destination port (`ipvs-mh` services; 0 for `maglev` ones, whose backends are IPs).
+    pub port: u16,
+    /// Stable identity of this backend *in this service* across snapshots (see [`BackendIds`]):
+    /// what a tracked flow remembers, so it survives reloads that reorder backends.
+    pub id: u32,
     pub weight: u32,
     /// Known MAC (static or resolved); `None` keeps the backend out of the table.
     pub mac: Option<MacAddr>,
@@ -51,6 +57,59 @@ pub struct ServiceState {
     pub backends: Box<[BackendState]>,
 }
 
+/// Who a backend is, for [`BackendIds`]: its service's endpoint and its own address and port.
+type Identity = (IpAddr, u8, Option<u16>, IpAddr, u16);
+
+fn identity(s: &Service, b: &Backend) -> Identity {
+    (s.vip, s.protocol.number(), s.port, b.ip, b.port)
+}
+
+/// Stable backend ids across snapshots: the same (service endpoint, backend address, port) gets
+/// the same id in every snapshot built with one `BackendIds`, whatever the order of services and
+/// backends in the file. Ids are dense and never reused while the process runs (a flow that
+/// remembers a removed backend's id must never land on a newcomer), so a snapshot can map an id
+/// to its backend with one array index. A million backend additions cost 8 MB of that array.
+#[derive(Debug, Default)]
+pub struct BackendIds {
+    ids: BTreeMap<Identity, u32>,
+    next: u32,
+}
+
+impl BackendIds {
+    pub fn new() -> BackendIds {
+        BackendIds::default()
+    }
+
+    fn id(&mut self, s: &Service, b: &Backend) -> u32 {
+        let next = &mut self.next;
+        *self.ids.entry(identity(s, b)).or_insert_with(|| {
+            *next += 1;
+            *next - 1
+        })
+    }
+
+    /// One past the largest id handed out.
+    pub fn end(&self) -> u32 {
+        self.next
+    }
+}
+
+/// What one snapshot build hands to the next: the tables to reuse and the backend ids.
+#[derive(Debug, Default)]
+pub struct BuildState {
+    pub tables: TableCache,
+    pub ids: BackendIds,
+}
+
+/// Where a backend id lives in a snapshot: (service index, backend index), or nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdSlot {
+    service: u16,
+    backend: u32,
+}
+
+const NO_SLOT: IdSlot = IdSlot { service: u16::MAX, backend: u32::MAX };
+
 /// Marks "all ports" in a service key (ports are 16 bits, so this cannot collide).
 const ALL_PORTS: u64 = 1 << 16;
 
@@ -74,6 +133,8 @@ pub struct Snapshot {
     /// Sorted (fragment key, service index): the service that takes a VIP's fragments.
     fragments: Box<[(u64, u16)]>,
     services: Box<[ServiceState]>,
+    /// Backend id → where it is now (see [`BackendIds`]).
+    id_slots: Box<[IdSlot]>,
 }
 
 /// The MAC of a backend if it is usable now: static from the configuration, else resolved.
@@ -83,11 +144,12 @@ impl Snapshot {
     /// Build the snapshot for `cfg`. `resolve` supplies the MAC of each backend without a static
     /// one (`None`: unresolved or otherwise unusable, so it gets no slots).
     pub fn build(cfg: &Config, links: Links, resolve: Resolver<'_>, generation: u64) -> Result<Snapshot, BuildError> {
-        Self::build_cached(cfg, links, resolve, generation, &mut TableCache::new())
+        Self::build_cached(cfg, links, resolve, generation, &mut BuildState::default())
     }
 
-    /// [`Snapshot::build`], reusing from `cache` every table whose service and reachability did
-    /// not change; on success `cache` holds exactly this snapshot's tables.
+    /// [`Snapshot::build`], reusing from `state` every table whose service and reachability did
+    /// not change (on success it holds exactly this snapshot's tables) and keeping every
+    /// backend's id from earlier builds.
     ///
     /// A backend MAC equal to one of our own interfaces' MACs is refused: frames "forwarded" to
     /// it come back to us (in one-arm mode macvlan hands them straight back) and loop. A static
@@ -98,7 +160,7 @@ impl Snapshot {
         links: Links,
         resolve: Resolver<'_>,
         generation: u64,
-        cache: &mut TableCache,
+        state: &mut BuildState,
     ) -> Result<Snapshot, BuildError> {
         let own = [links.ingress_mac, links.egress_mac];
         let mut services = Vec::with_capacity(cfg.services.len());
@@ -119,10 +181,11 @@ impl Snapshot {
                     return Err(BuildError::OwnMac { service: s.name.clone(), ip: b.ip, mac });
                 }
                 let mac = b.mac.or_else(|| resolve(b)).filter(|m| !own.contains(m));
-                backends.push(BackendState { ip, weight: b.weight, mac });
+                let id = state.ids.id(s, b);
+                backends.push(BackendState { ip, port: b.port, id, weight: b.weight, mac });
             }
             let reachable: Box<[bool]> = backends.iter().map(|b| b.mac.is_some()).collect();
-            let table = cache.get(s, &reachable)?;
+            let table = state.tables.get(s, &reachable)?;
             used.push((s.clone(), reachable, Arc::clone(&table)));
             services.push(ServiceState {
                 name: s.name.clone(),
@@ -134,11 +197,19 @@ impl Snapshot {
                 backends: backends.into(),
             });
         }
-        cache.retain(used);
-        Ok(Self::from_services(services, links, generation))
+        state.tables.retain(used);
+        Ok(Self::from_services(services, links, generation, state.ids.end()))
     }
 
-    fn from_services(services: Vec<ServiceState>, links: Links, generation: u64) -> Snapshot {
+    fn from_services(services: Vec<ServiceState>, links: Links, generation: u64, ids_end: u32) -> Snapshot {
+        let mut id_slots = vec![NO_SLOT; ids_end as usize];
+        for (si, s) in services.iter().enumerate() {
+            for (bi, b) in s.backends.iter().enumerate() {
+                if let Some(slot) = id_slots.get_mut(b.id as usize) {
+                    *slot = IdSlot { service: si as u16, backend: bi as u32 };
+                }
+            }
+        }
         let mut vips: Vec<u32> = services.iter().map(|s| u32::from(s.vip)).collect();
         vips.sort_unstable();
         vips.dedup();
@@ -170,6 +241,16 @@ impl Snapshot {
             keys: keys.into(),
             fragments: fragments.into(),
             services: services.into(),
+            id_slots: id_slots.into(),
+        }
+    }
+
+    /// Where backend `id` is in this snapshot: (service index, backend index), if it is.
+    #[inline]
+    pub fn backend_by_id(&self, id: u32) -> Option<(u16, u32)> {
+        match self.id_slots.get(id as usize) {
+            Some(&s) if s != NO_SLOT => Some((s.service, s.backend)),
+            _ => None,
         }
     }
 
@@ -248,19 +329,19 @@ mod tests {
     #[test]
     fn unchanged_tables_are_reused_and_a_changed_service_is_rebuilt_alone() {
         let cfg = config::parse(CFG, Path::new("t.toml")).unwrap();
-        let mut cache = TableCache::new();
+        let mut cache = BuildState::default();
         let s1 = Snapshot::build_cached(&cfg, links(), &mac_of, 1, &mut cache).unwrap();
-        assert_eq!(cache.built(), 2);
+        assert_eq!(cache.tables.built(), 2);
         // Same state: nothing is rebuilt, the tables are the same objects.
         let s2 = Snapshot::build_cached(&cfg, links(), &mac_of, 2, &mut cache).unwrap();
-        assert_eq!(cache.built(), 2);
+        assert_eq!(cache.tables.built(), 2);
         for (a, b) in s1.services().iter().zip(s2.services()) {
             assert!(Arc::ptr_eq(&a.table, &b.table));
         }
         // 10.0.0.1 loses its MAC: only service "a" is rebuilt.
         let lost = |b: &Backend| if b.ip.to_string() == "10.0.0.1" { None } else { mac_of(b) };
         let s3 = Snapshot::build_cached(&cfg, links(), &lost, 3, &mut cache).unwrap();
-        assert_eq!(cache.built(), 3);
+        assert_eq!(cache.tables.built(), 3);
         assert!(!Arc::ptr_eq(&s2.services()[0].table, &s3.services()[0].table));
         assert!(Arc::ptr_eq(&s2.services()[1].table, &s3.services()[1].table));
         assert_eq!(s3.services()[0].table.shares(2)[0], 0);
@@ -279,5 +360,34 @@ mod tests {
         let s = Snapshot::build(&cfg, links(), &ours, 1).unwrap();
         assert_eq!(s.services()[0].backends[1].mac, None);
         assert_eq!(s.services()[0].table.shares(2)[1], 0);
+    }
+
+    #[test]
+    fn backend_ids_follow_identity_not_order() {
+        let cfg = config::parse(CFG, Path::new("t.toml")).unwrap();
+        let mut state = BuildState::default();
+        let s1 = Snapshot::build_cached(&cfg, links(), &mac_of, 1, &mut state).unwrap();
+        let id_of = |s: &Snapshot, svc: &str, ip: &str| {
+            let sv = s.services().iter().find(|x| x.name == svc).unwrap();
+            sv.backends.iter().find(|b| b.ip.to_string() == ip).unwrap().id
+        };
+        let a1 = id_of(&s1, "a", "10.0.0.2");
+        // Services and backends in another order, one backend removed, one added.
+        let text = "[interfaces]\ningress = \"net1\"\negress = \"net2\"\n\
+            [[service]]\nname = \"b\"\nvip = \"10.201.0.2\"\nprotocol = \"tcp\"\nport = 80\n\
+            [[service.backend]]\nip = \"10.0.0.3\"\n\
+            [[service]]\nname = \"a\"\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n\
+            [[service.backend]]\nip = \"10.0.0.9\"\n[[service.backend]]\nip = \"10.0.0.2\"\n";
+        let cfg2 = config::parse(text, Path::new("t.toml")).unwrap();
+        let s2 = Snapshot::build_cached(&cfg2, links(), &mac_of, 2, &mut state).unwrap();
+        assert_eq!(id_of(&s2, "a", "10.0.0.2"), a1, "same backend of the same service, same id");
+        assert_eq!(s2.backend_by_id(a1), Some((1, 1)), "found where it is now");
+        let removed = id_of(&s1, "a", "10.0.0.1");
+        assert_eq!(s2.backend_by_id(removed), None, "a removed backend is nowhere");
+        let new = id_of(&s2, "a", "10.0.0.9");
+        assert!(new >= 3 && new != removed, "a newcomer never takes a removed backend's id");
+        // The same IP in another service is another backend.
+        assert_ne!(id_of(&s2, "b", "10.0.0.3"), id_of(&s2, "a", "10.0.0.2"));
+        assert_eq!(s2.backend_by_id(u32::MAX), None);
     }
 }
