@@ -11,6 +11,7 @@
 //! | [`ipvs_import`] | `ipvsadm -Ln --nosort` / `ipvsadm-save` text → `ipvs-mh` services and their TOML | none |
 //! | [`config`] | TOML file types and validation into runtime types | reads the file |
 //! | [`dataplane`] | the immutable [`dataplane::Snapshot`] and the hot path `forward(frame, snapshot)` | none |
+//! | [`netns`] | throwaway network namespaces and veths for `bench live` and the tests (not used by `run`) | runs `ip` |
 //!
 //! The hot path ([`dataplane::forward`]) allocates nothing, takes no lock and makes no syscall; it
 //! returns a [`dataplane::Verdict`] and the caller counts it.
@@ -30,6 +31,7 @@ pub mod ipvs_mh;
 pub mod maglev;
 pub mod metrics;
 pub mod neigh;
+pub mod netns;
 pub mod report;
 pub mod table;
 pub mod wire;
