@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::net::Ipv4Addr;
 
 use crate::dataplane::{Snapshot, Verdict, forward};
-use crate::io::{FlushStatus, IoError, MemRx, RxDevice, RxRing, TxDevice, TxError, VipFilter};
+use crate::io::{FlushStatus, IoError, RxDevice, RxRing, TxDevice, TxError, VipFilter};
 use crate::metrics::{WorkerCounters, bump};
 
 use super::Shared;
@@ -33,8 +33,9 @@ impl VipFiltered for RxRing {
     }
 }
 
-/// The in-memory device has no kernel filter: `forward()` sees everything.
-impl VipFiltered for MemRx {
+/// The in-memory device (unit tests only) has no kernel filter: `forward()` sees everything.
+#[cfg(test)]
+impl VipFiltered for crate::io::MemRx {
     fn set_vips(&mut self, _vips: &[Ipv4Addr]) -> Result<(), IoError> {
         Ok(())
     }
@@ -144,7 +145,7 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::dataplane::{DropReason, Links, PassReason};
-    use crate::io::{MemFrame, MemTx, VnetHdr};
+    use crate::io::{MemFrame, MemRx, MemTx, VnetHdr};
     use crate::metrics::Counters;
     use crate::wire::MacAddr;
 

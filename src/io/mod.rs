@@ -78,6 +78,7 @@
 
 pub mod bpf;
 pub mod iface;
+#[cfg(test)]
 pub mod mem;
 pub mod ring;
 mod sys;
@@ -86,9 +87,10 @@ use std::time::Duration;
 
 pub use bpf::{BpfError, BpfProgram, VipFilter};
 pub use iface::InterfaceInfo;
+#[cfg(test)]
 pub use mem::{MemFrame, MemRx, MemTx};
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
-pub use sys::{current_cpu, enter_netns, pin_current_thread};
+pub use sys::{enter_netns, pin_current_thread};
 
 /// `struct virtio_net_hdr` (10 bytes, legacy layout, host byte order) that the
 /// kernel puts in front of each frame when `PACKET_VNET_HDR` is on. It carries
@@ -398,7 +400,7 @@ fn hint(call: &str, e: &std::io::Error) -> &'static str {
     }
 }
 
-/// A source of received frames (an [`RxRing`] or a [`MemRx`]).
+/// A source of received frames (an [`RxRing`], or in unit tests the in-memory `MemRx`).
 pub trait RxDevice {
     /// Hands every ready frame, up to `max`, to `f`, returning each slot to
     /// the kernel after `f` returns. Never blocks, never allocates. Returns
@@ -409,7 +411,7 @@ pub trait RxDevice {
     fn wait(&mut self, timeout: Duration) -> Result<bool, IoError>;
 }
 
-/// A sink of frames (a [`TxRing`] or a [`MemTx`]).
+/// A sink of frames (a [`TxRing`], or in unit tests the in-memory `MemTx`).
 pub trait TxDevice {
     /// Copies `frame` into the next free slot; nothing is sent before `flush`.
     fn push(&mut self, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), TxError>;
