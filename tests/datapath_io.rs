@@ -14,7 +14,6 @@
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,8 +22,9 @@ use etherparse::PacketBuilder;
 use maglevd::config;
 use maglevd::daemon::{Shared, worker, worker_rings};
 use maglevd::dataplane::{DropReason, Links, PassReason, Snapshot};
-use maglevd::io::{Capabilities, PacketSocket, RxConfig, RxRing, TxRing, enter_netns};
+use maglevd::io::{Capabilities, PacketSocket, RxConfig, RxRing, TxRing};
 use maglevd::metrics::Totals;
+use maglevd::netns::Netns;
 use maglevd::wire::MacAddr;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -32,17 +32,6 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn run(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap_or_else(|e| panic!("spawn `{cmd}`: {e}"));
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Fails (never skips) without root or `ip netns`.
@@ -53,64 +42,14 @@ fn require_lab() {
         "these tests need root (CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN); CapEff={:#x}",
         caps.effective
     );
-    run("ip netns list >/dev/null");
+    maglevd::netns::preflight("tests/datapath_io.rs").expect("namespaces can be built here");
 }
 
-/// A network namespace deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("mlvdp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        run(&format!("ip netns add {name}"));
-        let ns = Netns { name };
-        ns.sh("ip link set lo up; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; \
-               echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; echo 0 > /proc/sys/net/ipv4/ip_forward; \
-               echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter; echo 0 > /proc/sys/net/ipv4/conf/default/rp_filter");
-        ns
-    }
-
-    /// Runs a shell command inside the namespace.
-    fn sh(&self, cmd: &str) -> String {
-        run(&format!("ip netns exec {} sh -c '{}'", self.name, cmd))
-    }
-
-    /// A veth pair `a` (here) ↔ `b` (in `peer`, which may be this namespace), both up.
-    fn veth(&self, a: &str, peer: &Netns, b: &str) {
-        run(&format!("ip -n {} link add {a} type veth peer name {b} netns {}", self.name, peer.name));
-        self.sh(&format!("ip link set {a} up"));
-        peer.sh(&format!("ip link set {b} up"));
-    }
-
-    fn mac(&self, ifname: &str) -> [u8; 6] {
-        let s = self.sh(&format!("cat /sys/class/net/{ifname}/address"));
-        let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-        v.try_into().unwrap()
-    }
-
-    fn enter(&self) {
-        enter_netns(format!("/var/run/netns/{}", self.name).as_ref()).expect("setns");
-    }
-
-    /// Runs `f` on a thread inside the namespace (threads it spawns start there too).
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.enter();
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
+/// A fresh namespace `mlvdp-<pid>-<n>` (lo up, IPv6 off, no forwarding, rp_filter 0), deleted on
+/// drop.
+fn new_ns() -> Netns {
+    let name = format!("mlvdp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    Netns::create(&name).expect("create a network namespace")
 }
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
@@ -118,9 +57,9 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 9);
 
 /// The namespace `lb` with `v0` ↔ `v1` and `e0` ↔ `e1`.
 fn lb() -> Netns {
-    let ns = Netns::new();
-    ns.veth("v0", &ns, "v1");
-    ns.veth("e0", &ns, "e1");
+    let ns = new_ns();
+    ns.veth("v0", &ns, "v1").expect("veth v0 ↔ v1");
+    ns.veth("e0", &ns, "e1").expect("veth e0 ↔ e1");
     ns
 }
 
@@ -145,7 +84,7 @@ struct Worker {
 
 impl Worker {
     fn open(ns: &Netns, rx_slots: usize) -> (RxRing, TxRing, PacketSocket, Arc<Shared>) {
-        let snap = snapshot(ns.mac("v1"), ns.mac("e0"), ns.mac("e1"));
+        let snap = snapshot(ns.mac("v1").unwrap(), ns.mac("e0").unwrap(), ns.mac("e1").unwrap());
         let (rx_cfg, tx_cfg) = worker_rings(&[VIP], 4242, rx_slots, 64).expect("ring config");
         let rx = RxRing::open("v1", &rx_cfg).expect("RX ring");
         let tx = TxRing::open("e0", &tx_cfg).expect("TX ring");
@@ -244,7 +183,7 @@ fn rx_ring_overflow_is_counted_exactly() {
     let _g = serial();
     require_lab();
     let ns = lb();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
         let parts = Worker::open(&ns, 8);
         let slots = parts.0.layout().frame_nr as u64;
@@ -279,7 +218,8 @@ fn rx_ring_overflow_is_counted_exactly() {
         assert_eq!(running.io("rx_ring_drops"), drops, "counted while running, not only at stop");
         assert!(drops >= sent - 2 * slots - 1, "the ring overflowed: {drops}");
         assert_eq!(t.io("rx_stats_errors"), 0);
-    });
+    })
+    .expect("run in the namespace");
 }
 
 /// Bug: the VLAN tag the kernel strips was ignored, so a frame of any VLAN was forwarded (and left
@@ -290,7 +230,7 @@ fn frames_of_another_vlan_are_not_forwarded() {
     let _g = serial();
     require_lab();
     let ns = lb();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
         let mut sink = RxRing::open("e1", &RxConfig { frame_count: 64, ..RxConfig::default() }).unwrap();
         let w = Worker::start(Worker::open(&ns, 64));
@@ -308,7 +248,8 @@ fn frames_of_another_vlan_are_not_forwarded() {
         assert_eq!(t.passes[PassReason::ForeignVlan.index()], 3);
         let t = w.stop();
         assert_eq!((t.forwarded, t.passes[PassReason::ForeignVlan.index()], t.dropped()), (2, 3, 0));
-    });
+    })
+    .expect("run in the namespace");
 }
 
 /// Bug: a DF packet larger than the egress MTU was copied and silently dropped (a PMTU black hole).
@@ -319,32 +260,36 @@ fn frames_of_another_vlan_are_not_forwarded() {
 fn a_client_learns_the_egress_mtu() {
     let _g = serial();
     require_lab();
-    let ns = Netns::new();
-    ns.veth("e0", &ns, "e1");
-    let client = Netns::new();
-    client.veth("c0", &ns, "v1");
-    client.sh("ip link set c0 mtu 9000");
-    ns.sh("ip link set v1 mtu 9000; ip link set e0 mtu 1500; ip link set e1 mtu 1500");
-    let lb_mac = ns.mac("v1");
+    let ns = new_ns();
+    ns.veth("e0", &ns, "e1").unwrap();
+    let client = new_ns();
+    client.veth("c0", &ns, "v1").unwrap();
+    client.sh("ip link set c0 mtu 9000").unwrap();
+    ns.sh("ip link set v1 mtu 9000; ip link set e0 mtu 1500; ip link set e1 mtu 1500").unwrap();
+    let lb_mac = ns.mac("v1").unwrap();
     let mac = MacAddr(lb_mac).to_string();
-    client.sh(&format!(
-        "ip addr add {CLIENT}/24 dev c0; ip route add 10.201.0.0/24 via 10.99.0.1 dev c0; \
+    client
+        .sh(&format!(
+            "ip addr add {CLIENT}/24 dev c0; ip route add 10.201.0.0/24 via 10.99.0.1 dev c0; \
          ip neigh add 10.99.0.1 lladdr {mac} dev c0 nud permanent"
-    ));
-    let route = || client.sh(&format!("ip route get {VIP}"));
+        ))
+        .unwrap();
+    let route = || client.sh(&format!("ip route get {VIP}")).unwrap();
     assert!(!route().contains("mtu"), "no cached PMTU yet: {}", route());
     ns.run(|| {
         let mut sink = RxRing::open("e1", &RxConfig { frame_count: 64, ..RxConfig::for_max_frame(9100, 64) }).unwrap();
         let w = Worker::start(Worker::open(&ns, 64));
-        let sock = client.run(|| {
-            let s = UdpSocket::bind((CLIENT, 40000)).unwrap();
-            s.connect((VIP, 53)).unwrap();
-            // Linux's default PMTU mode for UDP (IP_PMTUDISC_WANT) sets DF on unfragmented packets.
-            let mut big = vec![0u8; 3000];
-            big[..8].copy_from_slice(b"MLV:big_");
-            s.send(&big).unwrap();
-            s
-        });
+        let sock = client
+            .run(|| {
+                let s = UdpSocket::bind((CLIENT, 40000)).unwrap();
+                s.connect((VIP, 53)).unwrap();
+                // Linux's default PMTU mode for UDP (IP_PMTUDISC_WANT) sets DF on unfragmented packets.
+                let mut big = vec![0u8; 3000];
+                big[..8].copy_from_slice(b"MLV:big_");
+                s.send(&big).unwrap();
+                s
+            })
+            .expect("run in the namespace");
         let t = w.wait_for(5, "the ICMP was sent", |t| t.io("icmp_frag_needed_sent") == 1);
         assert_eq!(t.drop(DropReason::FragNeeded), 1);
         // The client's kernel took the ICMP: the route to the VIP now carries the egress MTU.
@@ -354,21 +299,24 @@ fn a_client_learns_the_egress_mtu() {
             std::thread::sleep(Duration::from_millis(10));
         }
         println!("client route after the ICMP: {}", route().trim());
-        client.run(|| {
-            let mut big = vec![0u8; 3000];
-            big[..8].copy_from_slice(b"MLV:frag");
-            // The connected socket was told too: its next send reports the error once ...
-            let e = sock.send(&big).expect_err("EMSGSIZE from the ICMP");
-            assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
-            // ... and from then on the kernel fragments to 1500: the fragments are forwarded.
-            sock.send(&big).unwrap();
-        });
+        client
+            .run(|| {
+                let mut big = vec![0u8; 3000];
+                big[..8].copy_from_slice(b"MLV:frag");
+                // The connected socket was told too: its next send reports the error once ...
+                let e = sock.send(&big).expect_err("EMSGSIZE from the ICMP");
+                assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
+                // ... and from then on the kernel fragments to 1500: the fragments are forwarded.
+                sock.send(&big).unwrap();
+            })
+            .expect("run in the namespace");
         let got = markers(&mut sink, 1);
         let t = w.stop();
         assert_eq!(got, vec![b"MLV:frag".to_vec()], "only the re-sent datagram's first fragment carries the marker");
         assert_eq!(t.forwarded, 3, "3000 bytes of UDP in 1500-byte fragments: {}", t.summary());
         assert_eq!((t.drop(DropReason::FragNeeded), t.io("icmp_frag_needed_sent"), t.io("tx_too_big")), (1, 1, 0));
-    });
+    })
+    .expect("run in the namespace");
 }
 
 /// Bug: with the egress down, frames were counted as forwarded and as `tx_frames` while every
@@ -379,11 +327,11 @@ fn egress_down_frames_are_drops_and_the_ring_recovers() {
     let _g = serial();
     require_lab();
     let ns = lb();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
         let w = Worker::start(Worker::open(&ns, 64));
         let mut tx = PacketSocket::sender("v0").unwrap();
-        ns.sh("ip link set e0 down");
+        ns.sh("ip link set e0 down").unwrap();
         // More frames than the TX ring has slots: a wedged ring would refuse the rest.
         let n = 200u64;
         for i in 0..n {
@@ -397,7 +345,7 @@ fn egress_down_frames_are_drops_and_the_ring_recovers() {
         assert_eq!(down.drop(DropReason::TxRingFull), 0, "the ring never wedged");
         assert!(down.io("tx_errors") > 0);
 
-        ns.sh("ip link set e0 up");
+        ns.sh("ip link set e0 up").unwrap();
         let mut sink = RxRing::open("e1", &RxConfig { frame_count: 64, ..RxConfig::default() }).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         for i in 0..10u16 {
@@ -408,5 +356,6 @@ fn egress_down_frames_are_drops_and_the_ring_recovers() {
         assert_eq!(got.len(), 10, "forwarding resumed");
         assert_eq!((t.forwarded, t.io("tx_frames")), (10, 10), "{}", t.summary());
         assert_eq!(t.drop(DropReason::TxSendFailed), n);
-    });
+    })
+    .expect("run in the namespace");
 }

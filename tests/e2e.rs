@@ -2,13 +2,24 @@
 //! an ECMP router, two frontends running the real `maglevd` binary with config/maglevd.toml, three
 //! nginx backends holding the VIP on `lo` and replying straight to the router (DSR).
 //!
+//! Each phase is its own test, so one failure does not hide the others. Building a lab takes about
+//! a second, so the tests share two: one for the tests that only send traffic and read counters,
+//! one for those that send malformed frames, restart, reload or reconfigure a daemon. A test holds
+//! its lab's lock for its whole run and starts from the same baseline (see `Shared::baseline`),
+//! whatever order the harness picks and whether an earlier test failed. Both labs are removed when
+//! the test process exits.
+//!
 //! Runs as root (tests/run-all.sh); fails, never skips, when the environment is missing. All
 //! traffic stays inside the namespaces the test creates and removes.
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use maglevd::io::{InterfaceInfo, PacketSocket};
@@ -81,85 +92,189 @@ fn route_vip_via(lab: &Lab, via: Option<&str>) {
     };
 }
 
-#[test]
-fn seed_topology_end_to_end() {
-    let t0 = Instant::now();
-    // Unique per process, so concurrent test runs never share (or tear down) one lab.
-    let mut lab = Lab::up(&format!("mt{}", std::process::id() % 1_000_000));
-    // A copy the reload steps may rewrite; it starts as the example configuration, unchanged.
-    let cfg = lab.dir().join("maglevd.toml");
-    // Plus one service for the upload test, with the same backends (a TCP sink the test runs there).
-    let example = std::fs::read_to_string(repo().join("config/maglevd.toml")).expect("example config");
-    std::fs::write(&cfg, format!("{example}{UPLOAD_SERVICE}")).expect("write the config");
-    for fe in ["fe1", "fe2"] {
-        lab.start_maglevd(fe, &cfg, &["--workers", "2"]);
-    }
-    for fe in ["fe1", "fe2"] {
-        lab.wait_ready(fe, Duration::from_secs(15));
-    }
-    eprintln!("maglevd ready on fe1 and fe2 after {:?}", t0.elapsed());
+/// One lab and what the tests sharing it need. The tests of one lab hold its lock for their whole
+/// run, so a test never sees another test's traffic, restart or reload.
+struct Shared {
+    lab: Lab,
+    /// The configuration both daemons run: the example file plus [`UPLOAD_SERVICE`]. Tests may
+    /// rewrite it; [`Shared::baseline`] puts it back.
+    cfg: PathBuf,
+    base: String,
+    /// Frontends whose daemon a test stopped or started with another configuration; restarted
+    /// with `cfg` by the next [`Shared::baseline`] unless the test put them back itself.
+    dirty: BTreeSet<&'static str>,
+}
 
-    spread_and_direct_return(&lab);
-    wrk_through_the_vip(&lab);
-    arp_never_for_the_vip(&lab);
-    let flows = same_flow_same_backend_on_both_frontends(&lab);
-    large_transfer_intact(&lab);
-    large_upload_through_maglevd(&lab);
-    malformed_frames_are_counted(&mut lab);
-    restart_keeps_flows(&mut lab, &cfg, &flows);
-    reload_applies_good_and_refuses_bad(&mut lab, &cfg);
-    answers_arp_when_the_kernel_does_not(&mut lab, &cfg);
-    refuses_a_frontend_holding_the_vip(&mut lab, &cfg);
+/// Tests that only send traffic and read counters.
+static MEASURING: OnceLock<Mutex<Shared>> = OnceLock::new();
+/// Tests that send malformed frames, restart, reload or reconfigure the daemons: their own lab, so
+/// no measurement ever runs against a daemon they disturbed.
+static DISTURBING: OnceLock<Mutex<Shared>> = OnceLock::new();
 
+impl Shared {
+    /// Builds a lab (`tests/lab/lab.sh up`) and starts maglevd on fe1 and fe2. Its namespaces,
+    /// daemons and nginx are removed when the test process exits ([`Lab`]'s exit watcher), also
+    /// when a test failed.
+    fn up(tag: &str) -> Shared {
+        let t0 = Instant::now();
+        // Unique per process, so concurrent test runs never share (or tear down) one lab.
+        let lab = Lab::up(&format!("m{tag}{}", std::process::id() % 1_000_000));
+        let cfg = lab.dir().join("maglevd.toml");
+        let example = std::fs::read_to_string(repo().join("config/maglevd.toml")).expect("example config");
+        let base = format!("{example}{UPLOAD_SERVICE}");
+        std::fs::write(&cfg, &base).expect("write the config");
+        let mut shared = Shared { lab, cfg, base, dirty: BTreeSet::new() };
+        for fe in ["fe1", "fe2"] {
+            shared.lab.start_maglevd(fe, &shared.cfg, &["--workers", "2"]);
+        }
+        for fe in ["fe1", "fe2"] {
+            shared.lab.wait_ready(fe, Duration::from_secs(15));
+        }
+        eprintln!("lab {}: maglevd ready on fe1 and fe2 after {:?}", shared.lab.prefix, t0.elapsed());
+        shared
+    }
+
+    /// Puts the lab back into the state every test starts from, whatever an earlier (possibly
+    /// failed) test left: the example configuration, ECMP over both frontends, fe1's kernel
+    /// address, no VIP on fe2, and both daemons running the configuration and ready.
+    fn baseline(&mut self) {
+        if std::fs::read_to_string(&self.cfg).ok().as_deref() != Some(self.base.as_str()) {
+            std::fs::write(&self.cfg, &self.base).expect("restore the config");
+        }
+        route_vip_via(&self.lab, None);
+        let lab = &self.lab;
+        let _ = lab.exec("fe1", &["ip", "addr", "replace", "10.158.100.2/24", "dev", "net1"]);
+        let _ = lab.exec("fe1", &["ip", "route", "replace", "default", "via", "10.158.100.254", "dev", "net1"]);
+        let _ = lab.exec("fe2", &["ip", "addr", "del", "10.201.0.1/32", "dev", "lo"]);
+        for fe in ["fe1", "fe2"] {
+            let dirty = self.dirty.remove(fe);
+            if self.lab.maglevd_alive(fe) && !dirty {
+                continue;
+            }
+            if self.lab.maglevd_alive(fe) {
+                self.lab.stop_maglevd(fe);
+            }
+            eprintln!("lab {}: restarting maglevd on {fe} with the example configuration", self.lab.prefix);
+            self.lab.start_maglevd(fe, &self.cfg, &["--workers", "2"]);
+        }
+        for fe in ["fe1", "fe2"] {
+            self.lab.wait_ready(fe, Duration::from_secs(15));
+        }
+    }
+}
+
+/// A lab locked for one test; on a failure it prints both daemons' logs.
+struct Locked(MutexGuard<'static, Shared>);
+
+impl Deref for Locked {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Shared {
+        &mut self.0
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for fe in ["fe1", "fe2"] {
+                eprintln!("--- maglevd log of {fe} (lab {}):\n{}", self.0.lab.prefix, self.0.lab.maglevd_log(fe));
+            }
+        }
+    }
+}
+
+/// The lab of `cell`, built by the first test that asks, locked and in its baseline state.
+fn lock(cell: &'static OnceLock<Mutex<Shared>>, tag: &str) -> Locked {
+    let m = cell.get_or_init(|| Mutex::new(Shared::up(tag)));
+    // A test that failed while holding the lock poisons it; baseline() repairs what it left.
+    let mut locked = Locked(m.lock().unwrap_or_else(PoisonError::into_inner));
+    locked.baseline();
+    locked
+}
+
+fn measuring_lab() -> Locked {
+    lock(&MEASURING, "m")
+}
+
+fn disturbing_lab() -> Locked {
+    lock(&DISTURBING, "d")
+}
+
+/// Counters of both frontends, printed at the end of each test.
+fn summary(lab: &Lab) {
     for fe in ["fe1", "fe2"] {
         let m = lab.metrics(fe);
         eprintln!(
             "{fe}: forwarded {} dropped {} tx_enobufs {} tx_eagain {} rx_truncated {}",
-            forwarded(&lab, fe),
-            drops(&lab, fe),
+            forwarded(lab, fe),
+            drops(lab, fe),
             m["maglevd_tx_enobufs_total"],
             m["maglevd_tx_eagain_total"],
             m["maglevd_rx_truncated_total"]
         );
     }
-    eprintln!("end-to-end suite took {:?}", t0.elapsed());
+}
+
+/// tcpdump in a lab namespace, counting packets from the VIP; killed if the test fails.
+struct Capture {
+    name: String,
+    child: Option<std::process::Child>,
+}
+
+impl Capture {
+    fn start(lab: &Lab, ns: &str, iface: &str) -> Capture {
+        let child = lab
+            .netns(ns)
+            .command("tcpdump")
+            .args(["-i", iface, "-nn", "-q", "-p", "src host 10.201.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcpdump");
+        Capture { name: format!("{}/{iface}", lab.ns(ns)), child: Some(child) }
+    }
+
+    /// SIGINT, then the packet count tcpdump prints on exit.
+    fn stop(mut self) -> u64 {
+        let child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let out = child.wait_with_output().expect("wait for tcpdump");
+        let err = text(&out.stderr);
+        err.lines()
+            .find_map(|l| l.strip_suffix(" packets captured").and_then(|n| n.trim().parse::<u64>().ok()))
+            .unwrap_or_else(|| panic!("tcpdump on {} printed no count: {err}", self.name))
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// (a) ≥ 3000 connections all succeed and spread within 15 % of an even share; (b) no reply ever
 /// crosses a frontend.
-fn spread_and_direct_return(lab: &Lab) {
+#[test]
+fn spread_and_direct_return() {
+    let shared = measuring_lab();
+    let lab = &shared.lab;
     // Watch for packets from the VIP (replies) on every interface of both frontends; a capture on
-    // the router's vlan200 is the positive control that replies exist and are seen.
-    let watch = |ns: &str, iface: &str| {
-        let name = lab.ns(ns);
-        let iface = iface.to_string();
-        std::thread::spawn(move || {
-            let out = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &name,
-                    "timeout",
-                    "-s",
-                    "INT",
-                    "8",
-                    "tcpdump",
-                    "-i",
-                    &iface,
-                    "-nn",
-                    "-q",
-                    "-p",
-                    "src host 10.201.0.1",
-                ])
-                .output()
-                .expect("tcpdump");
-            let err = text(&out.stderr);
-            err.lines()
-                .find_map(|l| l.strip_suffix(" packets captured").and_then(|n| n.trim().parse::<u64>().ok()))
-                .unwrap_or_else(|| panic!("tcpdump in {name} printed no count: {err}"))
-        })
-    };
-    let captures = [watch("fe1", "any"), watch("fe2", "any"), watch("router", "vlan200")];
+    // the router's vlan200 is the positive control that replies exist and are seen. Each capture
+    // runs until the requests are done (SIGINT), however long they take.
+    let captures: Vec<Capture> = [("fe1", "any"), ("fe2", "any"), ("router", "vlan200")]
+        .iter()
+        .map(|(ns, i)| Capture::start(lab, ns, i))
+        .collect();
     std::thread::sleep(Duration::from_millis(800)); // tcpdump attaches
 
     let n = 3000;
@@ -175,7 +290,8 @@ fn spread_and_direct_return(lab: &Lab) {
         }
         (counts, failures)
     });
-    let [fe1, fe2, router] = captures.map(|h| h.join().expect("capture thread"));
+    let counts_seen: Vec<u64> = captures.into_iter().map(Capture::stop).collect();
+    let (fe1, fe2, router) = (counts_seen[0], counts_seen[1], counts_seen[2]);
     eprintln!("(a) {n} connections through the VIP: {counts:?}");
     eprintln!("(b) packets from the VIP seen on fe1: {fe1}, fe2: {fe2}; on the router's vlan200: {router}");
     assert!(failures.is_empty(), "{} of {n} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
@@ -190,7 +306,10 @@ fn spread_and_direct_return(lab: &Lab) {
 }
 
 /// wrk, bounded in time, through the VIP: every request answered.
-fn wrk_through_the_vip(lab: &Lab) {
+#[test]
+fn wrk_through_the_vip() {
+    let shared = measuring_lab();
+    let lab = &shared.lab;
     let out = lab.sh("client", &["wrk", "-t", "2", "-c", "32", "-d", "3s", "--timeout", "2s", "http://10.201.0.1/"]);
     let rate = out.lines().find_map(|l| l.strip_prefix("Requests/sec:")).map(str::trim).unwrap_or("?");
     eprintln!("(a) wrk keep-alive through the VIP: {rate} req/s");
@@ -200,7 +319,10 @@ fn wrk_through_the_vip(lab: &Lab) {
 
 /// (c) Nobody answers ARP for the VIP on either segment; the frontends' and backends' real IPs
 /// do resolve.
-fn arp_never_for_the_vip(lab: &Lab) {
+#[test]
+fn arp_never_for_the_vip() {
+    let shared = measuring_lab();
+    let lab = &shared.lab;
     let ask = |ns: &'static str, iface: &'static str, target: Ipv4Addr, sender: Ipv4Addr| {
         lab.in_ns(ns, move || {
             let me = InterfaceInfo::lookup(iface).expect("router interface");
@@ -245,10 +367,17 @@ fn arp_never_for_the_vip(lab: &Lab) {
     );
 }
 
-/// (d) The same flow sent to fe1 and to fe2 reaches the same backend. Returns (source port,
-/// backend) pairs for the restart check.
-fn same_flow_same_backend_on_both_frontends(lab: &Lab) -> Vec<(u16, String)> {
-    let ports: Vec<u16> = (0..24).map(|i| 41000 + i * 37).collect();
+/// Client source ports of the flows that (d) and (g) send more than once.
+fn flow_ports() -> Vec<u16> {
+    (0..24).map(|i| 41000 + i * 37).collect()
+}
+
+/// (d) The same flow sent to fe1 and to fe2 reaches the same backend.
+#[test]
+fn same_flow_same_backend_on_both_frontends() {
+    let shared = measuring_lab();
+    let lab = &shared.lab;
+    let ports = flow_ports();
     let (f1, f2) = (forwarded(lab, "fe1"), forwarded(lab, "fe2"));
     route_vip_via(lab, Some("10.158.100.2"));
     let via_fe1: Vec<String> = ports.iter().map(|&p| get_from_port(lab, p)).collect();
@@ -257,15 +386,17 @@ fn same_flow_same_backend_on_both_frontends(lab: &Lab) -> Vec<(u16, String)> {
     route_vip_via(lab, None);
     assert!(forwarded(lab, "fe1") > f1 && forwarded(lab, "fe2") > f2, "the forced routes did not use both frontends");
     assert_eq!(via_fe1, via_fe2, "a flow reached different backends through fe1 and fe2");
-    let distinct: std::collections::BTreeSet<&String> = via_fe1.iter().collect();
+    let distinct: BTreeSet<&String> = via_fe1.iter().collect();
     assert!(distinct.len() == 3, "24 flows should reach all three backends: {via_fe1:?}");
     eprintln!("(d) 24 flows, each sent via fe1 then via fe2: same backend every time ({via_fe1:?})");
-    ports.into_iter().zip(via_fe1).collect()
 }
 
 /// (e) 100 MB download through the VIP, intact. Only the client's ACKs cross maglevd here (the
 /// data returns directly from the backend); the upload below pushes the data through it.
-fn large_transfer_intact(lab: &Lab) {
+#[test]
+fn large_transfer_intact() {
+    let shared = measuring_lab();
+    let lab = &shared.lab;
     let want = std::fs::read_to_string(lab.dir().join("big.sha256")).expect("lab big.sha256");
     for port in [45001u16, 45002, 45003] {
         let t = Instant::now();
@@ -340,7 +471,10 @@ fn malformed_vip_frame(rng: &mut Rng, src_mac: [u8; 6]) -> Vec<u8> {
 
 /// (f) 10,000 malformed, truncated and random frames into fe1's net1: maglevd keeps running, counts
 /// every one that reached it as a drop, and still forwards.
-fn malformed_frames_are_counted(lab: &mut Lab) {
+#[test]
+fn malformed_frames_are_counted() {
+    let mut shared = disturbing_lab();
+    let lab = &mut shared.lab;
     let before = lab.metrics("fe1");
     let (vip_frames, other_frames) = lab.in_ns("router", || {
         let me = InterfaceInfo::lookup("vlan100").expect("router vlan100");
@@ -399,7 +533,15 @@ fn malformed_frames_are_counted(lab: &mut Lab) {
 }
 
 /// (g) Stopping and starting maglevd does not change which backend a flow reaches.
-fn restart_keeps_flows(lab: &mut Lab, cfg: &std::path::Path, flows: &[(u16, String)]) {
+#[test]
+fn restart_keeps_flows() {
+    let mut shared = disturbing_lab();
+    let Shared { lab, cfg, dirty, .. } = &mut *shared;
+    let cfg: &Path = cfg;
+    route_vip_via(lab, Some("10.158.100.2"));
+    let flows: Vec<(u16, String)> = flow_ports().into_iter().map(|p| (p, get_from_port(lab, p))).collect();
+    route_vip_via(lab, None);
+    dirty.insert("fe1");
     let status = lab.stop_maglevd("fe1");
     assert!(status.success(), "maglevd exited with {status} on SIGTERM:\n{}", lab.maglevd_log("fe1"));
     lab.start_maglevd("fe1", cfg, &["--workers", "2"]);
@@ -408,6 +550,7 @@ fn restart_keeps_flows(lab: &mut Lab, cfg: &std::path::Path, flows: &[(u16, Stri
     let again: Vec<(u16, String)> = flows.iter().map(|(p, _)| (*p, get_from_port(lab, *p))).collect();
     route_vip_via(lab, None);
     assert_eq!(again, flows, "flows moved across a restart");
+    dirty.remove("fe1");
     eprintln!("(g) after a restart of fe1's maglevd, all {} flows reach the same backends", flows.len());
 }
 
@@ -441,7 +584,12 @@ fn spread(lab: &Lab, n: usize) -> BTreeMap<String, u32> {
 
 /// (h) SIGHUP applies a changed file (be3 drained: no new flow reaches it); (i) a broken file is
 /// refused and the running configuration keeps forwarding.
-fn reload_applies_good_and_refuses_bad(lab: &mut Lab, cfg: &std::path::Path) {
+#[test]
+fn reload_applies_good_and_refuses_bad() {
+    let mut shared = disturbing_lab();
+    let Shared { lab, cfg, dirty, .. } = &mut *shared;
+    let cfg: &Path = cfg;
+    dirty.extend(["fe1", "fe2"]);
     let original = std::fs::read_to_string(cfg).unwrap();
     let drained = original.replacen("ip = \"10.158.200.253\"\nweight = 1", "ip = \"10.158.200.253\"\nweight = 0", 1);
     assert_ne!(drained, original, "the example config lists .253 with weight 1");
@@ -483,12 +631,19 @@ fn reload_applies_good_and_refuses_bad(lab: &mut Lab, cfg: &std::path::Path) {
     }
     let counts = spread(lab, 300);
     assert!(counts.contains_key("be3"), "the restored file must bring be3 back: {counts:?}");
+    dirty.clear();
     eprintln!("(i) the restored file was picked up without SIGHUP (periodic check): {counts:?}");
 }
 
 /// (j) With no kernel address on net1, maglevd answers ARP for the configured ingress address
 /// itself (and still never for the VIP), so the router keeps sending it VIP traffic.
-fn answers_arp_when_the_kernel_does_not(lab: &mut Lab, cfg: &std::path::Path) {
+#[test]
+fn answers_arp_when_the_kernel_does_not() {
+    let mut shared = disturbing_lab();
+    let Shared { lab, cfg, dirty, .. } = &mut *shared;
+    let cfg: &Path = cfg;
+    // fe1 keeps the changed setup after this test; the next test's baseline puts it back.
+    dirty.insert("fe1");
     lab.stop_maglevd("fe1");
     lab.sh("fe1", &["ip", "addr", "del", "10.158.100.2/24", "dev", "net1"]);
     let own = lab.dir().join("maglevd-fe1-own-arp.toml");
@@ -521,7 +676,10 @@ fn upload_block(i: u64) -> Vec<u8> {
 
 /// (e) 100 MB uploaded through the VIP with default offloads: the data crosses maglevd as GSO
 /// super-frames (with their virtio-net header) and arrives intact at the backend.
-fn large_upload_through_maglevd(lab: &Lab) {
+#[test]
+fn large_upload_through_maglevd() {
+    let shared = measuring_lab();
+    let lab = &shared.lab;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     const BLOCKS: u64 = 1600; // 100 MiB
@@ -598,11 +756,17 @@ fn large_upload_through_maglevd(lab: &Lab) {
     );
     assert!(bytes >= sent as f64, "the upload did not cross maglevd");
     assert!(avg > 9000.0, "no super-frames crossed maglevd (avg {avg:.0} bytes per frame)");
+    summary(lab);
 }
 
 /// (k) A frontend that still holds the VIP (the seed's `dummy1`) would answer or reset VIP traffic
 /// itself: maglevd refuses to start and says where the VIP is.
-fn refuses_a_frontend_holding_the_vip(lab: &mut Lab, cfg: &std::path::Path) {
+#[test]
+fn refuses_a_frontend_holding_the_vip() {
+    let mut shared = disturbing_lab();
+    let Shared { lab, cfg, dirty, .. } = &mut *shared;
+    let cfg: &Path = cfg;
+    dirty.insert("fe2");
     lab.stop_maglevd("fe2");
     lab.sh("fe2", &["ip", "addr", "add", "10.201.0.1/32", "dev", "lo"]);
     lab.start_maglevd("fe2", cfg, &["--workers", "2"]);
@@ -615,4 +779,5 @@ fn refuses_a_frontend_holding_the_vip(lab: &mut Lab, cfg: &std::path::Path) {
     // Without the VIP it starts again.
     lab.start_maglevd("fe2", cfg, &["--workers", "2"]);
     lab.wait_ready("fe2", Duration::from_secs(15));
+    dirty.remove("fe2");
 }

@@ -10,7 +10,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,25 +17,15 @@ use std::time::{Duration, Instant};
 use etherparse::PacketBuilder;
 use maglevd::io::{
     Capabilities, Fanout, FlushStatus, PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxError, TxRing,
-    VipFilter, VnetHdr, enter_netns,
+    VipFilter, VnetHdr,
 };
+use maglevd::netns::Netns;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn run(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap_or_else(|e| panic!("spawn `{cmd}`: {e}"));
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Fails (never skips) without root or `ip netns`.
@@ -47,70 +36,19 @@ fn require_lab() {
         "these tests need root (CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN); CapEff={:#x}",
         caps.effective
     );
-    run("ip netns list >/dev/null");
+    maglevd::netns::preflight("tests/io_ring.rs").expect("namespaces can be built here");
 }
 
-/// A network namespace deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("mlvio-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        run(&format!("ip netns add {name}"));
-        let ns = Netns { name };
-        ns.sh("ip link set lo up; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; \
-               echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; echo 0 > /proc/sys/net/ipv4/ip_forward");
-        ns
-    }
-
-    /// Runs a shell command inside the namespace.
-    fn sh(&self, cmd: &str) -> String {
-        run(&format!("ip netns exec {} sh -c '{}'", self.name, cmd))
-    }
-
-    fn enter(&self) {
-        enter_netns(format!("/var/run/netns/{}", self.name).as_ref()).expect("setns");
-    }
-
-    /// A veth pair `a` (here) ↔ `b` (in `peer`), both up, IPv6 off.
-    fn veth(&self, a: &str, peer: &Netns, b: &str) {
-        run(&format!("ip -n {} link add {a} type veth peer name {b} netns {}", self.name, peer.name));
-        self.sh(&format!("ip link set {a} up"));
-        peer.sh(&format!("ip link set {b} up"));
-    }
-
-    fn mac(&self, ifname: &str) -> [u8; 6] {
-        let s = self.sh(&format!("cat /sys/class/net/{ifname}/address"));
-        let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-        v.try_into().unwrap()
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.enter();
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
+/// A fresh namespace `mlvio-<pid>-<n>`, deleted on drop.
+fn new_ns() -> Netns {
+    let name = format!("mlvio-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    Netns::create(&name).expect("create a network namespace")
 }
 
 /// One namespace with veth v0 ↔ v1.
 fn pair() -> Netns {
-    let ns = Netns::new();
-    run(&format!("ip -n {0} link add v0 type veth peer name v1", ns.name));
-    ns.sh("ip link set v0 up; ip link set v1 up");
+    let ns = new_ns();
+    ns.veth("v0", &ns, "v1").expect("veth v0 ↔ v1");
     ns
 }
 
@@ -161,7 +99,7 @@ fn rx_ring_receives_only_what_the_bpf_filter_passes() {
     let _g = serial();
     require_lab();
     let ns = pair();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
         let filter = VipFilter::new(&[VIP], true).build().unwrap();
         let cfg = RxConfig { filter: Some(filter), frame_count: 64, ..RxConfig::default() };
@@ -193,7 +131,8 @@ fn rx_ring_receives_only_what_the_bpf_filter_passes() {
         rx.set_filter(&maglevd::io::BpfProgram::drop_all()).unwrap();
         tx.send(&udp_frame(m0, m1, CLIENT, VIP, 1000, b"MLV:late")).unwrap();
         assert!(collect(&mut rx, 1).is_empty());
-    });
+    })
+    .expect("run in the namespace");
 }
 
 #[test]
@@ -201,7 +140,7 @@ fn rx_ring_v3_receives() {
     let _g = serial();
     require_lab();
     let ns = pair();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
         let cfg = RxConfig {
             version: RingVersion::V3 { block_timeout_ms: 1 },
@@ -222,7 +161,8 @@ fn rx_ring_v3_receives() {
         }
         let st = rx.stats().unwrap();
         assert_eq!((st.packets, st.drops, st.malformed), (20, 0, 0));
-    });
+    })
+    .expect("run in the namespace");
 }
 
 #[test]
@@ -230,7 +170,7 @@ fn tx_ring_sends_a_batch_with_one_send_and_ignore_outgoing_works() {
     let _g = serial();
     require_lab();
     let ns = pair();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
         let cfg = RxConfig { frame_count: 64, ..RxConfig::default() };
         let mut rx1 = RxRing::open("v1", &cfg).unwrap();
@@ -281,7 +221,8 @@ fn tx_ring_sends_a_batch_with_one_send_and_ignore_outgoing_works() {
             tx.memory() >> 10,
             tx.sndbuf() >> 10
         );
-    });
+    })
+    .expect("run in the namespace");
 }
 
 #[test]
@@ -289,7 +230,7 @@ fn tx_ring_rejects_and_recovers() {
     let _g = serial();
     require_lab();
     let ns = pair();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
         let mut rx1 = RxRing::open("v1", &RxConfig { frame_count: 64, ..RxConfig::default() }).unwrap();
         let mut tx = TxRing::open("v0", &TxConfig { frame_count: 4, ..TxConfig::default() }).unwrap();
@@ -335,7 +276,8 @@ fn tx_ring_rejects_and_recovers() {
         assert_eq!(marks, [b"MLV:good", b"MLV:goo2"]);
         vtx.push(None, &good1).unwrap();
         assert_eq!(vtx.flush().status, FlushStatus::Sent);
-    });
+    })
+    .expect("run in the namespace");
 }
 
 #[test]
@@ -343,7 +285,7 @@ fn fanout_keeps_each_flow_on_one_socket() {
     let _g = serial();
     require_lab();
     let ns = pair();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
         let cfg = RxConfig { fanout: Some(Fanout::hash(7)), frame_count: 1024, ..RxConfig::default() };
         let mut a = RxRing::open("v1", &cfg).unwrap();
@@ -384,7 +326,8 @@ fn fanout_keeps_each_flow_on_one_socket() {
         }
         assert!(!ga.is_empty() && !gb.is_empty(), "hash spread flows over both sockets: {}/{}", ga.len(), gb.len());
         println!("fanout: {} / {} frames over 2 sockets", ga.len(), gb.len());
-    });
+    })
+    .expect("run in the namespace");
 }
 
 fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
@@ -434,7 +377,7 @@ fn tx_ring_vnet_gso_super_frame_is_kept_or_segmented() {
     let _g = serial();
     require_lab();
     let ns = pair();
-    let (m0, m1) = (ns.mac("v0"), ns.mac("v1"));
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     let payload: Vec<u8> = (0..64_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
     let (vnet, frame) = tcp_super_frame(m0, m1, &payload);
     assert_eq!(frame.len(), 64_054);
@@ -466,10 +409,11 @@ fn tx_ring_vnet_gso_super_frame_is_kept_or_segmented() {
         );
         assert_eq!((v.csum_start, v.csum_offset), (34, 16));
         println!("RX vnet of a TX-ring GSO frame: {v:?}");
-    });
+    })
+    .expect("run in the namespace");
     // 2) TSO and checksum offload off on v0: the kernel segments the frame in
     // software and fills every checksum.
-    ns.sh("ethtool -K v0 tso off gso off tx off >/dev/null");
+    ns.sh("ethtool -K v0 tso off gso off tx off >/dev/null").unwrap();
     ns.run(|| {
         let mut rx = RxRing::open(
             "v1",
@@ -500,7 +444,8 @@ fn tx_ring_vnet_gso_super_frame_is_kept_or_segmented() {
             joined.extend_from_slice(&l4[20..]);
         }
         assert_eq!(joined, payload, "segments carry the payload in order");
-    });
+    })
+    .expect("run in the namespace");
 }
 
 /// Forwarder counters.
@@ -592,17 +537,17 @@ fn median(v: &mut [Duration]) -> Duration {
 fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
     let _g = serial();
     require_lab();
-    let (a, f, b) = (Netns::new(), Netns::new(), Netns::new());
-    f.veth("f0", &a, "a0");
-    f.veth("f1", &b, "b0");
-    a.veth("a1", &b, "b1"); // direct path, for the latency baseline
-    a.sh("ip addr add 10.77.0.1/24 dev a0; ip addr add 10.78.0.1/24 dev a1");
-    b.sh("ip addr add 10.77.0.2/24 dev b0; ip addr add 10.78.0.2/24 dev b1");
-    let (fm0, fm1, am0, bm0) = (f.mac("f0"), f.mac("f1"), a.mac("a0"), b.mac("b0"));
+    let (a, f, b) = (new_ns(), new_ns(), new_ns());
+    f.veth("f0", &a, "a0").unwrap();
+    f.veth("f1", &b, "b0").unwrap();
+    a.veth("a1", &b, "b1").unwrap(); // direct path, for the latency baseline
+    a.sh("ip addr add 10.77.0.1/24 dev a0; ip addr add 10.78.0.1/24 dev a1").unwrap();
+    b.sh("ip addr add 10.77.0.2/24 dev b0; ip addr add 10.78.0.2/24 dev b1").unwrap();
+    let (fm0, fm1, am0, bm0) = (f.mac("f0").unwrap(), f.mac("f1").unwrap(), a.mac("a0").unwrap(), b.mac("b0").unwrap());
     let hex = |m: [u8; 6]| maglevd::io::iface::format_mac(&m);
-    a.sh(&format!("ip neigh replace 10.77.0.2 lladdr {} dev a0 nud permanent", hex(fm0)));
-    b.sh(&format!("ip neigh replace 10.77.0.1 lladdr {} dev b0 nud permanent", hex(fm1)));
-    let offloads = a.sh("ethtool -k a0 | grep -E \"^(tcp-segmentation-offload|tx-checksumming)\"");
+    a.sh(&format!("ip neigh replace 10.77.0.2 lladdr {} dev a0 nud permanent", hex(fm0))).unwrap();
+    b.sh(&format!("ip neigh replace 10.77.0.1 lladdr {} dev b0 nud permanent", hex(fm1))).unwrap();
+    let offloads = a.sh("ethtool -k a0 | grep -E \"^(tcp-segmentation-offload|tx-checksumming)\"").unwrap();
     assert!(offloads.matches(": on").count() == 2, "default offloads: {offloads}");
 
     let stop = AtomicBool::new(false);
@@ -615,11 +560,11 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
 
     let (fwd_ab, fwd_ba, lat) = std::thread::scope(|s| {
         let h1 = s.spawn(|| {
-            f.enter();
+            f.enter().unwrap();
             forward("f0", "f1", bm0, Ipv4Addr::new(10, 77, 0, 2), &stop, &ready)
         });
         let h2 = s.spawn(|| {
-            f.enter();
+            f.enter().unwrap();
             forward("f1", "f0", am0, Ipv4Addr::new(10, 77, 0, 1), &stop, &ready)
         });
         while ready.load(Ordering::SeqCst) < 2 && !h1.is_finished() && !h2.is_finished() {
@@ -632,7 +577,7 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
         }
         // Server in B: read everything, answer with its hash, then send DOWN bytes.
         let server = s.spawn(|| {
-            b.enter();
+            b.enter().unwrap();
             let l = TcpListener::bind("10.77.0.2:5001").unwrap();
             let echo = UdpSocket::bind("0.0.0.0:7007").unwrap();
             echo.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
@@ -672,7 +617,7 @@ fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
             got.len()
         });
         let client = s.spawn(|| {
-            a.enter();
+            a.enter().unwrap();
             while !listening.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
             }

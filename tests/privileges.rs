@@ -22,9 +22,11 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use maglevd::netns::Netns;
 
 const UID: &str = "65532";
 const VIP: &str = "10.201.0.1";
@@ -52,10 +54,8 @@ fn must(cmd: &[&str]) -> String {
 }
 
 fn require_root_and_tools() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let uid = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
     assert!(
-        uid.split_whitespace().nth(1) == Some("0"),
+        maglevd::netns::is_root(),
         "tests/privileges.rs creates network namespaces and changes uid: it must run as root \
          (tests/run-all.sh as root)"
     );
@@ -104,8 +104,8 @@ impl ProcStatus {
 struct Net {
     /// Short case name, printed before every line of output (the tests run in parallel).
     case: String,
-    fe: String,
-    cl: String,
+    fe: Netns,
+    cl: Netns,
     dir: PathBuf,
     bin: PathBuf,
     cfg: PathBuf,
@@ -118,28 +118,23 @@ impl Net {
         require_root_and_tools();
         let base = format!("mlvp-{}-{case}", std::process::id());
         let dir = std::env::temp_dir().join(&base);
+        let _ = std::fs::remove_dir_all(&dir);
+        // Each namespace is deleted when `net` drops, also when a step below fails.
         let net = Net {
             case: case.to_string(),
-            fe: format!("{base}-fe"),
-            cl: format!("{base}-cl"),
+            fe: Netns::create(&format!("{base}-fe")).expect("create the frontend namespace"),
+            cl: Netns::create(&format!("{base}-cl")).expect("create the peer namespace"),
             bin: dir.join("maglevd"),
             cfg: dir.join("maglevd.toml"),
             dir,
             spawned: std::cell::Cell::new(0),
         };
-        net.teardown();
-        // The guard exists from here on: a failure below still removes what was made.
-        must(&["ip", "netns", "add", &net.fe]);
-        must(&["ip", "netns", "add", &net.cl]);
-        must(&["ip", "-n", &net.fe, "link", "add", "fe0", "type", "veth", "peer", "name", "cl0", "netns", &net.cl]);
-        for (ns, dev, ip) in [(&net.fe, "fe0", FE_IP), (&net.cl, "cl0", CL_IP)] {
-            must(&["ip", "-n", ns, "addr", "add", ip, "dev", dev]);
-            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            must(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
+        net.fe.veth("fe0", &net.cl, "cl0").expect("veth fe0 ↔ cl0");
+        net.fe.addr("fe0", FE_IP).expect("address on fe0");
+        net.cl.addr("cl0", CL_IP).expect("address on cl0");
         // The peer reaches the VIP through the frontend, like the router does through net1.
-        must(&["ip", "-n", &net.cl, "route", "add", &format!("{VIP}/32"), "via", "10.99.0.1"]);
-        let peer_mac = must(&["ip", "netns", "exec", &net.cl, "cat", "/sys/class/net/cl0/address"]);
+        net.cl.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.99.0.1"]).expect("route to the VIP");
+        let peer_mac = maglevd::io::iface::format_mac(&net.cl.mac("cl0").expect("MAC of cl0"));
 
         // uid 65532 must be able to reach, read and execute what it runs: a fresh 0755 directory
         // (CARGO_TARGET_DIR may be anywhere, e.g. under a 0700 home).
@@ -214,9 +209,10 @@ impl Net {
         self.spawned.set(n);
         let log = self.dir.join(format!("maglevd-{n}.log"));
         let f = std::fs::File::create(&log).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.fe])
-            .args(&argv)
+        let child = self
+            .fe
+            .command(&argv[0])
+            .args(&argv[1..])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("log"))
@@ -232,7 +228,7 @@ impl Net {
             "ip",
             "netns",
             "exec",
-            &self.fe,
+            self.fe.name(),
             "curl",
             "-s",
             "-m",
@@ -264,7 +260,7 @@ impl Net {
             "ip",
             "netns",
             "exec",
-            &self.cl,
+            self.cl.name(),
             "curl",
             "-s",
             "-m",
@@ -290,7 +286,7 @@ impl Net {
     /// The largest send buffer (`ss` skmem `tb`) among the daemon's AF_PACKET sockets: the TX
     /// ring's, sized by SO_SNDBUFFORCE (CAP_NET_ADMIN) or else SO_SNDBUF (≤ 2 × wmem_max).
     fn max_sndbuf(&self, d: &Daemon) -> u64 {
-        let out = must(&["ip", "netns", "exec", &self.fe, "ss", "-0", "-a", "-m", "-p"]);
+        let out = self.fe.exec(&["ss", "-0", "-a", "-m", "-p"]).expect("ss in the frontend namespace");
         let owner = format!("pid={},", d.pid());
         // One line per socket when not on a terminal; the skmem part may also wrap to the next.
         let mut ours = false;
@@ -313,23 +309,15 @@ impl Net {
     }
 
     fn wmem_max(&self) -> u64 {
-        let v = must(&["ip", "netns", "exec", &self.fe, "cat", "/proc/sys/net/core/wmem_max"]);
+        let v = self.fe.exec(&["cat", "/proc/sys/net/core/wmem_max"]).expect("read wmem_max");
         v.trim().parse().expect("wmem_max")
-    }
-
-    fn teardown(&self) {
-        for ns in [&self.fe, &self.cl] {
-            if Path::new("/run/netns").join(ns).exists() {
-                let _ = run(&["ip", "netns", "del", ns]);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Drop for Net {
+    /// The namespaces go with their [`Netns`] handles; the directory is removed here.
     fn drop(&mut self) {
-        self.teardown();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -2,9 +2,15 @@
 # Run every test of maglevd: unit, fixture, property, integration and the network-namespace
 # end-to-end tests (these need root; they fail, never skip, without it). Installs the test
 # dependencies first (tests/setup.sh).
+#
+# Twice: in the debug profile, so that integer overflow checks (and debug assertions) are on for
+# every test, the namespace tests included (the real datapath under real traffic); then in
+# release, the build that ships, where the end-to-end tests push real traffic through the
+# optimized forwarder. Measured on the 2-core machine: debug build from scratch ≈ 100 s, debug
+# run ≈ 75 s; release build ≈ 330 s (thin LTO), release run ≈ 60 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup.sh
-# Release mode: the end-to-end tests push real traffic through the forwarder.
+cargo test --all-targets "$@"
+cargo test --doc
 cargo test --release --all-targets "$@"
-cargo test --release --doc

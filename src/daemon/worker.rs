@@ -28,7 +28,7 @@ use std::net::Ipv4Addr;
 
 use crate::dataplane::pmtu::{self, FRAG_NEEDED_LEN, TokenBucket};
 use crate::dataplane::{DropReason, FrameMeta, Snapshot, Verdict, forward_frame};
-use crate::io::{FlushStatus, FrameSender, IoError, MemRx, RxDevice, RxRing, TxDevice, TxError, VipFilter};
+use crate::io::{FlushStatus, FrameSender, IoError, RxDevice, RxRing, TxDevice, TxError, VipFilter};
 use crate::metrics::{WorkerCounters, bump};
 
 use super::Shared;
@@ -54,8 +54,9 @@ impl VipFiltered for RxRing {
     }
 }
 
-/// The in-memory device has no kernel filter: `forward()` sees everything.
-impl VipFiltered for MemRx {
+/// The in-memory device (unit tests only) has no kernel filter: `forward()` sees everything.
+#[cfg(test)]
+impl VipFiltered for crate::io::MemRx {
     fn set_vips(&mut self, _vips: &[Ipv4Addr]) -> Result<(), IoError> {
         Ok(())
     }
@@ -361,7 +362,7 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::dataplane::{DropReason, Links, PassReason};
-    use crate::io::{MemFrame, MemTx, VnetHdr};
+    use crate::io::{MemFrame, MemRx, MemTx, VnetHdr};
     use crate::metrics::Counters;
     use crate::wire::MacAddr;
 

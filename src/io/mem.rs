@@ -1,5 +1,5 @@
 //! In-memory [`RxDevice`]/[`TxDevice`] for testing the worker loop without
-//! sockets or privileges.
+//! sockets or privileges. Unit tests only: not part of the library (`#[cfg(test)]`).
 
 use std::collections::VecDeque;
 use std::time::Duration;

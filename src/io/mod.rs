@@ -78,6 +78,7 @@
 
 pub mod bpf;
 pub mod iface;
+#[cfg(test)]
 pub mod mem;
 pub mod ring;
 mod sys;
@@ -86,9 +87,10 @@ use std::time::Duration;
 
 pub use bpf::{BpfError, BpfProgram, VipFilter};
 pub use iface::InterfaceInfo;
+#[cfg(test)]
 pub use mem::{MemFrame, MemRx, MemTx};
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
-pub use sys::{current_cpu, enter_netns, pin_current_thread};
+pub use sys::{enter_netns, pin_current_thread};
 
 /// `struct virtio_net_hdr` (10 bytes, legacy layout, host byte order) that the
 /// kernel puts in front of each frame when `PACKET_VNET_HDR` is on. It carries
@@ -405,7 +407,7 @@ fn hint(call: &str, e: &std::io::Error) -> &'static str {
     }
 }
 
-/// A source of received frames (an [`RxRing`] or a [`MemRx`]).
+/// A source of received frames (an [`RxRing`], or in unit tests the in-memory `MemRx`).
 pub trait RxDevice {
     /// Hands every ready frame, up to `max`, to `f`, returning each slot to
     /// the kernel after `f` returns. Never blocks, never allocates. Returns
@@ -421,7 +423,7 @@ pub trait RxDevice {
     fn kernel_drops(&mut self) -> Result<u64, IoError>;
 }
 
-/// A sink of frames (a [`TxRing`] or a [`MemTx`]).
+/// A sink of frames (a [`TxRing`], or in unit tests the in-memory `MemTx`).
 pub trait TxDevice {
     /// Copies `frame` into the next free slot; nothing is sent before `flush`.
     fn push(&mut self, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), TxError>;
@@ -437,7 +439,7 @@ pub trait TxDevice {
     fn mtu(&self) -> u32;
 }
 
-/// A sender of single, complete frames (a [`PacketSocket`], or a [`MemTx`]
+/// A sender of single, complete frames (a [`PacketSocket`], or the in-memory `MemTx`
 /// in tests): one system call per frame, for rare traffic such as ICMP
 /// errors.
 pub trait FrameSender {

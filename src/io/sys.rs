@@ -344,10 +344,24 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
 }
 
 /// The CPU the calling thread runs on now (`sched_getcpu`).
-pub fn current_cpu() -> io::Result<usize> {
+#[cfg(test)]
+pub(crate) fn current_cpu() -> io::Result<usize> {
     // SAFETY: sched_getcpu has no arguments and no memory-safety preconditions.
     let r = unsafe { libc::sched_getcpu() };
     cvt(r).map(|c| c as usize)
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity(0, …)`), in ascending order. A
+/// container or `taskset` may leave out any CPU, CPU 0 included.
+#[cfg(test)]
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: all-zero is a valid (empty) cpu_set_t; sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it; CPU_ISSET reads one bit of it, `cpu` < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = zeroed();
+        cvt(libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set))?;
+        Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect())
+    }
 }
 
 /// The system page size.
@@ -495,18 +509,30 @@ mod tests {
         assert_eq!(if_nametoindex("a-name-way-too-long-for-linux").unwrap_err().raw_os_error(), Some(libc::ENODEV));
     }
 
-    #[test]
-    fn loopback_is_visible() {
-        assert!(if_nametoindex("lo").unwrap() > 0);
-        assert_eq!(if_mtu("lo").unwrap(), 65536);
-        assert!(page_size() >= 4096);
+    /// The MTU the kernel reports for an interface in /sys (not assumed: `lo` is 65536 by
+    /// default, but anyone may change it).
+    fn sysfs_mtu(name: &str) -> u32 {
+        let path = format!("/sys/class/net/{name}/mtu");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        text.trim().parse().unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]
-    fn pin_to_cpu0() {
+    fn loopback_is_visible() {
+        assert!(if_nametoindex("lo").unwrap() > 0);
+        assert_eq!(if_mtu("lo").unwrap(), sysfs_mtu("lo"));
+        assert!(page_size() >= 4096);
+    }
+
+    /// Pins to the last CPU this thread may use (never assumes CPU 0 is in the cpuset).
+    #[test]
+    fn pin_to_an_allowed_cpu() {
         std::thread::spawn(|| {
-            pin_current_thread(0).unwrap();
-            assert_eq!(current_cpu().unwrap(), 0);
+            let allowed = allowed_cpus().unwrap();
+            let cpu = *allowed.last().expect("at least one allowed CPU");
+            pin_current_thread(cpu).unwrap();
+            assert_eq!(current_cpu().unwrap(), cpu);
+            assert_eq!(allowed_cpus().unwrap(), [cpu]);
             assert!(pin_current_thread(libc::CPU_SETSIZE as usize).is_err());
         })
         .join()

@@ -1,6 +1,10 @@
 //! Drives the namespace lab (`tests/lab/lab.sh`) from Rust tests: builds it, runs commands and
 //! maglevd processes in its namespaces, reads maglevd's metrics, and tears everything down on drop
-//! (also when a test fails). Requires root; fails loudly, never skips.
+//! (also when a test fails) and, in any case, when the test process exits (a lab kept in a
+//! `static` for several tests is never dropped). Requires root; fails loudly, never skips.
+//!
+//! Commands and closures run in the lab's namespaces through [`maglevd::netns::Netns`], the one
+//! namespace helper of the crate (shared with `maglevd bench live`).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -9,6 +13,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use maglevd::netns::Netns;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 
@@ -27,10 +33,8 @@ pub struct Lab {
 }
 
 pub fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let uid = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
     assert!(
-        uid.split_whitespace().nth(1) == Some("0"),
+        maglevd::netns::is_root(),
         "the end-to-end tests build network namespaces and must run as root (tests/run-all.sh as root)"
     );
 }
@@ -39,10 +43,33 @@ impl Lab {
     pub fn up(prefix: &str) -> Lab {
         require_root();
         let lab = Lab { prefix: prefix.to_string(), daemons: Vec::new() };
+        lab.down_when_process_exits();
         let out = lab.script(&["up"]);
         assert!(out.status.success(), "lab.sh up failed:\n{}{}", text(&out.stdout), text(&out.stderr));
         eprintln!("{}", text(&out.stdout).trim());
         lab
+    }
+
+    /// Starts a small watcher process that runs `lab.sh down` for this prefix and removes the lab
+    /// directory once the test process has exited, however it exits (a test failure, a lab held in
+    /// a `static` that is never dropped, SIGKILL). Harmless after a normal drop: `down` is
+    /// idempotent.
+    fn down_when_process_exits(&self) {
+        let watch = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; \"$0\" down; rm -rf \"$1\"",
+            pid = std::process::id()
+        );
+        let spawned = Command::new("sh")
+            .args(["-c", &watch])
+            .arg(lab_sh())
+            .arg(self.dir())
+            .env("LAB_PREFIX", &self.prefix)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        // Never waited for: it must outlive this process (init reaps it).
+        drop(spawned.expect("start the lab's exit watcher (sh)"));
     }
 
     fn script(&self, args: &[&str]) -> Output {
@@ -55,7 +82,12 @@ impl Lab {
     }
 
     pub fn ns_path(&self, short: &str) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.ns(short)))
+        self.netns(short).path()
+    }
+
+    /// A handle on a lab namespace (the lab, not the handle, decides when it goes away).
+    pub fn netns(&self, short: &str) -> Netns {
+        Netns::attach(&self.ns(short))
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -64,7 +96,7 @@ impl Lab {
 
     /// Run a command in a namespace and return its output (whatever its exit status).
     pub fn exec(&self, short: &str, cmd: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.ns(short)]).args(cmd).output().expect("ip netns exec")
+        self.netns(short).command(cmd[0]).args(&cmd[1..]).output().expect("ip netns exec")
     }
 
     /// Run a command in a namespace; panic with its output if it fails.
@@ -77,9 +109,13 @@ impl Lab {
     /// Start `maglevd run` in a namespace with the given config; stdout/stderr go to a log file in
     /// the lab dir.
     pub fn start_maglevd(&mut self, short: &str, config: &Path, extra: &[&str]) {
+        // Forget a daemon that already exited there, so the name means the new one.
+        self.daemons.retain_mut(|(s, c)| s != short || matches!(c.try_wait(), Ok(None)));
         let log = std::fs::File::create(self.dir().join(format!("maglevd-{short}.log"))).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(short), env!("CARGO_BIN_EXE_maglevd"), "run", "-c"])
+        let child = self
+            .netns(short)
+            .command(env!("CARGO_BIN_EXE_maglevd"))
+            .args(["run", "-c"])
             .arg(config)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -195,14 +231,8 @@ impl Lab {
     }
 
     /// Run `f` on a thread inside namespace `short` (for sockets opened by the test itself).
-    pub fn in_ns<T: Send + 'static>(&self, short: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.ns_path(short);
-        std::thread::spawn(move || {
-            maglevd::io::enter_netns(&path).expect("setns into the lab namespace");
-            f()
-        })
-        .join()
-        .expect("namespace thread panicked")
+    pub fn in_ns<T: Send>(&self, short: &str, f: impl FnOnce() -> T + Send) -> T {
+        self.netns(short).run(f).expect("run in the lab namespace")
     }
 
     /// Start `f` on a thread inside namespace `short` and return at once.
@@ -211,9 +241,9 @@ impl Lab {
         short: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = self.ns_path(short);
+        let ns = self.netns(short);
         std::thread::spawn(move || {
-            maglevd::io::enter_netns(&path).expect("setns into the lab namespace");
+            ns.enter().expect("setns into the lab namespace");
             f()
         })
     }
@@ -240,6 +270,8 @@ impl Drop for Lab {
             }
         }
         let _ = self.script(&["down"]);
+        // What the tests wrote there (configurations, daemon logs; printed above on a failure).
+        let _ = std::fs::remove_dir_all(self.dir());
     }
 }
 
