@@ -14,7 +14,7 @@
 //! # Throughput
 //! A generator thread in `gen`, pinned to the generator CPU, sends `--size`-byte UDP frames to the
 //! VIP from `--flows` source ports through an AF_PACKET TX ring ([`TxRing`]: one `send()` per
-//! batch, qdisc bypass, send buffer forced to the ring size with SO_SNDBUFFORCE — LAB-NOTES
+//! batch, qdisc bypass, send buffer forced to the ring size with SO_SNDBUFFORCE — docs/lab.md
 //! pitfall 4), as fast as it can (or at `--rate`). The ring size (`--gen-slots`) decides what is
 //! measured (pitfall 5): 256 slots keep the sender close to the loss-free rate in kernel mode,
 //! large rings measure goodput under overload. After a warm-up, the window counts the frames the
@@ -106,7 +106,7 @@ pub struct LiveArgs {
     /// maglevd TX ring slots per worker (as `maglevd run --tx-slots`).
     #[arg(long, default_value_t = 256)]
     pub tx_slots: usize,
-    /// Generator TX ring slots: small = near loss-free rate, large = overload (LAB-NOTES pitfall 5).
+    /// Generator TX ring slots: small = near loss-free rate, large = overload (docs/lab.md pitfall 5).
     #[arg(long, default_value_t = 256)]
     pub gen_slots: usize,
     /// Generator rate in frames per second (0: as fast as it can).
@@ -185,7 +185,7 @@ impl LiveArgs {
             }
         }
         if self.gen_cpu == self.fwd_cpu {
-            p.push("--gen-cpu and --fwd-cpu must differ (generator and forwarder on one core measure something else, LAB-NOTES pitfall 10)".into());
+            p.push("--gen-cpu and --fwd-cpu must differ (generator and forwarder on one core measure something else, docs/lab.md pitfall 10)".into());
         }
         if !(self.load_wait.is_finite() && (0.0..=3600.0).contains(&self.load_wait)) {
             p.push("--load-wait must be between 0 and 3600".into());
@@ -991,7 +991,7 @@ pub fn render(r: &LiveReport) -> String {
         a.repeat,
         if a.rate > 0 { format!(", offered at {} pps", a.rate) } else { String::new() }
     );
-    let _ = writeln!(s, "placement (2 cores: generator and forwarder apart, LAB-NOTES pitfall 10):");
+    let _ = writeln!(s, "placement (2 cores: generator and forwarder apart, docs/lab.md pitfall 10):");
     for p in &r.placement {
         let _ = writeln!(s, "  {p}");
     }

@@ -118,7 +118,7 @@ check_prereqs() {
 
 # --- building blocks ------------------------------------------------------------
 # sysctl in a namespace. Every namespace gets ip_forward and rp_filter explicitly
-# (new namespaces inherit host defaults otherwise; LAB-NOTES pitfall 2).
+# (new namespaces inherit host defaults otherwise; docs/lab.md pitfall 2).
 nsysctl() { local n="$1"; shift; nsx "$n" sysctl -q -w "$@" >/dev/null; }
 
 base_sysctls() { # ns ip_forward rp_filter
