@@ -8,10 +8,32 @@ use clap::{Parser, Subcommand};
 use maglevd::{config, daemon, report};
 
 #[derive(Parser, Debug)]
-#[command(name = "maglevd", version, about = "Userspace Maglev L4 load balancer (direct server return)")]
+#[command(
+    name = "maglevd",
+    version,
+    about = "Userspace Maglev L4 load balancer (direct server return)",
+    long_about = "Userspace Maglev L4 load balancer for direct server return: replaces IPVS (ipvsadm -s mh, \
+                  direct routing) on the frontends of an anycast/ECMP VIP.",
+    after_long_help = "Logs go to standard error. RUST_LOG sets what is logged (default \"info\"; e.g. \
+                       RUST_LOG=debug, RUST_LOG=maglevd=debug,warn); --log-format json writes one JSON \
+                       object per line for log shippers.\n\n\
+                       Exit codes: 0 success; 1 runtime failure (an interface, a capability, a socket); \
+                       2 invalid configuration or arguments."
+)]
 struct Cli {
+    /// Log line format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (colored on a terminal).
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -30,10 +52,14 @@ enum LookupProtocol {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the load balancer: forward VIP traffic from the ingress to the egress interface.
-    /// Needs CAP_NET_RAW (AF_PACKET rings) and CAP_NET_ADMIN (large socket send buffers).
-    /// SIGHUP reloads the configuration; SIGTERM stops.
+    /// Run the load balancer.
+    ///
+    /// Forwards VIP traffic from the ingress to the egress interface, resolves backend MACs by ARP
+    /// and serves /metrics and /healthz. Needs CAP_NET_RAW (AF_PACKET rings) and CAP_NET_ADMIN
+    /// (large socket send buffers), never root. SIGHUP reloads the configuration (as does a change
+    /// of the file seen by the periodic check); SIGTERM stops.
     Run {
+        /// The configuration file (TOML; see config/maglevd.toml).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Forwarding threads (default: daemon.workers, else one per CPU).
@@ -46,18 +72,25 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         tx_slots: usize,
     },
-    /// Validate a configuration exactly as `maglevd run` does at start-up and on reload (every
-    /// table, the forwarding snapshot, the kernel VIP filter) and print a summary of its services
-    /// and backends.
+    /// Validate a configuration and summarize it.
+    ///
+    /// Validates exactly as `maglevd run` does at start-up and on reload (every table, the
+    /// forwarding snapshot, the kernel VIP filter) and prints its services, backends, weight shares
+    /// and warnings. Exit code 2 names every problem with its file, line and column.
     Check {
+        /// The configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Print each backend's share of the lookup table; with --compare, how many slots (new flows)
-    /// would move from the OTHER configuration to this one: the disruption preview before a change.
+    /// Print each backend's share of the lookup table.
+    ///
+    /// With --compare, how many slots (new flows) would move from the OTHER configuration to this
+    /// one: the disruption preview before a change. With --dump, every slot.
     Table {
+        /// The configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// The configuration to compare with (e.g. the running one).
         #[arg(long, value_name = "OTHER", conflicts_with = "dump")]
         compare: Option<PathBuf>,
         /// Print every slot of every service: `SLOT BACKEND` (`-` for none), e.g. to diff two
@@ -65,9 +98,11 @@ enum Command {
         #[arg(long)]
         dump: bool,
     },
-    /// Write a maglevd configuration with ipvs-mh services that reproduce the kernel's IPVS tables,
-    /// from the output of `ipvsadm -Ln --nosort` or `ipvsadm-save -n`. Warnings (what the input
-    /// cannot tell) go to stderr and into the file as comments.
+    /// Convert an IPVS configuration into a maglevd one.
+    ///
+    /// Writes a maglevd configuration with ipvs-mh services that reproduce the kernel's IPVS
+    /// tables, from the output of `ipvsadm -Ln --nosort` or `ipvsadm-save -n`. Warnings (what the
+    /// input cannot tell) go to stderr and into the file as comments.
     ImportIpvs {
         /// The ipvsadm output; `-` for standard input.
         #[arg(value_name = "FILE", default_value = "-")]
@@ -75,8 +110,10 @@ enum Command {
         /// Input format (default: detected).
         #[arg(long, value_enum)]
         format: Option<ImportFormat>,
+        /// The ingress interface name to write into the configuration.
         #[arg(long, default_value = "net1")]
         ingress: String,
+        /// The egress interface name to write into the configuration.
         #[arg(long, default_value = "net2")]
         egress: String,
         /// The IPVS hosts' CONFIG_IP_VS_MH_TAB_INDEX (8..=17; default 12).
@@ -86,13 +123,16 @@ enum Command {
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
     },
-    /// Print the backend a packet from CLIENT to a service reaches, or `none (REASON)` with the
+    /// Print the backend a packet from a client reaches.
+    ///
+    /// Prints the backend a packet from CLIENT to a service reaches, or `none (REASON)` with the
     /// drop reason as the metrics name it, on a frontend where every backend with weight > 0 is
     /// up. The answer is the forwarder's own: the packet is built and run through the data plane.
     /// With ipvs-mh it is the backend the kernel's IPVS picks, named IP:PORT.
     /// IPv6 ipvs-mh services (not forwarded by maglevd) are answered from the kernel table, for
     /// new flows only.
     Lookup {
+        /// The configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// The service: its name, or the packet's destination VIP:PORT[/tcp|/udp] (IPv6 as [ADDR]:PORT).
@@ -114,20 +154,22 @@ enum Command {
         #[arg(long)]
         icmp_error: bool,
     },
-    /// Measure table builds, the packet path in memory, and live forwarding through real interfaces
+    /// Measure maglevd.
+    ///
+    /// Table builds, the packet path in memory, and live forwarding through real interfaces in
+    /// network namespaces, against kernel forwarding in the same run.
     Bench(maglevd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
         Command::Run { config, workers, rx_slots, tx_slots } => {
             let opts = daemon::Options { workers, rx_slots, tx_slots, ..daemon::Options::new(config) };

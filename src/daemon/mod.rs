@@ -34,6 +34,7 @@
 
 mod builder;
 pub mod http;
+mod throttle;
 pub mod worker;
 
 use std::net::Ipv4Addr;
@@ -384,6 +385,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .map_err(|e| DaemonError::Setup(format!("installing the SIGHUP handler: {e}")))?;
 
+    info!(version = env!("CARGO_PKG_VERSION"), config = %opts.config.display(), "maglevd starting");
     let cfg = config::load(&opts.config)?;
     match Capabilities::current() {
         Ok(caps) => {
@@ -504,6 +506,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         ingress_responder,
         shared: &shared,
         builder,
+        arp_warnings: throttle::Throttle::default(),
     };
     control.run(egress_arp, &reload);
     for h in handles {
@@ -526,6 +529,8 @@ struct Control<'a> {
     ingress_responder: Option<Arc<ArcSwap<Responder>>>,
     shared: &'a Shared,
     builder: builder::Builder,
+    /// Rate limit of repeated ARP socket warnings.
+    arp_warnings: throttle::Throttle,
 }
 
 /// The responder on the egress socket: for the egress address, and in one-arm mode (one socket
@@ -582,7 +587,9 @@ impl Control<'_> {
                 Ok(None) => {}
                 Err(e) => {
                     self.shared.arp.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "ARP receive failed");
+                    if let Some(held) = self.arp_warnings.allow(Instant::now()) {
+                        warn!(error = %e, suppressed = held, "ARP receive failed");
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -596,19 +603,24 @@ impl Control<'_> {
     /// Send due probes, expire entries and settle MAC claims; true if a MAC was lost or changed.
     fn poll_neigh(&mut self, sock: &mut PacketSocket, now: Instant) -> bool {
         let mut probes = Vec::new();
+        let resolved: Vec<Ipv4Addr> =
+            self.neigh.entries().filter(|(_, s)| s.mac().is_some()).map(|(ip, _)| ip).collect();
         let lost = self.neigh.poll(now, |p| probes.push(p));
         for p in probes {
             match sock.send(&self.neigh.probe_frame(&p)) {
                 Ok(()) => self.shared.arp.probes_sent.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {
-                    warn!(backend = %p.target, error = %e, "ARP probe failed");
+                    if let Some(held) = self.arp_warnings.allow(now) {
+                        warn!(backend = %p.target, error = %e, suppressed = held, "ARP probe failed");
+                    }
                     self.shared.arp.errors.fetch_add(1, Ordering::Relaxed)
                 }
             };
         }
         if lost {
-            for (ip, s) in self.neigh.entries() {
-                if s.mac().is_none() {
+            // Once per backend that just lost its MAC (a transition, not a state).
+            for ip in resolved {
+                if self.neigh.mac(ip).is_none() {
                     warn!(backend = %ip, "backend MAC unresolved: out of the table until it answers ARP");
                 }
             }
@@ -781,6 +793,7 @@ impl Control<'_> {
 fn ingress_arp_loop(mut sock: PacketSocket, responder: &ArcSwap<Responder>, shared: &Shared) {
     let mut buf = [0u8; 256];
     let mut epoch = shared.rings_epoch.load(Ordering::Relaxed);
+    let mut warnings = throttle::Throttle::default();
     while !shared.stop.load(Ordering::Relaxed) {
         // The ingress interface was re-created: listen on the new one.
         let now_epoch = shared.rings_epoch.load(Ordering::Relaxed);
@@ -812,7 +825,9 @@ fn ingress_arp_loop(mut sock: PacketSocket, responder: &ArcSwap<Responder>, shar
             Ok(None) => {}
             Err(e) => {
                 shared.arp.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "ARP receive failed on the ingress interface");
+                if let Some(held) = warnings.allow(Instant::now()) {
+                    warn!(error = %e, suppressed = held, "ARP receive failed on the ingress interface");
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
