@@ -84,6 +84,13 @@ pub struct Shared {
     pub control_heartbeat_ms: AtomicU64,
 }
 
+/// The indices of the per-worker flags that are false, as `"0, 3"` (empty if none).
+fn unset(flags: &[AtomicBool]) -> String {
+    let off: Vec<String> =
+        flags.iter().enumerate().filter(|(_, f)| !f.load(Ordering::Relaxed)).map(|(i, _)| i.to_string()).collect();
+    off.join(", ")
+}
+
 /// A worker or the control thread whose heartbeat is older than this is stalled: `/live` fails.
 /// Both turn at least every 200 ms when idle.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -147,15 +154,9 @@ impl Shared {
         if let Some(problem) = self.datapath_problem() {
             return Err(problem);
         }
-        let unfiltered: Vec<String> = self
-            .filter_ok
-            .iter()
-            .enumerate()
-            .filter(|(_, ok)| !ok.load(Ordering::Relaxed))
-            .map(|(i, _)| i.to_string())
-            .collect();
+        let unfiltered = unset(&self.filter_ok);
         if !unfiltered.is_empty() {
-            return Err(format!("the VIP filter is not installed on worker {}", unfiltered.join(", ")));
+            return Err(format!("the VIP filter is not installed on worker {unfiltered}"));
         }
         let snap = self.snapshot.load();
         let empty: Vec<&str> = snap.services().iter().filter(|s| s.table.is_empty()).map(|s| s.name.as_str()).collect();
@@ -167,14 +168,8 @@ impl Shared {
         if let Some(p) = self.link_problem.load_full() {
             return Some((*p).clone());
         }
-        let dead: Vec<String> = self
-            .rings_ok
-            .iter()
-            .enumerate()
-            .filter(|(_, ok)| !ok.load(Ordering::Relaxed))
-            .map(|(i, _)| i.to_string())
-            .collect();
-        (!dead.is_empty()).then(|| format!("worker {} could not re-open its rings", dead.join(", ")))
+        let dead = unset(&self.rings_ok);
+        (!dead.is_empty()).then(|| format!("worker {dead} could not re-open its rings"))
     }
 }
 
@@ -561,9 +556,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     }
     let ingress_responder = match ingress_arp {
         Some(sock) => {
-            let responder =
-                Responder::new(MacAddr(ifs.ingress.mac), answer_for(cfg.ingress_address, &ifs.ingress), vips(&cfg));
-            let responder = Arc::new(ArcSwap::from_pointee(responder));
+            let responder = Arc::new(ArcSwap::from_pointee(ingress_responder(&cfg, &ifs)));
             let (r, arp_shared) = (Arc::clone(&responder), Arc::clone(&shared));
             std::thread::Builder::new()
                 .name("maglevd-arp-in".into())
@@ -634,6 +627,11 @@ fn egress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
         ours.extend(answer_for(cfg.ingress_address, &ifs.ingress));
     }
     Responder::new(MacAddr(ifs.egress.mac), ours, vips(cfg))
+}
+
+/// The responder on the ingress ARP socket (two-arm mode): for the ingress address.
+fn ingress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
+    Responder::new(MacAddr(ifs.ingress.mac), answer_for(cfg.ingress_address, &ifs.ingress), vips(cfg))
 }
 
 impl Control<'_> {
@@ -861,14 +859,7 @@ impl Control<'_> {
             let (in_mac, eg_mac) = (MacAddr(self.ifs.ingress.mac), MacAddr(self.ifs.egress.mac));
             self.neigh.set_sender(eg_mac, egress_ip);
             self.neigh.set_own_macs(&[in_mac, eg_mac]);
-            self.responder = egress_responder(&self.cfg, &self.ifs);
-            if let Some(r) = &self.ingress_responder {
-                r.store(Arc::new(Responder::new(
-                    in_mac,
-                    answer_for(self.cfg.ingress_address, &self.ifs.ingress),
-                    vips(&self.cfg),
-                )));
-            }
+            self.refresh_responders();
             match PacketSocket::open(&self.cfg.egress, ETHERTYPE_ARP) {
                 Ok(s) => *sock = s,
                 Err(e) => warn!(error = %e, "cannot re-open the ARP socket on the egress interface"),
@@ -882,18 +873,19 @@ impl Control<'_> {
         }
     }
 
+    /// Answer ARP as the running configuration and the interfaces say now, on both sockets.
+    fn refresh_responders(&mut self) {
+        self.responder = egress_responder(&self.cfg, &self.ifs);
+        if let Some(r) = &self.ingress_responder {
+            r.store(Arc::new(ingress_responder(&self.cfg, &self.ifs)));
+        }
+    }
+
     /// The builder published `cfg`: resolve its backends and answer ARP as it says.
     fn applied(&mut self, cfg: Arc<Config>) {
         let lost = self.neigh.set_targets(arp_targets(&cfg), Instant::now());
-        self.responder = egress_responder(&cfg, &self.ifs);
-        if let Some(r) = &self.ingress_responder {
-            r.store(Arc::new(Responder::new(
-                MacAddr(self.ifs.ingress.mac),
-                answer_for(cfg.ingress_address, &self.ifs.ingress),
-                vips(&cfg),
-            )));
-        }
         self.cfg = cfg;
+        self.refresh_responders();
         if lost {
             self.builder.macs(macs_of(&self.neigh));
         }
