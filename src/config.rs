@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
+use crate::flow;
 use crate::ipvs_mh::{self, MhFlags};
 use crate::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_TOTAL_SLOTS, MAX_WEIGHT, MIN_SLOTS_PER_BACKEND};
 use crate::wire::MacAddr;
@@ -38,6 +39,7 @@ pub struct Config {
     /// Sender address of ARP probes for backends; `None`: the egress interface's first IPv4.
     pub egress_address: Option<Ipv4Addr>,
     pub daemon: Daemon,
+    pub flows: Flows,
     pub services: Vec<Service>,
 }
 
@@ -71,6 +73,36 @@ impl Default for Daemon {
         }
     }
 }
+
+/// Connection tracking settings (`[flows]`); see [`crate::flow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flows {
+    /// Flow entries across all workers; each worker gets [`crate::flow::per_worker`] of it.
+    pub capacity: usize,
+    /// Idle timeouts of TCP (open and after FIN/RST) and of UDP and other protocols.
+    pub timeouts: flow::Timeouts,
+    /// How long the later fragments of a datagram follow its first fragment's backend.
+    pub fragment_timeout: std::time::Duration,
+}
+
+impl Default for Flows {
+    fn default() -> Self {
+        Flows {
+            capacity: flow::DEFAULT_CAPACITY,
+            timeouts: flow::Timeouts::default(),
+            fragment_timeout: flow::DEFAULT_FRAGMENT_TIMEOUT,
+        }
+    }
+}
+
+/// Smallest `[flows] capacity` accepted.
+pub const MIN_FLOW_CAPACITY: usize = flow::MIN_PER_WORKER;
+/// Longest TCP or UDP idle timeout accepted (7 days).
+pub const MAX_FLOW_TIMEOUT_SECS: i64 = 7 * 24 * 3600;
+/// Longest TCP timeout after FIN/RST accepted.
+pub const MAX_FIN_TIMEOUT_SECS: i64 = 3600;
+/// Longest fragment timeout accepted (the kernel reassembles for 30 s by default).
+pub const MAX_FRAGMENT_TIMEOUT_SECS: i64 = 60;
 
 impl Config {
     /// One-arm mode: one interface for both directions.
@@ -269,6 +301,7 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
 struct FileConfig {
     interfaces: FileInterfaces,
     daemon: Option<FileDaemon>,
+    flows: Option<FileFlows>,
     #[serde(rename = "service", default)]
     services: Vec<Spanned<FileService>>,
 }
@@ -289,6 +322,16 @@ struct FileDaemon {
     /// `"ADDR:PORT"`, or `""` to disable.
     metrics: Option<Spanned<String>>,
     config_check_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFlows {
+    capacity: Option<Spanned<i64>>,
+    tcp_timeout_secs: Option<Spanned<i64>>,
+    tcp_fin_timeout_secs: Option<Spanned<i64>>,
+    udp_timeout_secs: Option<Spanned<i64>>,
+    fragment_timeout_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,6 +561,7 @@ impl Validator<'_> {
         let egress_address =
             file.interfaces.egress_address.as_ref().and_then(|a| self.ipv4(a, "interfaces.egress_address"));
         let daemon = file.daemon.as_ref().map_or_else(Daemon::default, |d| self.daemon(d));
+        let flows = file.flows.as_ref().map_or_else(Flows::default, |f| self.flows(f));
         if file.services.is_empty() {
             self.problem(0..0, "service", "no [[service]] is configured; maglevd would forward nothing");
         }
@@ -536,7 +580,42 @@ impl Validator<'_> {
                 format!("{a} is a VIP; maglevd never answers ARP for a VIP"),
             );
         }
-        Config { ingress, egress, ingress_address, egress_address, daemon, services }
+        Config { ingress, egress, ingress_address, egress_address, daemon, flows, services }
+    }
+
+    fn flows(&mut self, f: &FileFlows) -> Flows {
+        let mut out = Flows::default();
+        if let Some(c) = &f.capacity {
+            let (min, max) = (MIN_FLOW_CAPACITY as i64, flow::MAX_CAPACITY as i64);
+            match *c.get_ref() {
+                n if (min..=max).contains(&n) => out.capacity = n as usize,
+                n => self.problem(
+                    c.span(),
+                    "flows.capacity",
+                    format!(
+                        "{n} is out of range {min}..={max} (flow entries across all workers, {} bytes each)",
+                        flow::ENTRY_BYTES
+                    ),
+                ),
+            }
+        }
+        let mut secs = |v: &Option<Spanned<i64>>, key: &str, max: i64, out: &mut std::time::Duration| {
+            if let Some(v) = v {
+                match *v.get_ref() {
+                    n if (1..=max).contains(&n) => *out = std::time::Duration::from_secs(n as u64),
+                    n => self.problem(
+                        v.span(),
+                        format!("flows.{key}"),
+                        format!("{n} is out of range 1..={max} (seconds)"),
+                    ),
+                }
+            }
+        };
+        secs(&f.tcp_timeout_secs, "tcp_timeout_secs", MAX_FLOW_TIMEOUT_SECS, &mut out.timeouts.tcp);
+        secs(&f.tcp_fin_timeout_secs, "tcp_fin_timeout_secs", MAX_FIN_TIMEOUT_SECS, &mut out.timeouts.tcp_fin);
+        secs(&f.udp_timeout_secs, "udp_timeout_secs", MAX_FLOW_TIMEOUT_SECS, &mut out.timeouts.udp);
+        secs(&f.fragment_timeout_secs, "fragment_timeout_secs", MAX_FRAGMENT_TIMEOUT_SECS, &mut out.fragment_timeout);
+        out
     }
 
     fn daemon(&mut self, d: &FileDaemon) -> Daemon {

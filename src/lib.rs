@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`wire`] | typed views over Ethernet/IPv4 bytes, MAC addresses | none |
 //! | [`maglev`] | the Maglev lookup table: a pure function of (backends, weights, size) | none |
+//! | [`flow`] | connection tracking: per-worker flow and fragment tables (set-associative, fixed capacity, idle timeouts, bounded work per packet) | none (time passed in) |
 //! | [`ipvs_mh`] | the kernel's `ip_vs_mh` table and lookup, bit for bit (compatibility mode) | none |
 //! | [`ipvs_import`] | `ipvsadm -Ln --nosort` / `ipvsadm-save` text → `ipvs-mh` services and their TOML: `list` (`-Ln` parsing), `save` (`ipvsadm-save` replay), `policy` (what is imported, warnings), `render` (TOML) | none |
 //! | [`config`] | TOML file types and validation into runtime types | reads the file |
@@ -32,6 +33,7 @@ pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod flow;
 pub mod io;
 pub mod ipvs_import;
 pub mod ipvs_mh;

@@ -410,3 +410,66 @@ fn the_total_table_memory_is_bounded() {
     let eight: String = text.split("[[service]]").take(9).collect::<Vec<_>>().join("[[service]]");
     assert!(check(&eight).is_ok());
 }
+
+#[test]
+fn flows_section_defaults_values_and_mistakes() {
+    let c = check(SEED).unwrap();
+    assert_eq!(c.flows, Flows::default());
+    assert_eq!(c.flows.capacity, 1 << 20);
+    let d = std::time::Duration::from_secs;
+    assert_eq!(
+        (c.flows.timeouts.tcp, c.flows.timeouts.tcp_fin, c.flows.timeouts.udp, c.flows.fragment_timeout),
+        (d(900), d(30), d(300), d(5))
+    );
+    // The commented lines of the example file are the defaults.
+    let uncommented: String = SEED
+        .lines()
+        .map(|l| {
+            if l.starts_with("# [flows]") || l.starts_with("# capacity") || l.contains("_timeout_secs =") {
+                l.trim_start_matches("# ")
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("\n[flows]\n"), "{uncommented}");
+    assert_eq!(check(&uncommented).unwrap().flows, Flows::default());
+
+    let section = "[flows]\ncapacity = 2048\ntcp_timeout_secs = 3600\ntcp_fin_timeout_secs = 10\nudp_timeout_secs = 60\nfragment_timeout_secs = 2\n";
+    let c = check(&format!("{SEED}\n{section}")).unwrap();
+    assert_eq!(c.flows.capacity, 2048);
+    assert_eq!(
+        (c.flows.timeouts.tcp, c.flows.timeouts.tcp_fin, c.flows.timeouts.udp, c.flows.fragment_timeout),
+        (d(3600), d(10), d(60), d(2))
+    );
+    let partial = check(&format!("{SEED}\n[flows]\nudp_timeout_secs = 30\n")).unwrap();
+    assert_eq!(
+        partial.flows,
+        Flows { timeouts: crate::flow::Timeouts { udp: d(30), ..Default::default() }, ..Flows::default() }
+    );
+
+    let cases: &[(&str, &str)] = &[
+        ("capacity = 1000", "flows.capacity: 1000 is out of range 1024..=67108864"),
+        ("capacity = 67108865", "flows.capacity: 67108865 is out of range 1024..=67108864"),
+        ("capacity = -1", "flows.capacity: -1 is out of range"),
+        ("tcp_timeout_secs = 0", "flows.tcp_timeout_secs: 0 is out of range 1..=604800 (seconds)"),
+        ("tcp_fin_timeout_secs = 3601", "flows.tcp_fin_timeout_secs: 3601 is out of range 1..=3600"),
+        ("udp_timeout_secs = 604801", "flows.udp_timeout_secs: 604801 is out of range 1..=604800"),
+        ("fragment_timeout_secs = 61", "flows.fragment_timeout_secs: 61 is out of range 1..=60"),
+    ];
+    for (line, want) in cases {
+        let text = format!("{SEED}\n[flows]\n{line}\n");
+        let at = text.lines().position(|l| l == *line).unwrap() + 1;
+        let col = line.find('=').unwrap() + 3;
+        let e = error(&text);
+        assert!(e.contains(&format!("test.toml:{at}:{col}: {want}")), "{line}: {e}");
+    }
+    // Every problem is reported, not just the first.
+    let e = error(&format!("{SEED}\n[flows]\ncapacity = 1\nudp_timeout_secs = 0\n"));
+    assert_eq!(e.lines().count(), 2, "{e}");
+    let e = error(&format!("{SEED}\n[flows]\ntcp_timeout = 900\n"));
+    assert!(e.contains("unknown field `tcp_timeout`"), "{e}");
+    let e = error(&format!("{SEED}\n[flows]\ncapacity = \"big\"\n"));
+    assert!(e.contains("invalid type"), "{e}");
+}
