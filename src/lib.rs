@@ -18,6 +18,7 @@
 //! | [`metrics`] | per-worker counters (one writer each) and their Prometheus exposition | none |
 //! | [`io`] | AF_PACKET rings, packet sockets, the classic BPF VIP filter, interface facts; all `unsafe` in `io::sys` | syscalls |
 //! | [`netns`] | throwaway network namespaces and veths for `bench live` and the tests (not used by `run`) | runs `ip` |
+//! | [`health`] | backend health checks (`tcp`, `http`, `dsr` through the VIP), the rise/fall state machine (time passed in), the prober threads | sockets, threads |
 //! | [`daemon`] | `maglevd run`: [`daemon::prepare`] (the one path to a snapshot for check, start-up and reload), workers, the snapshot builder thread, the control thread (ARP, reload, interface changes), `/metrics` and `/healthz` | threads, sockets |
 //! | [`bench`] | `maglevd bench`: table builds, `forward()` in memory, live forwarding vs the kernel in namespaces | namespaces, rings |
 //!
@@ -34,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod flow;
+pub mod health;
 pub mod io;
 pub mod ipvs_import;
 pub mod ipvs_mh;
