@@ -1,7 +1,12 @@
-//! `maglevd bench forward`: the packet path in memory — [`crate::dataplane::forward`] per frame
-//! over a realistic mix, like `benches/forward.rs`: 90 % TCP to the VIP from 1000 flows (a third
-//! of them carrying 1400 bytes), 6 % TCP to the frontend's own address (passed), 2 % ARP
-//! (passed), 2 % with a bad IPv4 checksum (dropped). The frames are forwarded in place again and
+//! `maglevd bench forward`: the packet path in memory — [`crate::dataplane::forward_tracked`]
+//! per frame, with connection tracking as the daemon's workers run it (`--no-tracking`:
+//! [`crate::dataplane::forward`]), over a realistic mix, like `benches/forward.rs`: 90 % TCP to
+//! the VIP (by default 900 flows, a third of them carrying 1400 bytes; `--flows N`: N flows in
+//! random order, header-only frames), 6 % TCP to the frontend's own address (passed), 2 % ARP
+//! (passed), 2 % with a bad IPv4 checksum (dropped). The flow table holds twice the flows (at
+//! least the default per-worker capacity of one worker), and a warm-up pass tracks every flow, so
+//! the measured passes find their flows in a table of that size: with a million flows nearly
+//! every lookup goes to memory, as in a busy frontend. The frames are forwarded in place again and
 //! again. Forwarding rewrites both MACs, so before each call the frame gets its original 12 MAC
 //! bytes back (one 12-byte copy, part of the measured cost): every pass sees the same verdicts
 //! (otherwise the second pass would only measure the early "not our MAC" pass).
@@ -22,13 +27,16 @@ use super::json::Json;
 use super::stats::{LoadMeter, median, min};
 use super::{BenchError, fmt_load};
 use crate::config;
-use crate::dataplane::{Links, Snapshot, Verdict, forward};
+use crate::dataplane::{FrameMeta, Links, Snapshot, Verdict, forward, forward_tracked};
+use crate::flow::{self, Tick, Tracker};
 use crate::wire::MacAddr;
 
 const INGRESS: [u8; 6] = [0xc2, 0xb0, 0x57, 0x49, 0x47, 0xf1];
 const EGRESS: [u8; 6] = [0xc2, 0xb0, 0x57, 0x49, 0x47, 0xf2];
 const ROUTER: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
 const SLICES: u32 = 10;
+/// Largest `--flows` (about 70 bytes of frame each, plus the table).
+pub const MAX_FLOWS: usize = 16 << 20;
 
 const CONFIG: &str = r#"
 [interfaces]
@@ -61,12 +69,21 @@ pub struct ForwardArgs {
     /// Pin the measuring thread to this CPU.
     #[arg(long)]
     pub cpu: Option<usize>,
+    /// Distinct VIP flows in the mix (above 900 the frames carry no payload).
+    #[arg(long, default_value_t = 900)]
+    pub flows: usize,
+    /// Forward without connection tracking (every packet's backend from the table).
+    #[arg(long)]
+    pub no_tracking: bool,
 }
 
 impl ForwardArgs {
     pub fn validate(&self) -> Result<Duration, BenchError> {
         if !(self.seconds.is_finite() && (0.01..=3600.0).contains(&self.seconds)) {
             return Err(BenchError::Usage("--seconds must be between 0.01 and 3600".into()));
+        }
+        if !(1..=MAX_FLOWS).contains(&self.flows) {
+            return Err(BenchError::Usage(format!("--flows must be between 1 and {MAX_FLOWS}")));
         }
         Ok(Duration::from_secs_f64(self.seconds))
     }
@@ -77,6 +94,58 @@ pub fn snapshot() -> Result<Snapshot, BenchError> {
     let cfg = config::parse(CONFIG, Path::new("<bench>")).map_err(|e| BenchError::Setup(e.to_string()))?;
     let links = Links { ingress_mac: MacAddr(INGRESS), egress_mac: MacAddr(EGRESS) };
     Snapshot::build(&cfg, links, &|_| None, 1).map_err(|e| BenchError::Setup(e.to_string()))
+}
+
+/// The mix with `flows` VIP flows (see the module docs): [`mix`] up to 900, else one frame per
+/// flow in random order, with the other frames in the same proportions.
+pub fn mix_of(flows: usize) -> Vec<Vec<u8>> {
+    if flows <= 900 {
+        let mut m = mix();
+        // Fewer flows: the VIP frames repeat the first `flows` ones.
+        let vip: Vec<usize> = (0..m.len()).filter(|i| i % 50 <= 44).collect();
+        for (n, &i) in vip.iter().enumerate().skip(flows) {
+            m[i] = m[vip[n % flows]].clone();
+        }
+        return m;
+    }
+    let vip = Ipv4Addr::new(10, 201, 0, 1);
+    let own = Ipv4Addr::new(10, 158, 100, 2);
+    let total = flows.div_ceil(45) * 50;
+    let mut next_flow = 0u64;
+    (0..total)
+        .filter_map(|i| {
+            let r = splitmix(i as u64);
+            let client = Ipv4Addr::from(0x0a00_0000 | (r >> 40) as u32);
+            let e = |dst| Endpoints { src_mac: ROUTER, dst_mac: INGRESS, src: client, dst };
+            Some(match i % 50 {
+                0..=44 => {
+                    if next_flow == flows as u64 {
+                        return None;
+                    }
+                    // Flow `next_flow`'s address and port come from a hash of it: random order.
+                    let h = splitmix(next_flow ^ 0x5eed);
+                    next_flow += 1;
+                    let e = Endpoints { src: Ipv4Addr::from((h >> 32) as u32 | 0x0100_0000), ..e(vip) };
+                    frames::tcp(&e, (h as u16) | 1024, 80, 0)
+                }
+                45..=47 => frames::tcp(&e(own), 40000, 22, 0),
+                48 => frames::arp_request(&e(own)),
+                _ => {
+                    let mut f = frames::tcp(&e(vip), 1, 80, 0);
+                    f[24] ^= 0xff; // bad IPv4 checksum
+                    f
+                }
+            })
+        })
+        .collect()
+}
+
+/// splitmix64: a fixed pseudo-random sequence.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The 1000-frame mix (see the module docs).
@@ -118,6 +187,9 @@ pub struct ForwardResult {
     pub dropped: u64,
     pub cpu: Option<usize>,
     pub foreign_load: Option<f64>,
+    pub flows: usize,
+    /// With tracking: the flow table's (capacity, entries, bytes).
+    pub table: Option<(usize, usize, usize)>,
 }
 
 impl ForwardResult {
@@ -136,12 +208,22 @@ pub fn measure(args: &ForwardArgs) -> Result<ForwardResult, BenchError> {
         crate::io::pin_current_thread(cpu).map_err(|e| BenchError::Usage(format!("--cpu {cpu}: {e}")))?;
     }
     let snap = snapshot()?;
-    let mut mix = mix();
+    let mut mix = mix_of(args.flows);
     let heads = mac_heads(&mix);
+    let capacity = flow::per_worker((2 * args.flows).max(flow::DEFAULT_CAPACITY / 2), 1);
+    let mut tracker = (!args.no_tracking).then(|| {
+        let f = config::Flows::default();
+        Tracker::new(capacity, f.timeouts, f.fragment_timeout)
+    });
+    let now = Tick(0);
+    let mut one = |f: &mut [u8]| match tracker.as_mut() {
+        Some(t) => forward_tracked(f, &FrameMeta::default(), &snap, t, now),
+        None => forward(f, &snap),
+    };
     let (mut fwd, mut pass, mut drop) = (0u64, 0u64, 0u64);
-    // Warm-up pass, which also counts the verdicts of one pass.
+    // Warm-up pass, which also counts the verdicts of one pass (and tracks every flow).
     for f in mix.iter_mut() {
-        match forward(f, &snap) {
+        match one(f) {
             Verdict::Forward { .. } => fwd += 1,
             Verdict::Pass(_) => pass += 1,
             Verdict::Drop(_) => drop += 1,
@@ -159,7 +241,7 @@ pub fn measure(args: &ForwardArgs) -> Result<ForwardResult, BenchError> {
         while t.elapsed() < slice {
             for (f, head) in mix.iter_mut().zip(&heads) {
                 f[..12].copy_from_slice(head);
-                black_box(forward(black_box(f), &snap));
+                black_box(one(black_box(f)));
             }
             n += per_pass;
         }
@@ -177,13 +259,19 @@ pub fn measure(args: &ForwardArgs) -> Result<ForwardResult, BenchError> {
         dropped: drop * passes,
         cpu: args.cpu,
         foreign_load: load.finish().map(|l| l.foreign),
+        flows: args.flows,
+        table: tracker.as_ref().map(|t| (t.flows.capacity(), t.flows.len(), t.flows.memory_bytes())),
     })
 }
 
 /// Text report.
 pub fn render(r: &ForwardResult) -> String {
-    let mut s = String::from("dataplane::forward over the in-memory mix (1000 frames: 90% TCP to the VIP, 6% to the\n");
-    s.push_str("frontend itself, 2% ARP, 2% bad IPv4 checksum), one thread");
+    let mut s = format!(
+        "dataplane::{} over the in-memory mix ({} VIP flows, 90% of the frames; 6% to the frontend\n",
+        if r.table.is_some() { "forward_tracked" } else { "forward" },
+        r.flows
+    );
+    s.push_str("itself, 2% ARP, 2% bad IPv4 checksum), one thread");
     match r.cpu {
         Some(c) => {
             let _ = writeln!(s, " pinned to CPU {c}");
@@ -198,6 +286,16 @@ pub fn render(r: &ForwardResult) -> String {
     let (med, best) = (r.median_ns(), r.best_ns());
     let _ = writeln!(s, "  ns/frame  median {med:>7.1}   best {best:>7.1}   ({SLICES} slices)");
     let _ = writeln!(s, "  Mpps      median {:>7.2}   best {:>7.2}", 1e3 / med, 1e3 / best);
+    match r.table {
+        Some((capacity, entries, bytes)) => {
+            let _ = writeln!(
+                s,
+                "  flow table: {entries} of {capacity} entries tracked, {:.1} MiB",
+                bytes as f64 / f64::from(1 << 20)
+            );
+        }
+        None => s.push_str("  no connection tracking (--no-tracking)\n"),
+    }
     let _ = writeln!(s, "  foreign CPU load during the run: {}", fmt_load(r.foreign_load));
     s
 }
@@ -215,6 +313,9 @@ pub fn to_json(r: &ForwardResult) -> Json {
         .with("dropped", r.dropped)
         .with("cpu", r.cpu)
         .with("foreign_load", r.foreign_load)
+        .with("flows", r.flows as u64)
+        .with("tracking", r.table.is_some())
+        .with("flow_table_entries", r.table.map(|t| t.1 as u64))
 }
 
 #[cfg(test)]
@@ -253,11 +354,18 @@ mod tests {
 
     #[test]
     fn short_run() {
-        let r = measure(&ForwardArgs { seconds: 0.05, cpu: None }).unwrap();
+        let r = measure(&ForwardArgs { seconds: 0.05, cpu: None, flows: 900, no_tracking: false }).unwrap();
         assert!(r.frames > 0 && r.slices_ns.len() == SLICES as usize);
         assert_eq!(r.forwarded + r.passed + r.dropped, r.frames);
         assert!(render(&r).contains("ns/frame"));
-        assert!(ForwardArgs { seconds: 0.0, cpu: None }.validate().is_err());
-        assert!(ForwardArgs { seconds: f64::NAN, cpu: None }.validate().is_err());
+        assert_eq!(r.table.map(|t| t.1), Some(900), "every flow tracked");
+        let many = measure(&ForwardArgs { seconds: 0.05, cpu: None, flows: 5000, no_tracking: false }).unwrap();
+        assert_eq!(many.table.map(|t| t.1), Some(5000));
+        let len = mix_of(5000).len() as u64;
+        assert_eq!(many.forwarded * len, many.frames * 5000, "every VIP frame forwarded, once per pass");
+        let a = |seconds, flows| ForwardArgs { seconds, cpu: None, flows, no_tracking: true };
+        assert!(a(0.0, 1).validate().is_err());
+        assert!(a(f64::NAN, 1).validate().is_err());
+        assert!(a(1.0, 0).validate().is_err());
     }
 }

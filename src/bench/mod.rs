@@ -165,7 +165,10 @@ mod tests {
         assert!(!b.json);
         let b = parse(&["forward", "--json"]).unwrap();
         assert!(b.json);
-        assert_eq!(b.command, BenchCommand::Forward(ForwardArgs { seconds: 2.0, cpu: None }));
+        assert_eq!(
+            b.command,
+            BenchCommand::Forward(ForwardArgs { seconds: 2.0, cpu: None, flows: 900, no_tracking: false })
+        );
         let b = parse(&["live"]).unwrap();
         assert_eq!(b.command, BenchCommand::Live(LiveArgs::default()));
         let b = parse(&["--json", "live", "--seconds", "1", "--repeat", "1", "--probes", "100", "--rx-slots", "64"])
