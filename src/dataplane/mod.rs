@@ -70,7 +70,10 @@
 //!   drain is): that backend, whatever the table says now. A reload that adds a backend or
 //!   reorders them moves no established flow (the entry names the backend by its stable id).
 //! * **Tracked, but its backend went away** (removed, down, MAC lost): the table's backend, which
-//!   replaces the entry (`rechosen`).
+//!   replaces the entry (`rechosen`). So does a **pure SYN** (no ACK) on an entry whose backend
+//!   is drained: the client closed its connection and opens a new one from the same port, and a
+//!   new connection must not reach a drained backend (IPVS's `conn_reuse_mode` does the same). A
+//!   retransmitted SYN to a backend that still takes new flows stays where it is.
 //! * **Not tracked** (a new flow, one that arrived mid-connection after an ECMP change, or one
 //!   whose entry expired or was evicted): the table's backend, remembered. Any packet creates an
 //!   entry, not only a SYN.
@@ -92,7 +95,7 @@ mod snapshot;
 pub use snapshot::{BackendIds, BackendState, BuildState, Healthy, Links, Resolver, ServiceState, Snapshot};
 
 use crate::config::FlowKey;
-use crate::flow::{FiveTuple, FragKey, Tick, Tracker};
+use crate::flow::{FiveTuple, FragKey, TCP_ACK, TCP_SYN, Tick, Tracker};
 use crate::table::ServiceTable;
 use crate::wire::{
     self, ETH_HEADER_LEN, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN,
@@ -506,7 +509,13 @@ fn pick_tracked(
 ) -> Verdict {
     if let Some(id) = tracker.flows.lookup(key, tcp_flags, now) {
         match snap.backend_by_id(id) {
-            Some((service, backend)) if service == svc && snap.keeps(service, backend) => {
+            // A pure SYN is a new connection (the client reusing the port): it may stay on the
+            // entry's backend only if that backend takes new flows, never on a drained one.
+            Some((service, backend))
+                if service == svc
+                    && snap.keeps(service, backend)
+                    && (tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN || snap.takes_new(service, backend)) =>
+            {
                 return Verdict::Forward { service, backend };
             }
             _ => tracker.rechosen += 1,

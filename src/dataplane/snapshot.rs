@@ -325,6 +325,12 @@ impl Snapshot {
             .is_some_and(BackendState::keeps_flows)
     }
 
+    /// Does backend `backend` of service `svc` take new flows ([`BackendState::usable`])?
+    #[inline]
+    pub fn takes_new(&self, svc: u16, backend: u32) -> bool {
+        self.services.get(svc as usize).and_then(|s| s.backends.get(backend as usize)).is_some_and(BackendState::usable)
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }

@@ -144,6 +144,36 @@ fn a_drained_backend_keeps_its_flows_and_gets_no_new_ones() {
     }
 }
 
+/// A client that closes a connection and opens a new one from the same port (a pure SYN on the
+/// old entry) opens a new connection: not on a drained backend, which only keeps what it has.
+#[test]
+fn a_reused_port_opens_no_new_connection_on_a_drained_backend() {
+    let mut b = Builder::new();
+    let s1 = b.build(&cfg(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], ""), &[]);
+    let mut t = tracker();
+    let flows = open(&s1, &mut t, 300);
+    let on_2: Vec<u16> = flows.iter().filter(|(_, ip)| ip.octets()[3] == 2).map(|(p, _)| *p).collect();
+    let s2 = b.build(&cfg(&["10.0.0.1", "10.0.0.2 0", "10.0.0.3"], ""), &[]);
+    let two = Some(Ipv4Addr::new(10, 0, 0, 2));
+    for (n, p) in on_2.iter().enumerate() {
+        // Half of them closed first (FIN, then RST), the others reuse an open entry.
+        if n % 2 == 0 {
+            assert_eq!(send(&s2, &mut t, &tcp(*p, "FA"), 1), two);
+            assert_eq!(send(&s2, &mut t, &tcp(*p, "R"), 1), two);
+        }
+        let again = send(&s2, &mut t, &tcp(*p, "S"), 2);
+        assert_ne!(again, two, "a new connection from port {p} reached the drained backend");
+        assert_eq!(again, untracked(&s2, &tcp(*p, "S")), "port {p}: the table's backend");
+        assert_eq!(send(&s2, &mut t, &tcp(*p, "A"), 2), again, "port {p}: the new connection stays");
+    }
+    assert_eq!(t.rechosen, on_2.len() as u64);
+    // A SYN retransmitted on a backend that still takes new flows stays where it is.
+    let s3 = b.build(&cfg(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"], ""), &[]);
+    for (p, was) in flows.iter().filter(|(p, _)| !on_2.contains(p)) {
+        assert_eq!(send(&s3, &mut t, &tcp(*p, "S"), 3), Some(*was), "SYN of flow {p} kept its backend");
+    }
+}
+
 #[test]
 fn a_removed_or_failed_backend_loses_its_flows_to_the_table() {
     let mut b = Builder::new();

@@ -79,7 +79,8 @@
 //! UDP) for UDP and every other protocol. With direct server return only the client's packets pass
 //! here, so after the client's FIN its ACKs of the server's remaining data still keep the entry
 //! alive; a pure SYN (no ACK) on a closing entry is the client reusing the port for a new
-//! connection and makes it open again (same backend). An expired entry counts as a miss when it is
+//! connection and makes it open again (same backend, unless the data plane re-chooses it because
+//! that backend is drained). An expired entry counts as a miss when it is
 //! looked up and is reclaimed then (a *timeout*), or when its slot is needed for an insert, or by
 //! [`FlowTable::sweep`], which the worker may call with a small budget once per batch so that
 //! [`FlowTable::len`] also drops after traffic stops. `len()` counts occupied entries, including
