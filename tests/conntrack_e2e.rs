@@ -910,3 +910,37 @@ fn fanout_keeps_each_flow_on_one_worker() {
     // At least 11 later packets per TCP flow (handshake ACK, 10 requests) and 9 per UDP flow.
     assert!(sum(&hits) >= 9.0 * flows, "every later packet of a flow is a hit: {hits:?}");
 }
+
+// ------------------------------------------------------------------------------------------------
+// Test 4
+
+/// A new connection that reuses the 5-tuple of a closed one (the client closed the first with an
+/// RST, as SO_LINGER 0 does, so the port is free at once; NAT gateways and busy clients reuse ports
+/// too) is a new connection: while the old connection's backend is drained it must go to the
+/// table's backend, not to the drained one. (IPVS reschedules a SYN that finds a closed
+/// connection entry: `conn_reuse_mode`.)
+#[test]
+fn a_reused_port_opens_no_new_connection_on_a_drained_backend() {
+    let drained: Weights = [Some(100), Some(0), Some(100)];
+    let (mut lab, path) = lab_on_fe1("ctd", &FULL, 1);
+    let tables = Tables::new(&[FULL, drained]);
+    let port = (41_000..41_100).find(|p| tables.backend(0, Protocol::Tcp, *p) == Some(1)).expect("a flow on be2");
+    let want = BACKENDS[tables.backend(1, Protocol::Tcp, port).expect("a backend when be2 is drained")];
+    let get = |lab: &Lab| {
+        let src = SocketAddr::from((CLIENT, port));
+        lab.in_ns("client", move || support::lab::http_get_from(src, SocketAddr::from((VIP, 80)), "/"))
+            .unwrap_or_else(|e| panic!("request from port {port}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let before = get(&lab);
+    assert_eq!(before, "be2", "the table sends port {port} to be2");
+    write_config(&path, &config_text(&drained));
+    reload_and_wait(&mut lab, &drained);
+    let after = get(&lab);
+    let other = get(&lab);
+    eprintln!(
+        "port {port}: {before} before the drain; a new connection from the same port after be2 was drained: {after}, then {other} (the table says {want})"
+    );
+    assert_eq!((after.as_str(), other.as_str()), (want, want), "a new connection reached the drained be2");
+}
