@@ -36,8 +36,27 @@ stage() {
     "$root$BIN" --version
     # ldd prints "name => /path (addr)" for each library and "/path (addr)" for the loader.
     libs() { ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'; }
+    # Library paths keep this image's layout: its top-level /lib* symlinks (merged /usr) and each
+    # symlink on the way to a library are recreated, the files themselves copied. On a base that
+    # has these paths already, `install` keeps the base's (cp -n).
+    for top in /lib*; do
+        if [ -L "$top" ]; then cp -P "$top" "$root$top"; fi
+    done
     for lib in $(libs "$bin"); do
-        install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+        p="$lib"
+        while :; do
+            mkdir -p "$root$(readlink -f "$(dirname "$p")")"
+            if [ ! -L "$p" ]; then
+                install -m 0755 "$p" "$root$p"
+                break
+            fi
+            cp -P "$p" "$root$p"
+            target="$(readlink "$p")"
+            case "$target" in
+                /*) p="$target" ;;
+                *) p="$(dirname "$p")/$target" ;;
+            esac
+        done
         pkg="$(dpkg -S "$lib" 2>/dev/null || dpkg -S "$(readlink -f "$lib")" 2>/dev/null || true)"
         pkg="${pkg%%:*}"
         if [ -n "$pkg" ]; then
