@@ -13,11 +13,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
+use crate::flow;
 use crate::ipvs_mh::{self, MhFlags};
 use crate::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_TOTAL_SLOTS, MAX_WEIGHT, MIN_SLOTS_PER_BACKEND};
 use crate::wire::MacAddr;
@@ -38,6 +40,7 @@ pub struct Config {
     /// Sender address of ARP probes for backends; `None`: the egress interface's first IPv4.
     pub egress_address: Option<Ipv4Addr>,
     pub daemon: Daemon,
+    pub flows: Flows,
     pub services: Vec<Service>,
 }
 
@@ -71,6 +74,36 @@ impl Default for Daemon {
         }
     }
 }
+
+/// Connection tracking settings (`[flows]`); see [`crate::flow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flows {
+    /// Flow entries across all workers; each worker gets [`crate::flow::per_worker`] of it.
+    pub capacity: usize,
+    /// Idle timeouts of TCP (open and after FIN/RST) and of UDP and other protocols.
+    pub timeouts: flow::Timeouts,
+    /// How long the later fragments of a datagram follow its first fragment's backend.
+    pub fragment_timeout: std::time::Duration,
+}
+
+impl Default for Flows {
+    fn default() -> Self {
+        Flows {
+            capacity: flow::DEFAULT_CAPACITY,
+            timeouts: flow::Timeouts::default(),
+            fragment_timeout: flow::DEFAULT_FRAGMENT_TIMEOUT,
+        }
+    }
+}
+
+/// Smallest `[flows] capacity` accepted.
+pub const MIN_FLOW_CAPACITY: usize = flow::MIN_PER_WORKER;
+/// Longest TCP or UDP idle timeout accepted (7 days).
+pub const MAX_FLOW_TIMEOUT_SECS: i64 = 7 * 24 * 3600;
+/// Longest TCP timeout after FIN/RST accepted.
+pub const MAX_FIN_TIMEOUT_SECS: i64 = 3600;
+/// Longest fragment timeout accepted (the kernel reassembles for 30 s by default).
+pub const MAX_FRAGMENT_TIMEOUT_SECS: i64 = 60;
 
 impl Config {
     /// One-arm mode: one interface for both directions.
@@ -179,6 +212,111 @@ pub struct Service {
     pub algorithm: Algorithm,
     /// In configuration order; for `ipvs-mh` that is the kernel's list order.
     pub backends: Vec<Backend>,
+    /// The service's health check (`[service.health]`); each backend's own, with its overrides,
+    /// is [`Backend::health`].
+    pub health: HealthCheck,
+    /// What the data plane does when every backend of the service is down.
+    pub when_all_down: WhenAllDown,
+}
+
+/// What a backend health check probes (`check = "..."` in `[service.health]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CheckKind {
+    /// No checks: every backend counts as up (the default, and the behaviour without a
+    /// `[service.health]` table).
+    #[default]
+    None,
+    /// A TCP connection to the backend's real IP and [`HealthCheck::port`].
+    Tcp,
+    /// An HTTP/1.0 `GET path` to the backend's real IP; up when the status line has `status`.
+    Http {
+        path: String,
+        status: u16,
+        /// The `Host` header; `None`: the backend's IP.
+        host: Option<String>,
+    },
+    /// A TCP SYN to **VIP:port** sent to the backend's MAC, as maglevd forwards client traffic:
+    /// up when the backend answers with a SYN-ACK from the VIP (it holds the VIP and listens).
+    Dsr,
+}
+
+impl CheckKind {
+    /// `none`, `tcp`, `http`, `dsr`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Dsr => "dsr",
+        }
+    }
+}
+
+/// One backend's health-check settings, resolved: `[service.health]` with the backend's
+/// `[service.backend.health]` keys over it, and the defaults below for keys given nowhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// The TCP port probed (for `dsr`, the port on the VIP); default: the service port. 0 only
+    /// with [`CheckKind::None`].
+    pub port: u16,
+    /// Time from the start of one probe to the start of the next.
+    pub interval: std::time::Duration,
+    /// A probe without an answer within this time failed (at most `interval`).
+    pub timeout: std::time::Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+/// Default `interval_ms`. The interval, `rise` and `fall` defaults are HAProxy's (`inter 2s`,
+/// `rise 2`, `fall 3`): a dead backend is out after about `fall × interval` = 6 s, and one lucky
+/// probe does not bring a flapping one back.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2000;
+/// Default `timeout_ms` (or the interval, when that is shorter): backends on the frontend's own
+/// L2 segment answer within milliseconds.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1000;
+/// Default `rise`.
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+/// Default `fall`.
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+/// Default HTTP path and status.
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+pub const DEFAULT_HEALTH_STATUS: u16 = 200;
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            kind: CheckKind::None,
+            port: 0,
+            interval: std::time::Duration::from_millis(DEFAULT_HEALTH_INTERVAL_MS),
+            timeout: std::time::Duration::from_millis(DEFAULT_HEALTH_TIMEOUT_MS),
+            rise: DEFAULT_HEALTH_RISE,
+            fall: DEFAULT_HEALTH_FALL,
+        }
+    }
+}
+
+/// What a service does when every backend is down (`when_all_down`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenAllDown {
+    /// Drop the service's traffic (counted as `no_backend`): fail closed. The default.
+    #[default]
+    Drop,
+    /// Forward to every configured backend as if all were up: when the checks themselves are
+    /// wrong (a firewall dropping probes), traffic still flows.
+    All,
+}
+
+impl fmt::Display for WhenAllDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WhenAllDown::Drop => "drop",
+            WhenAllDown::All => "all",
+        })
+    }
 }
 
 /// `10.201.0.1:80/tcp`, `10.201.0.1:*/udp`, `[2001:db8::1]:80/tcp`.
@@ -200,7 +338,7 @@ impl Service {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// The backend's real IP on the egress network: its identity in a Maglev service (in an
     /// `ipvs-mh` service the identity is IP and `port`, as in IPVS).
@@ -216,6 +354,8 @@ pub struct Backend {
     pub last_weight: u32,
     /// A static MAC skips ARP resolution for this backend.
     pub mac: Option<MacAddr>,
+    /// Its health check: the service's, with this backend's overrides.
+    pub health: HealthCheck,
 }
 
 impl Backend {
@@ -269,6 +409,7 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
 struct FileConfig {
     interfaces: FileInterfaces,
     daemon: Option<FileDaemon>,
+    flows: Option<FileFlows>,
     #[serde(rename = "service", default)]
     services: Vec<Spanned<FileService>>,
 }
@@ -293,6 +434,16 @@ struct FileDaemon {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileFlows {
+    capacity: Option<Spanned<i64>>,
+    tcp_timeout_secs: Option<Spanned<i64>>,
+    tcp_fin_timeout_secs: Option<Spanned<i64>>,
+    udp_timeout_secs: Option<Spanned<i64>>,
+    fragment_timeout_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileService {
     name: Option<Spanned<String>>,
     vip: Spanned<String>,
@@ -303,9 +454,96 @@ struct FileService {
     algorithm: Option<Spanned<FileAlgorithm>>,
     ipvs_tab_index: Option<Spanned<i64>>,
     ipvs_flags: Option<Spanned<Vec<Spanned<String>>>>,
+    when_all_down: Option<WhenAllDown>,
+    health: Option<Spanned<FileHealth>>,
     #[serde(rename = "backend", default)]
     backends: Vec<Spanned<FileBackend>>,
 }
+
+/// `[service.health]` and `[service.backend.health]`: every key optional (a backend's table
+/// overrides only the keys it gives).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHealth {
+    check: Option<Spanned<FileCheck>>,
+    port: Option<Spanned<i64>>,
+    interval_ms: Option<Spanned<i64>>,
+    timeout_ms: Option<Spanned<i64>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    path: Option<Spanned<String>>,
+    status: Option<Spanned<i64>>,
+    host: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FileCheck {
+    None,
+    Tcp,
+    Http,
+    Dsr,
+}
+
+type Span = std::ops::Range<usize>;
+
+/// The keys of one `health` table after their own checks, with their spans for problems that
+/// combine keys.
+#[derive(Debug, Clone)]
+struct HealthLayer {
+    check: Option<(FileCheck, Span)>,
+    port: Option<(u16, Span)>,
+    interval_ms: Option<(u64, Span)>,
+    timeout_ms: Option<(u64, Span)>,
+    rise: Option<(u32, Span)>,
+    fall: Option<(u32, Span)>,
+    path: Option<(String, Span)>,
+    status: Option<(u16, Span)>,
+    host: Option<(String, Span)>,
+}
+
+impl HealthLayer {
+    fn empty() -> HealthLayer {
+        HealthLayer {
+            check: None,
+            port: None,
+            interval_ms: None,
+            timeout_ms: None,
+            rise: None,
+            fall: None,
+            path: None,
+            status: None,
+            host: None,
+        }
+    }
+
+    /// These keys, and `base`'s where this table does not give them.
+    fn over(&self, base: &HealthLayer) -> HealthLayer {
+        HealthLayer {
+            check: self.check.clone().or_else(|| base.check.clone()),
+            port: self.port.clone().or_else(|| base.port.clone()),
+            interval_ms: self.interval_ms.clone().or_else(|| base.interval_ms.clone()),
+            timeout_ms: self.timeout_ms.clone().or_else(|| base.timeout_ms.clone()),
+            rise: self.rise.clone().or_else(|| base.rise.clone()),
+            fall: self.fall.clone().or_else(|| base.fall.clone()),
+            path: self.path.clone().or_else(|| base.path.clone()),
+            status: self.status.clone().or_else(|| base.status.clone()),
+            host: self.host.clone().or_else(|| base.host.clone()),
+        }
+    }
+}
+
+/// Bounds of `interval_ms`: at least 100 ms (a probe per backend ten times a second is plenty),
+/// at most an hour.
+pub const MIN_HEALTH_INTERVAL_MS: i64 = 100;
+pub const MAX_HEALTH_INTERVAL_MS: i64 = 3_600_000;
+/// Bounds of `timeout_ms` (and it may not exceed the interval).
+pub const MIN_HEALTH_TIMEOUT_MS: i64 = 10;
+pub const MAX_HEALTH_TIMEOUT_MS: i64 = 60_000;
+/// Largest `rise` and `fall`.
+pub const MAX_HEALTH_RISE_FALL: i64 = 100;
+/// Longest HTTP `path`.
+pub const MAX_HEALTH_TEXT: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 enum FileAlgorithm {
@@ -323,6 +561,7 @@ struct FileBackend {
     weight: Option<Spanned<i64>>,
     last_weight: Option<Spanned<i64>>,
     mac: Option<Spanned<String>>,
+    health: Option<Spanned<FileHealth>>,
 }
 
 /// `port = 80` or `port = "all"`; range problems are reported by validation with a location.
@@ -518,6 +757,7 @@ impl Validator<'_> {
         let egress_address =
             file.interfaces.egress_address.as_ref().and_then(|a| self.ipv4(a, "interfaces.egress_address"));
         let daemon = file.daemon.as_ref().map_or_else(Daemon::default, |d| self.daemon(d));
+        let flows = file.flows.as_ref().map_or_else(Flows::default, |f| self.flows(f));
         if file.services.is_empty() {
             self.problem(0..0, "service", "no [[service]] is configured; maglevd would forward nothing");
         }
@@ -536,7 +776,42 @@ impl Validator<'_> {
                 format!("{a} is a VIP; maglevd never answers ARP for a VIP"),
             );
         }
-        Config { ingress, egress, ingress_address, egress_address, daemon, services }
+        Config { ingress, egress, ingress_address, egress_address, daemon, flows, services }
+    }
+
+    fn flows(&mut self, f: &FileFlows) -> Flows {
+        let mut out = Flows::default();
+        if let Some(c) = &f.capacity {
+            let (min, max) = (MIN_FLOW_CAPACITY as i64, flow::MAX_CAPACITY as i64);
+            match *c.get_ref() {
+                n if (min..=max).contains(&n) => out.capacity = n as usize,
+                n => self.problem(
+                    c.span(),
+                    "flows.capacity",
+                    format!(
+                        "{n} is out of range {min}..={max} (flow entries across all workers, {} bytes each)",
+                        flow::ENTRY_BYTES
+                    ),
+                ),
+            }
+        }
+        let mut secs = |v: &Option<Spanned<i64>>, key: &str, max: i64, out: &mut std::time::Duration| {
+            if let Some(v) = v {
+                match *v.get_ref() {
+                    n if (1..=max).contains(&n) => *out = std::time::Duration::from_secs(n as u64),
+                    n => self.problem(
+                        v.span(),
+                        format!("flows.{key}"),
+                        format!("{n} is out of range 1..={max} (seconds)"),
+                    ),
+                }
+            }
+        };
+        secs(&f.tcp_timeout_secs, "tcp_timeout_secs", MAX_FLOW_TIMEOUT_SECS, &mut out.timeouts.tcp);
+        secs(&f.tcp_fin_timeout_secs, "tcp_fin_timeout_secs", MAX_FIN_TIMEOUT_SECS, &mut out.timeouts.tcp_fin);
+        secs(&f.udp_timeout_secs, "udp_timeout_secs", MAX_FLOW_TIMEOUT_SECS, &mut out.timeouts.udp);
+        secs(&f.fragment_timeout_secs, "fragment_timeout_secs", MAX_FRAGMENT_TIMEOUT_SECS, &mut out.fragment_timeout);
+        out
     }
 
     fn daemon(&mut self, d: &FileDaemon) -> Daemon {
@@ -672,6 +947,11 @@ impl Validator<'_> {
             );
         }
 
+        let ipv6 = vip.is_some_and(|v| v.is_ipv6());
+        let service_layer = s.health.as_ref().map_or_else(HealthLayer::empty, |h| self.health_layer(h, &key));
+        let health =
+            self.health_check(&service_layer, &service_layer, &format!("{key}.health"), port, s.protocol, ipv6);
+
         let mut backends = Vec::new();
         // A backend's identity: its IP in a Maglev service; its IP and destination port in an
         // ipvs-mh service, as in IPVS (`-r 10.0.2.1:8080` and `-r 10.0.2.1:8081` are two dests).
@@ -753,7 +1033,15 @@ impl Validator<'_> {
                         }
                     }
                 }
-                backends.push(Backend { ip, port: dest_port, weight, last_weight, mac });
+                let health = match &b.health {
+                    None => health.clone(),
+                    Some(h) => {
+                        let own = self.health_layer(h, &bkey);
+                        let merged = own.over(&service_layer);
+                        self.health_check(&own, &merged, &format!("{bkey}.health"), port, s.protocol, ipv6)
+                    }
+                };
+                backends.push(Backend { ip, port: dest_port, weight, last_weight, mac, health });
             }
         }
         let vip = vip?;
@@ -766,7 +1054,180 @@ impl Validator<'_> {
             None => endpoint(vip, port, s.protocol),
         };
         let flow_key = s.flow_key.as_ref().map_or(FlowKey::default(), |k| *k.get_ref());
-        Some(Service { name, vip, protocol: s.protocol, port, flow_key, table_size, algorithm, backends })
+        let when_all_down = s.when_all_down.unwrap_or_default();
+        Some(Service {
+            name,
+            vip,
+            protocol: s.protocol,
+            port,
+            flow_key,
+            table_size,
+            algorithm,
+            backends,
+            health,
+            when_all_down,
+        })
+    }
+
+    /// An integer key in `range`, or a problem naming the range (`hint` explains it).
+    fn int_in(
+        &mut self,
+        v: &Spanned<i64>,
+        key: String,
+        range: std::ops::RangeInclusive<i64>,
+        hint: &str,
+    ) -> Option<i64> {
+        let n = *v.get_ref();
+        if range.contains(&n) {
+            Some(n)
+        } else {
+            self.problem(v.span(), key, format!("{n} is out of range {}..={}{hint}", range.start(), range.end()));
+            None
+        }
+    }
+
+    /// The keys of one `health` table, each checked on its own; `key` is the table's owner
+    /// (`service[0]` or `service[0].backend[1]`).
+    fn health_layer(&mut self, h: &Spanned<FileHealth>, key: &str) -> HealthLayer {
+        let f = h.get_ref();
+        let key = format!("{key}.health");
+        let mut l = HealthLayer::empty();
+        l.check = f.check.as_ref().map(|c| (*c.get_ref(), c.span()));
+        let mut int = |v: &Option<Spanned<i64>>, name: &str, range: std::ops::RangeInclusive<i64>, hint: &str| {
+            v.as_ref().and_then(|v| Some((self.int_in(v, format!("{key}.{name}"), range, hint)?, v.span())))
+        };
+        l.port = int(&f.port, "port", 1..=65535, "").map(|(v, sp)| (v as u16, sp));
+        l.interval_ms = int(&f.interval_ms, "interval_ms", MIN_HEALTH_INTERVAL_MS..=MAX_HEALTH_INTERVAL_MS, "")
+            .map(|(v, sp)| (v as u64, sp));
+        l.timeout_ms = int(&f.timeout_ms, "timeout_ms", MIN_HEALTH_TIMEOUT_MS..=MAX_HEALTH_TIMEOUT_MS, "")
+            .map(|(v, sp)| (v as u64, sp));
+        l.rise =
+            int(&f.rise, "rise", 1..=MAX_HEALTH_RISE_FALL, " (consecutive successes)").map(|(v, sp)| (v as u32, sp));
+        l.fall =
+            int(&f.fall, "fall", 1..=MAX_HEALTH_RISE_FALL, " (consecutive failures)").map(|(v, sp)| (v as u32, sp));
+        l.status = int(&f.status, "status", 100..=599, " (an HTTP status code)").map(|(v, sp)| (v as u16, sp));
+        if let Some(p) = &f.path {
+            let v = p.get_ref();
+            if !v.starts_with('/') || v.len() > MAX_HEALTH_TEXT || !v.bytes().all(|c| c.is_ascii_graphic()) {
+                self.problem(
+                    p.span(),
+                    format!("{key}.path"),
+                    format!(
+                        "`{}` is not a request path: it must start with '/' and have at most {MAX_HEALTH_TEXT} \
+                         printable ASCII characters without spaces (percent-encode others)",
+                        v.escape_debug()
+                    ),
+                );
+            } else {
+                l.path = Some((v.clone(), p.span()));
+            }
+        }
+        if let Some(h) = &f.host {
+            let v = h.get_ref();
+            if v.is_empty() || v.len() > 255 || !v.bytes().all(|c| c.is_ascii_graphic()) {
+                self.problem(
+                    h.span(),
+                    format!("{key}.host"),
+                    format!(
+                        "`{}` is not a Host header value (1..=255 printable ASCII characters, no spaces)",
+                        v.escape_debug()
+                    ),
+                );
+            } else {
+                l.host = Some((v.clone(), h.span()));
+            }
+        }
+        l
+    }
+
+    /// The resolved check of `merged` (a table over the service's); problems that combine keys
+    /// are reported only when `own` (the table being checked) gives one of them, so a service's
+    /// mistake is reported once, not again for each backend.
+    fn health_check(
+        &mut self,
+        own: &HealthLayer,
+        merged: &HealthLayer,
+        key: &str,
+        service_port: Option<u16>,
+        protocol: Protocol,
+        ipv6: bool,
+    ) -> HealthCheck {
+        let d = HealthCheck::default();
+        let interval = merged.interval_ms.as_ref().map_or(d.interval, |(v, _)| Duration::from_millis(*v));
+        // The default timeout shrinks with a shorter interval, so `interval_ms` alone is valid.
+        let timeout = merged.timeout_ms.as_ref().map_or(d.timeout.min(interval), |(v, _)| Duration::from_millis(*v));
+        if timeout > interval
+            && let Some(span) = own.timeout_ms.as_ref().or(own.interval_ms.as_ref()).map(|(_, sp)| sp.clone())
+        {
+            self.problem(
+                span,
+                format!("{key}.timeout_ms"),
+                format!(
+                    "timeout {} ms is longer than the interval {} ms: a probe must end before the next starts",
+                    timeout.as_millis(),
+                    interval.as_millis()
+                ),
+            );
+        }
+        let check = merged.check.as_ref().map_or(FileCheck::None, |(c, _)| *c);
+        for (given, name) in [
+            (own.path.as_ref().map(|(_, sp)| sp), "path"),
+            (own.status.as_ref().map(|(_, sp)| sp), "status"),
+            (own.host.as_ref().map(|(_, sp)| sp), "host"),
+        ] {
+            if let Some(span) = given
+                && check != FileCheck::Http
+            {
+                self.problem(span.clone(), format!("{key}.{name}"), "only used with check = \"http\"");
+            }
+        }
+        let kind = match check {
+            FileCheck::None => CheckKind::None,
+            FileCheck::Tcp => CheckKind::Tcp,
+            FileCheck::Dsr => CheckKind::Dsr,
+            FileCheck::Http => CheckKind::Http {
+                path: merged.path.as_ref().map_or_else(|| DEFAULT_HEALTH_PATH.to_string(), |(v, _)| v.clone()),
+                status: merged.status.as_ref().map_or(DEFAULT_HEALTH_STATUS, |(v, _)| *v),
+                host: merged.host.as_ref().map(|(v, _)| v.clone()),
+            },
+        };
+        let own_check = own.check.as_ref().map(|(_, sp)| sp.clone());
+        if check == FileCheck::Dsr
+            && ipv6
+            && let Some(span) = own_check.clone()
+        {
+            self.problem(span, format!("{key}.check"), "the dsr check is IPv4 only (the forwarder is IPv4)");
+        }
+        let port = match (check, merged.port.as_ref()) {
+            (FileCheck::None, _) => 0,
+            (_, Some((p, _))) => *p,
+            (_, None) => match (service_port, protocol) {
+                (Some(p), Protocol::Tcp) => p,
+                (p, _) => {
+                    if let Some(span) = own_check {
+                        let why = if p.is_none() {
+                            "the service has port = \"all\""
+                        } else {
+                            "the service is udp and the check is over tcp"
+                        };
+                        self.problem(
+                            span,
+                            format!("{key}.port"),
+                            format!("{why}: give the TCP port to check (`port = N` in this table)"),
+                        );
+                    }
+                    0
+                }
+            },
+        };
+        HealthCheck {
+            kind,
+            port,
+            interval,
+            timeout,
+            rise: merged.rise.as_ref().map_or(d.rise, |(v, _)| *v),
+            fall: merged.fall.as_ref().map_or(d.fall, |(v, _)| *v),
+        }
     }
 
     fn table_size(&mut self, s: &FileService, key: &str) -> u32 {

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`wire`] | typed views over Ethernet/IPv4 bytes, MAC addresses | none |
 //! | [`maglev`] | the Maglev lookup table: a pure function of (backends, weights, size) | none |
+//! | [`flow`] | connection tracking: per-worker flow and fragment tables (set-associative, fixed capacity, idle timeouts, bounded work per packet) | none (time passed in) |
 //! | [`ipvs_mh`] | the kernel's `ip_vs_mh` table and lookup, bit for bit (compatibility mode) | none |
 //! | [`ipvs_import`] | `ipvsadm -Ln --nosort` / `ipvsadm-save` text → `ipvs-mh` services and their TOML: `list` (`-Ln` parsing), `save` (`ipvsadm-save` replay), `policy` (what is imported, warnings), `render` (TOML) | none |
 //! | [`config`] | TOML file types and validation into runtime types | reads the file |
@@ -17,6 +18,7 @@
 //! | [`metrics`] | per-worker counters (one writer each) and their Prometheus exposition | none |
 //! | [`io`] | AF_PACKET rings, packet sockets, the classic BPF VIP filter, interface facts; all `unsafe` in `io::sys` | syscalls |
 //! | [`netns`] | throwaway network namespaces and veths for `bench live` and the tests (not used by `run`) | runs `ip` |
+//! | [`health`] | backend health checks (`tcp`, `http`, `dsr` through the VIP), the rise/fall state machine (time passed in), the prober threads | sockets, threads |
 //! | [`daemon`] | `maglevd run`: [`daemon::prepare`] (the one path to a snapshot for check, start-up and reload), workers, the snapshot builder thread, the control thread (ARP, reload, interface changes), `/metrics` and `/healthz` | threads, sockets |
 //! | [`bench`] | `maglevd bench`: table builds, `forward()` in memory, live forwarding vs the kernel in namespaces | namespaces, rings |
 //!
@@ -32,6 +34,8 @@ pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod flow;
+pub mod health;
 pub mod io;
 pub mod ipvs_import;
 pub mod ipvs_mh;

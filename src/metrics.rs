@@ -102,7 +102,13 @@ pub struct WorkerCounters {
     pub forwarded: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
     pub passes: [AtomicU64; PassReason::COUNT],
+    /// The worker's heartbeat: milliseconds since the daemon started, stored once per loop turn
+    /// (at least every 100 ms while idle); [`HEARTBEAT_DEAD`] once its thread has ended.
+    pub heartbeat_ms: AtomicU64,
 }
+
+/// The heartbeat of a worker whose thread has ended (returned or panicked).
+pub const HEARTBEAT_DEAD: u64 = u64::MAX;
 
 impl WorkerCounters {
     /// Count one verdict.

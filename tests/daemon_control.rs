@@ -284,3 +284,36 @@ fn a_recreated_ingress_interface_is_followed() {
     assert!(served.iter().all(|b| b.starts_with("be")), "{served:?}");
     assert!(lab.maglevd_log("fe1").contains("rings re-opened"), "{}", lab.maglevd_log("fe1"));
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once forwarding, WATCHDOG=1 at half the
+/// watchdog period while every thread makes progress, STOPPING=1 on SIGTERM — read here from the
+/// notification socket systemd would hold.
+#[test]
+fn systemd_readiness_and_watchdog_notifications() {
+    let mut lab = Lab::up(&format!("sd{}", std::process::id() % 100_000));
+    let path = lab.dir().join("maglevd.toml");
+    std::fs::write(&path, example()).unwrap();
+    let sock_path = lab.dir().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    lab.start_maglevd_env(
+        "fe1",
+        &path,
+        &["--workers", "1"],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")],
+    );
+    let mut buf = [0u8; 512];
+    let mut messages = Vec::new();
+    while messages.iter().filter(|m: &&String| m.contains("WATCHDOG=1")).count() < 3 {
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("{e}; got {messages:?}:\n{}", lab.maglevd_log("fe1")));
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let took = t.elapsed();
+    eprintln!("notifications in {took:?}: {messages:?}");
+    assert!(messages[0].contains("READY=1"), "{messages:?}");
+    assert!(took < Duration::from_secs(5), "three watchdog pings at a 1 s period took {took:?}");
+    assert!(lab.stop_maglevd("fe1").success());
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}

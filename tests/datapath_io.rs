@@ -12,44 +12,27 @@
 //! the worker's RX ring and ICMP socket are on `v1`, the ingress), `e0` ↔ `e1` (the worker's TX
 //! ring is on `e0`, the egress; the backend's MAC is `e1`'s, where forwarded frames are captured).
 
+mod common;
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::ns::{require_lab, serial};
 use etherparse::PacketBuilder;
 use maglevd::config;
 use maglevd::daemon::{Shared, worker, worker_rings};
 use maglevd::dataplane::{DropReason, Links, PassReason, Snapshot};
-use maglevd::io::{Capabilities, PacketSocket, RxConfig, RxRing, TxRing};
+use maglevd::io::{PacketSocket, RxConfig, RxRing, TxRing};
 use maglevd::metrics::Totals;
 use maglevd::netns::Netns;
 use maglevd::wire::MacAddr;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Fails (never skips) without root or `ip netns`.
-fn require_lab() {
-    let caps = Capabilities::current().expect("read capabilities");
-    assert!(
-        caps.net_raw && caps.net_admin && caps.effective & (1 << 21) != 0,
-        "these tests need root (CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN); CapEff={:#x}",
-        caps.effective
-    );
-    maglevd::netns::preflight("tests/datapath_io.rs").expect("namespaces can be built here");
-}
-
-/// A fresh namespace `mlvdp-<pid>-<n>` (lo up, IPv6 off, no forwarding, rp_filter 0), deleted on
-/// drop.
+/// A fresh namespace `mlvdp-<pid>-<n>`, deleted on drop.
 fn new_ns() -> Netns {
-    let name = format!("mlvdp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    Netns::create(&name).expect("create a network namespace")
+    common::ns::new_ns("mlvdp")
 }
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
@@ -181,7 +164,7 @@ fn markers(rx: &mut RxRing, want: usize) -> Vec<Vec<u8>> {
 #[test]
 fn rx_ring_overflow_is_counted_exactly() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/datapath_io.rs");
     let ns = lb();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
@@ -228,7 +211,7 @@ fn rx_ring_overflow_is_counted_exactly() {
 #[test]
 fn frames_of_another_vlan_are_not_forwarded() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/datapath_io.rs");
     let ns = lb();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
@@ -259,7 +242,7 @@ fn frames_of_another_vlan_are_not_forwarded() {
 #[test]
 fn a_client_learns_the_egress_mtu() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/datapath_io.rs");
     let ns = new_ns();
     ns.veth("e0", &ns, "e1").unwrap();
     let client = new_ns();
@@ -325,7 +308,7 @@ fn a_client_learns_the_egress_mtu() {
 #[test]
 fn egress_down_frames_are_drops_and_the_ring_recovers() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/datapath_io.rs");
     let ns = lb();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {

@@ -40,7 +40,28 @@ fn shared(service: &str) -> Arc<Shared> {
     assert_eq!(cfg.services[0].name, service);
     let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
     let snap = Snapshot::build(&cfg, links, &|_| None, 7).expect("snapshot");
-    Arc::new(Shared::new(snap, 2, Arc::new(AtomicBool::new(false))))
+    let shared = Arc::new(Shared::new(snap, 2, Arc::new(AtomicBool::new(false))));
+    keep_alive(&shared);
+    shared
+}
+
+/// Beat the heartbeats of the (absent) workers and control thread every 50 ms while `shared`
+/// lives, as the daemon's threads do, so `/live` and `/ready` judge only what these tests set up.
+fn keep_alive(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    std::thread::spawn(move || {
+        while let Some(sh) = weak.upgrade() {
+            let ms = sh.millis(Instant::now());
+            sh.control_heartbeat_ms.store(ms, Ordering::Relaxed);
+            for i in 0..sh.counters.workers() {
+                if let Some(w) = sh.counters.worker(i) {
+                    w.heartbeat_ms.store(ms, Ordering::Relaxed);
+                }
+            }
+            drop(sh);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
 }
 
 /// The endpoint on 127.0.0.1:<ephemeral>, served on its own thread; the receiver gets a message

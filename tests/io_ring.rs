@@ -8,41 +8,23 @@
 //!
 //! Run with `--nocapture` to see the latency and batch-size measurements.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::ns::{require_lab, serial};
 use etherparse::PacketBuilder;
 use maglevd::io::{
-    Capabilities, Fanout, FlushStatus, PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxError, TxRing,
-    VipFilter, VnetHdr,
+    Fanout, FlushStatus, PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxError, TxRing, VipFilter, VnetHdr,
 };
 use maglevd::netns::Netns;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Fails (never skips) without root or `ip netns`.
-fn require_lab() {
-    let caps = Capabilities::current().expect("read capabilities");
-    assert!(
-        caps.net_raw && caps.net_admin && caps.effective & (1 << 21) != 0,
-        "these tests need root (CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN); CapEff={:#x}",
-        caps.effective
-    );
-    maglevd::netns::preflight("tests/io_ring.rs").expect("namespaces can be built here");
-}
-
 /// A fresh namespace `mlvio-<pid>-<n>`, deleted on drop.
 fn new_ns() -> Netns {
-    let name = format!("mlvio-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    Netns::create(&name).expect("create a network namespace")
+    common::ns::new_ns("mlvio")
 }
 
 /// One namespace with veth v0 ↔ v1.
@@ -97,7 +79,7 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 9);
 #[test]
 fn rx_ring_receives_only_what_the_bpf_filter_passes() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/io_ring.rs");
     let ns = pair();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
@@ -138,7 +120,7 @@ fn rx_ring_receives_only_what_the_bpf_filter_passes() {
 #[test]
 fn rx_ring_v3_receives() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/io_ring.rs");
     let ns = pair();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
@@ -168,7 +150,7 @@ fn rx_ring_v3_receives() {
 #[test]
 fn tx_ring_sends_a_batch_with_one_send_and_ignore_outgoing_works() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/io_ring.rs");
     let ns = pair();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
@@ -228,7 +210,7 @@ fn tx_ring_sends_a_batch_with_one_send_and_ignore_outgoing_works() {
 #[test]
 fn tx_ring_rejects_and_recovers() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/io_ring.rs");
     let ns = pair();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
@@ -283,7 +265,7 @@ fn tx_ring_rejects_and_recovers() {
 #[test]
 fn fanout_keeps_each_flow_on_one_socket() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/io_ring.rs");
     let ns = pair();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     ns.run(|| {
@@ -375,7 +357,7 @@ fn tcp_super_frame(m0: [u8; 6], m1: [u8; 6], payload: &[u8]) -> (VnetHdr, Vec<u8
 #[test]
 fn tx_ring_vnet_gso_super_frame_is_kept_or_segmented() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/io_ring.rs");
     let ns = pair();
     let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
     let payload: Vec<u8> = (0..64_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
@@ -536,7 +518,7 @@ fn median(v: &mut [Duration]) -> Duration {
 #[test]
 fn mini_forwarder_carries_tcp_super_frames_and_measures_latency() {
     let _g = serial();
-    require_lab();
+    require_lab("tests/io_ring.rs");
     let (a, f, b) = (new_ns(), new_ns(), new_ns());
     f.veth("f0", &a, "a0").unwrap();
     f.veth("f1", &b, "b0").unwrap();

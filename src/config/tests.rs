@@ -1,5 +1,6 @@
 use super::*;
 use crate::ipvs_mh::MhFlags;
+use std::time::Duration;
 
 const SEED: &str = include_str!("../../config/maglevd.toml");
 
@@ -36,6 +37,179 @@ fn example_config_is_the_seed_setup() {
     assert_eq!(ips, ["10.158.200.251", "10.158.200.252", "10.158.200.253"]);
     assert!(s.backends.iter().all(|b| b.weight == 1 && b.mac.is_none()));
     assert!(warnings(&c).is_empty());
+    // The check that protects a DSR setup best, with the documented defaults spelled out.
+    let dsr = HealthCheck { kind: CheckKind::Dsr, port: 80, ..HealthCheck::default() };
+    assert_eq!(s.health, dsr);
+    assert!(s.backends.iter().all(|b| b.health == dsr));
+    assert_eq!(s.when_all_down, WhenAllDown::Drop);
+}
+
+fn health_service(service: &str, backend: &str) -> String {
+    one_service(&format!(
+        "port = 80\n{service}[[service.backend]]\nip = \"10.0.0.1\"\n[[service.backend]]\nip = \"10.0.0.2\"\n{backend}"
+    ))
+}
+
+#[test]
+fn health_defaults_and_overrides() {
+    // No [service.health]: no checks, every backend up; traffic dropped when all are down.
+    let c = check(&health_service("", "")).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.health, HealthCheck::default());
+    assert_eq!(s.health.kind, CheckKind::None);
+    assert_eq!(
+        (s.health.interval, s.health.timeout, s.health.rise, s.health.fall),
+        (Duration::from_millis(2000), Duration::from_millis(1000), 2, 3)
+    );
+    assert_eq!(s.when_all_down, WhenAllDown::Drop);
+
+    // Service keys for all backends; a backend table overrides only what it gives.
+    let c = check(&health_service(
+        "when_all_down = \"all\"\n[service.health]\ncheck = \"http\"\npath = \"/healthz\"\ninterval_ms = 500\ntimeout_ms = 200\nrise = 1\n",
+        "[service.backend.health]\nstatus = 204\nhost = \"www.example.com\"\nfall = 5\nport = 8080\n",
+    ))
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.when_all_down, WhenAllDown::All);
+    let http =
+        |status, host: Option<&str>| CheckKind::Http { path: "/healthz".into(), status, host: host.map(String::from) };
+    assert_eq!(
+        s.backends[0].health,
+        HealthCheck {
+            kind: http(200, None),
+            port: 80,
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(200),
+            rise: 1,
+            fall: 3
+        }
+    );
+    assert_eq!(s.backends[0].health, s.health);
+    assert_eq!(
+        s.backends[1].health,
+        HealthCheck { kind: http(204, Some("www.example.com")), port: 8080, fall: 5, ..s.health.clone() }
+    );
+
+    // A backend may switch its kind, or turn checks off for itself.
+    let c =
+        check(&health_service("[service.health]\ncheck = \"dsr\"\n", "[service.backend.health]\ncheck = \"none\"\n"))
+            .unwrap();
+    let s = &c.services[0];
+    assert_eq!((s.backends[0].health.kind.name(), s.backends[0].health.port), ("dsr", 80));
+    assert_eq!((s.backends[1].health.kind.name(), s.backends[1].health.port), ("none", 0));
+    // The default timeout is never longer than the interval.
+    let c = check(&health_service("[service.health]\ncheck = \"tcp\"\ninterval_ms = 300\n", "")).unwrap();
+    assert_eq!(c.services[0].health.timeout, Duration::from_millis(300));
+    // http defaults.
+    let c = check(&health_service("[service.health]\ncheck = \"http\"\n", "")).unwrap();
+    assert_eq!(c.services[0].health.kind, CheckKind::Http { path: "/".into(), status: 200, host: None });
+}
+
+#[test]
+fn health_mistakes_are_named_and_located() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[service.health]\ncheck = \"icmp\"\n", "", "unknown variant `icmp`"),
+        ("[service.health]\ncheck = \"tcp\"\nport = 0\n", "", "service[0].health.port: 0 is out of range 1..=65535"),
+        ("[service.health]\ninterval_ms = 50\n", "", "service[0].health.interval_ms: 50 is out of range 100..=3600000"),
+        ("[service.health]\ntimeout_ms = 0\n", "", "service[0].health.timeout_ms: 0 is out of range 10..=60000"),
+        (
+            "[service.health]\nrise = 0\n",
+            "",
+            "service[0].health.rise: 0 is out of range 1..=100 (consecutive successes)",
+        ),
+        ("[service.health]\nfall = 101\n", "", "service[0].health.fall: 101 is out of range 1..=100"),
+        (
+            "[service.health]\ncheck = \"http\"\nstatus = 99\n",
+            "",
+            "service[0].health.status: 99 is out of range 100..=599",
+        ),
+        (
+            "[service.health]\ncheck = \"http\"\npath = \"healthz\"\n",
+            "",
+            "service[0].health.path: `healthz` is not a request path",
+        ),
+        (
+            "[service.health]\ncheck = \"http\"\npath = \"/a b\"\n",
+            "",
+            "service[0].health.path: `/a b` is not a request path",
+        ),
+        (
+            "[service.health]\ncheck = \"http\"\nhost = \"a\\r\\nX: y\"\n",
+            "",
+            "service[0].health.host: `a\\r\\nX: y` is not a Host header value",
+        ),
+        (
+            "[service.health]\ncheck = \"tcp\"\npath = \"/\"\n",
+            "",
+            "service[0].health.path: only used with check = \"http\"",
+        ),
+        ("[service.health]\nstatus = 200\n", "", "service[0].health.status: only used with check = \"http\""),
+        (
+            "[service.health]\ninterval_ms = 1000\ntimeout_ms = 2000\n",
+            "",
+            "service[0].health.timeout_ms: timeout 2000 ms is longer than the interval 1000 ms",
+        ),
+        ("[service.health]\ncolour = 1\n", "", "unknown field `colour`"),
+        ("", "[service.backend.health]\nwhen_all_down = \"all\"\n", "unknown field `when_all_down`"),
+        (
+            "[service.health]\ninterval_ms = 500\n",
+            "[service.backend.health]\ntimeout_ms = 600\n",
+            "service[0].backend[1].health.timeout_ms: timeout 600 ms is longer than the interval 500 ms",
+        ),
+        (
+            "[service.health]\ncheck = \"http\"\n",
+            "[service.backend.health]\ncheck = \"tcp\"\nstatus = 204\n",
+            "service[0].backend[1].health.status: only used with check = \"http\"",
+        ),
+        ("when_all_down = \"some\"\n", "", "unknown variant `some`"),
+    ];
+    for &(service, backend, want) in cases {
+        let text = health_service(service, backend);
+        let e = error(&text);
+        assert!(e.contains(want), "got {e}\n--- config:\n{text}");
+        assert_eq!(e.lines().filter(|l| l.starts_with("test.toml:")).count(), 1, "one problem: {e}");
+        // Located at the offending line.
+        let (line, _) = e.strip_prefix("test.toml:").unwrap().split_once(':').unwrap();
+        let line: usize = line.parse().unwrap();
+        let offending = text.lines().nth(line - 1).unwrap();
+        let key = want.rsplit_once(".health.").map(|(_, k)| k.split(':').next().unwrap());
+        if let Some(key) = key {
+            assert!(offending.starts_with(key), "{want}: line {line} is `{offending}`");
+        }
+    }
+    // A service's mistake is reported once, not again for each backend that has a table.
+    let text = health_service(
+        "[service.health]\ninterval_ms = 500\ntimeout_ms = 600\n",
+        "[service.backend.health]\nrise = 3\n",
+    );
+    assert_eq!(error(&text).lines().count(), 1, "{}", error(&text));
+}
+
+#[test]
+fn health_port_must_be_given_where_the_service_port_is_not_a_tcp_port() {
+    let all =
+        one_service("port = \"all\"\n[service.health]\ncheck = \"tcp\"\n[[service.backend]]\nip = \"10.0.0.1\"\n");
+    let e = error(&all);
+    assert!(e.contains("service[0].health.port: the service has port = \"all\": give the TCP port to check"), "{e}");
+    check(&all.replace("check = \"tcp\"", "check = \"tcp\"\nport = 22")).unwrap();
+    let udp = format!(
+        "{HEAD}[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"udp\"\nport = 53\n[service.health]\ncheck = \"dsr\"\n\
+         [[service.backend]]\nip = \"10.0.0.1\"\n"
+    );
+    let e = error(&udp);
+    assert!(e.contains("the service is udp and the check is over tcp"), "{e}");
+    let c = check(&udp.replace("check = \"dsr\"", "check = \"dsr\"\nport = 53")).unwrap();
+    assert_eq!(c.services[0].backends[0].health.port, 53);
+    // `none` needs no port.
+    check(&all.replace("check = \"tcp\"", "check = \"none\"")).unwrap();
+}
+
+#[test]
+fn dsr_check_is_ipv4_only() {
+    let text = mh_service("[service.health]\ncheck = \"dsr\"\n", "[[service.backend]]\nip = \"2001:db8::a\"\n")
+        .replace("10.201.0.1", "2001:db8::1");
+    let e = error(&text);
+    assert!(e.contains("health.check: the dsr check is IPv4 only"), "{e}");
 }
 
 #[test]
@@ -409,4 +583,67 @@ fn the_total_table_memory_is_bounded() {
     // Eight of them fit.
     let eight: String = text.split("[[service]]").take(9).collect::<Vec<_>>().join("[[service]]");
     assert!(check(&eight).is_ok());
+}
+
+#[test]
+fn flows_section_defaults_values_and_mistakes() {
+    let c = check(SEED).unwrap();
+    assert_eq!(c.flows, Flows::default());
+    assert_eq!(c.flows.capacity, 1 << 20);
+    let d = std::time::Duration::from_secs;
+    assert_eq!(
+        (c.flows.timeouts.tcp, c.flows.timeouts.tcp_fin, c.flows.timeouts.udp, c.flows.fragment_timeout),
+        (d(900), d(30), d(300), d(5))
+    );
+    // The commented lines of the example file are the defaults.
+    let uncommented: String = SEED
+        .lines()
+        .map(|l| {
+            if l.starts_with("# [flows]") || l.starts_with("# capacity") || l.contains("_timeout_secs =") {
+                l.trim_start_matches("# ")
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("\n[flows]\n"), "{uncommented}");
+    assert_eq!(check(&uncommented).unwrap().flows, Flows::default());
+
+    let section = "[flows]\ncapacity = 2048\ntcp_timeout_secs = 3600\ntcp_fin_timeout_secs = 10\nudp_timeout_secs = 60\nfragment_timeout_secs = 2\n";
+    let c = check(&format!("{SEED}\n{section}")).unwrap();
+    assert_eq!(c.flows.capacity, 2048);
+    assert_eq!(
+        (c.flows.timeouts.tcp, c.flows.timeouts.tcp_fin, c.flows.timeouts.udp, c.flows.fragment_timeout),
+        (d(3600), d(10), d(60), d(2))
+    );
+    let partial = check(&format!("{SEED}\n[flows]\nudp_timeout_secs = 30\n")).unwrap();
+    assert_eq!(
+        partial.flows,
+        Flows { timeouts: crate::flow::Timeouts { udp: d(30), ..Default::default() }, ..Flows::default() }
+    );
+
+    let cases: &[(&str, &str)] = &[
+        ("capacity = 1000", "flows.capacity: 1000 is out of range 1024..=67108864"),
+        ("capacity = 67108865", "flows.capacity: 67108865 is out of range 1024..=67108864"),
+        ("capacity = -1", "flows.capacity: -1 is out of range"),
+        ("tcp_timeout_secs = 0", "flows.tcp_timeout_secs: 0 is out of range 1..=604800 (seconds)"),
+        ("tcp_fin_timeout_secs = 3601", "flows.tcp_fin_timeout_secs: 3601 is out of range 1..=3600"),
+        ("udp_timeout_secs = 604801", "flows.udp_timeout_secs: 604801 is out of range 1..=604800"),
+        ("fragment_timeout_secs = 61", "flows.fragment_timeout_secs: 61 is out of range 1..=60"),
+    ];
+    for (line, want) in cases {
+        let text = format!("{SEED}\n[flows]\n{line}\n");
+        let at = text.lines().position(|l| l == *line).unwrap() + 1;
+        let col = line.find('=').unwrap() + 3;
+        let e = error(&text);
+        assert!(e.contains(&format!("test.toml:{at}:{col}: {want}")), "{line}: {e}");
+    }
+    // Every problem is reported, not just the first.
+    let e = error(&format!("{SEED}\n[flows]\ncapacity = 1\nudp_timeout_secs = 0\n"));
+    assert_eq!(e.lines().count(), 2, "{e}");
+    let e = error(&format!("{SEED}\n[flows]\ntcp_timeout = 900\n"));
+    assert!(e.contains("unknown field `tcp_timeout`"), "{e}");
+    let e = error(&format!("{SEED}\n[flows]\ncapacity = \"big\"\n"));
+    assert!(e.contains("invalid type"), "{e}");
 }

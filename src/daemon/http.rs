@@ -273,11 +273,18 @@ fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats) -> Vec<u8
             let path = target.split('?').next().unwrap_or("");
             match (method, path) {
                 ("GET", "/metrics") => ("200 OK", metrics::CONTENT_TYPE, render(shared, stats)),
-                ("GET", "/healthz") => {
-                    let (status, body) = health(shared);
+                ("GET", "/live") => {
+                    let (status, body) = probe(shared.liveness(std::time::Instant::now()));
                     (status, text, body)
                 }
-                ("GET", _) => ("404 Not Found", text, "not found: try /metrics or /healthz\n".to_string()),
+                // `/healthz` is `/ready` under its older name.
+                ("GET", "/ready" | "/healthz") => {
+                    let (status, body) = probe(shared.readiness(std::time::Instant::now()));
+                    (status, text, body)
+                }
+                ("GET", _) => {
+                    ("404 Not Found", text, "not found: try /metrics, /live, /ready or /healthz\n".to_string())
+                }
                 _ => ("405 Method Not Allowed", text, "only GET\n".to_string()),
             }
         }
@@ -291,18 +298,11 @@ fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats) -> Vec<u8
     out
 }
 
-/// Ready when the interfaces are there, every worker's rings are open, and every service has at
-/// least one usable backend.
-fn health(shared: &Shared) -> (&'static str, String) {
-    if let Some(problem) = shared.datapath_problem() {
-        return ("503 Service Unavailable", format!("{problem}\n"));
-    }
-    let snap = shared.snapshot.load();
-    let empty: Vec<&str> = snap.services().iter().filter(|s| s.table.is_empty()).map(|s| s.name.as_str()).collect();
-    if empty.is_empty() {
-        ("200 OK", "ok\n".to_string())
-    } else {
-        ("503 Service Unavailable", format!("no usable backend: {}\n", empty.join(", ")))
+/// A probe's answer: 200 `ok`, or 503 with what is wrong.
+fn probe(result: Result<(), String>) -> (&'static str, String) {
+    match result {
+        Ok(()) => ("200 OK", "ok\n".to_string()),
+        Err(problem) => ("503 Service Unavailable", format!("{problem}\n")),
     }
 }
 
@@ -399,7 +399,8 @@ impl DaemonMetrics {
                 });
             }
         }
-        DaemonMetrics { counters, generation: snap.generation(), workers: shared.counters.workers(), backends }
+        let live = shared.counters.workers() - shared.stalled_workers(std::time::Instant::now()).len();
+        DaemonMetrics { counters, generation: snap.generation(), workers: live, backends }
     }
 }
 
@@ -414,7 +415,12 @@ impl Collector for DaemonMetrics {
             "Generation of the forwarding snapshot in use.",
             self.generation,
         )?;
-        metrics::gauge(&mut enc, "maglevd_workers", "Forwarding worker threads.", self.workers as u64)?;
+        metrics::gauge(
+            &mut enc,
+            "maglevd_workers",
+            "Forwarding worker threads alive and making progress.",
+            self.workers as u64,
+        )?;
         metrics::gauge_family(
             &mut enc,
             "maglevd_backend_up",

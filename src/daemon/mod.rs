@@ -76,7 +76,24 @@ pub struct Shared {
     /// Why the interfaces cannot carry traffic now (an interface is missing or down), if so:
     /// readiness fails until the control thread sees them back.
     pub link_problem: arc_swap::ArcSwapOption<String>,
+    /// Per worker: the VIP filter of the current snapshot is on its RX ring.
+    pub filter_ok: Box<[AtomicBool]>,
+    /// When the daemon started: the epoch of the heartbeats.
+    pub started: Instant,
+    /// The control thread's heartbeat (ms since `started`), stored every loop turn.
+    pub control_heartbeat_ms: AtomicU64,
 }
+
+/// The indices of the per-worker flags that are false, as `"0, 3"` (empty if none).
+fn unset(flags: &[AtomicBool]) -> String {
+    let off: Vec<String> =
+        flags.iter().enumerate().filter(|(_, f)| !f.load(Ordering::Relaxed)).map(|(i, _)| i.to_string()).collect();
+    off.join(", ")
+}
+
+/// A worker or the control thread whose heartbeat is older than this is stalled: `/live` fails.
+/// Both turn at least every 200 ms when idle.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
 
 impl Shared {
     /// Fresh state for `workers` workers around the first snapshot; `stop` is the flag the signal
@@ -91,23 +108,68 @@ impl Shared {
             rings_epoch: AtomicU64::new(0),
             rings_ok: (0..workers).map(|_| AtomicBool::new(true)).collect(),
             link_problem: arc_swap::ArcSwapOption::empty(),
+            filter_ok: (0..workers).map(|_| AtomicBool::new(true)).collect(),
+            started: Instant::now(),
+            control_heartbeat_ms: AtomicU64::new(0),
         }
     }
 
+    /// Milliseconds since the daemon started (the heartbeat clock).
+    pub fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Workers whose thread ended or whose heartbeat is older than [`STALL_AFTER`], with why.
+    pub fn stalled_workers(&self, now: Instant) -> Vec<(usize, &'static str)> {
+        let (now_ms, limit) = (self.millis(now), STALL_AFTER.as_millis() as u64);
+        (0..self.counters.workers())
+            .filter_map(|i| {
+                let beat = self.counters.worker(i)?.heartbeat_ms.load(Ordering::Relaxed);
+                if beat == crate::metrics::HEARTBEAT_DEAD {
+                    Some((i, "thread ended"))
+                } else if now_ms.saturating_sub(beat) > limit {
+                    Some((i, "no progress"))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Liveness: every worker and the control thread make progress. `Err` says which does not.
+    pub fn liveness(&self, now: Instant) -> Result<(), String> {
+        let mut problems: Vec<String> =
+            self.stalled_workers(now).into_iter().map(|(i, why)| format!("worker {i}: {why}")).collect();
+        let control = self.control_heartbeat_ms.load(Ordering::Relaxed);
+        if self.millis(now).saturating_sub(control) > STALL_AFTER.as_millis() as u64 {
+            problems.push("control thread: no progress".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    }
+
+    /// Readiness: live, the interfaces there, every worker's rings open with the VIP filter on,
+    /// and every service with a usable backend. `Err` says what is missing.
+    pub fn readiness(&self, now: Instant) -> Result<(), String> {
+        self.liveness(now)?;
+        if let Some(problem) = self.datapath_problem() {
+            return Err(problem);
+        }
+        let unfiltered = unset(&self.filter_ok);
+        if !unfiltered.is_empty() {
+            return Err(format!("the VIP filter is not installed on worker {unfiltered}"));
+        }
+        let snap = self.snapshot.load();
+        let empty: Vec<&str> = snap.services().iter().filter(|s| s.table.is_empty()).map(|s| s.name.as_str()).collect();
+        if empty.is_empty() { Ok(()) } else { Err(format!("no usable backend: {}", empty.join(", "))) }
+    }
     /// Why forwarding cannot work now, if it cannot: an interface is missing or down, or a worker
     /// could not re-open its rings.
     pub fn datapath_problem(&self) -> Option<String> {
         if let Some(p) = self.link_problem.load_full() {
             return Some((*p).clone());
         }
-        let dead: Vec<String> = self
-            .rings_ok
-            .iter()
-            .enumerate()
-            .filter(|(_, ok)| !ok.load(Ordering::Relaxed))
-            .map(|(i, _)| i.to_string())
-            .collect();
-        (!dead.is_empty()).then(|| format!("worker {} could not re-open its rings", dead.join(", ")))
+        let dead = unset(&self.rings_ok);
+        (!dead.is_empty()).then(|| format!("worker {dead} could not re-open its rings"))
     }
 }
 
@@ -368,6 +430,42 @@ fn macs_of(neigh: &NeighTable) -> builder::Macs {
     neigh.entries().filter_map(|(ip, s)| s.mac().map(|m| (ip, m))).collect()
 }
 
+/// Start worker `i` on its devices; `reopen` gives it new ones when the interfaces change. Its
+/// heartbeat is marked dead however the thread ends (a panic included), so `/live` learns it at
+/// once.
+fn spawn_worker<R, T, S, F>(
+    i: usize,
+    shared: Arc<Shared>,
+    devices: (R, T, S),
+    mut reopen: F,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    R: crate::io::RxDevice + worker::VipFiltered + Send + 'static,
+    T: crate::io::TxDevice + Send + 'static,
+    S: crate::io::FrameSender + Send + 'static,
+    F: FnMut(u64) -> Result<(R, T, S), IoError> + Send + 'static,
+{
+    std::thread::Builder::new().name(format!("maglevd-w{i}")).spawn(move || {
+        let Some(counters) = shared.counters.worker(i) else { return };
+        let _dead = DeadOnDrop(&counters.heartbeat_ms);
+        let (mut rx, mut tx, mut icmp) = devices;
+        worker::Worker::new(&mut rx, &mut tx, &mut icmp, counters, Instant::now()).run_reopening(
+            &shared,
+            i,
+            &mut reopen,
+        );
+    })
+}
+
+/// Marks a worker's heartbeat dead when its thread ends, by return or by panic.
+struct DeadOnDrop<'a>(&'a AtomicU64);
+
+impl Drop for DeadOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(crate::metrics::HEARTBEAT_DEAD, Ordering::Relaxed);
+    }
+}
+
 /// How often the control thread looks at the interfaces (index, MAC, MTU).
 const LINK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -444,37 +542,21 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let shared = Arc::new(Shared::new(snapshot, workers, stop));
 
     let mut handles = Vec::new();
-    for (i, (mut rx, mut tx, mut icmp)) in rings.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
+    for (i, (rx, tx, icmp)) in rings.into_iter().enumerate() {
         let (ingress, egress) = (cfg.ingress.clone(), cfg.egress.clone());
         let (rx_cfg, tx_cfg) = (rx_cfg.clone(), tx_cfg.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("maglevd-w{i}"))
-            .spawn(move || {
-                let Some(counters) = shared.counters.worker(i) else { return };
-                // The same rings again, on the interfaces as they are now (after a re-creation).
-                let mut reopen = |epoch: u64| -> Result<_, IoError> {
-                    let rx_cfg = RxConfig { fanout: Some(Fanout::hash(fanout_group_at(epoch))), ..rx_cfg.clone() };
-                    Ok((
-                        RxRing::open(&ingress, &rx_cfg)?,
-                        TxRing::open(&egress, &tx_cfg)?,
-                        PacketSocket::sender(&ingress)?,
-                    ))
-                };
-                worker::Worker::new(&mut rx, &mut tx, &mut icmp, counters, Instant::now()).run_reopening(
-                    &shared,
-                    i,
-                    &mut reopen,
-                );
-            })
+        // The same rings again, on the interfaces as they are now (after a re-creation).
+        let reopen = move |epoch: u64| -> Result<_, IoError> {
+            let rx_cfg = RxConfig { fanout: Some(Fanout::hash(fanout_group_at(epoch))), ..rx_cfg.clone() };
+            Ok((RxRing::open(&ingress, &rx_cfg)?, TxRing::open(&egress, &tx_cfg)?, PacketSocket::sender(&ingress)?))
+        };
+        let h = spawn_worker(i, Arc::clone(&shared), (rx, tx, icmp), reopen)
             .map_err(|e| DaemonError::Setup(format!("spawning worker {i}: {e}")))?;
         handles.push(h);
     }
     let ingress_responder = match ingress_arp {
         Some(sock) => {
-            let responder =
-                Responder::new(MacAddr(ifs.ingress.mac), answer_for(cfg.ingress_address, &ifs.ingress), vips(&cfg));
-            let responder = Arc::new(ArcSwap::from_pointee(responder));
+            let responder = Arc::new(ArcSwap::from_pointee(ingress_responder(&cfg, &ifs)));
             let (r, arp_shared) = (Arc::clone(&responder), Arc::clone(&shared));
             std::thread::Builder::new()
                 .name("maglevd-arp-in".into())
@@ -508,7 +590,11 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         builder,
         arp_warnings: throttle::Throttle::default(),
     };
+    // systemd (Type=notify): started; the control loop feeds the watchdog while every thread
+    // makes progress. Outside systemd (no NOTIFY_SOCKET) these do nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("forwarding")]);
     control.run(egress_arp, &reload);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     for h in handles {
         let _ = h.join();
     }
@@ -543,6 +629,11 @@ fn egress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
     Responder::new(MacAddr(ifs.egress.mac), ours, vips(cfg))
 }
 
+/// The responder on the ingress ARP socket (two-arm mode): for the ingress address.
+fn ingress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
+    Responder::new(MacAddr(ifs.ingress.mac), answer_for(cfg.ingress_address, &ifs.ingress), vips(cfg))
+}
+
 impl Control<'_> {
     /// The control loop: reloads (SIGHUP or a changed file), ARP on the egress interface, backend
     /// resolution, snapshot publication; until the stop flag is set.
@@ -553,7 +644,24 @@ impl Control<'_> {
         let mut seen = config::read_file(&self.opts.config).ok();
         let mut next_check = Instant::now();
         let mut next_link_check = Instant::now() + LINK_CHECK_EVERY;
+        // systemd's watchdog, fed at half its period, and only while every thread is live: a dead
+        // or stuck worker gets the service restarted.
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut next_watchdog = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            self.shared.control_heartbeat_ms.store(self.shared.millis(now), Ordering::Relaxed);
+            if let Some(every) = watchdog
+                && now >= next_watchdog
+            {
+                next_watchdog = now + every;
+                match self.shared.liveness(now) {
+                    Ok(()) => {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                    Err(problem) => error!("not feeding the systemd watchdog: {problem}"),
+                }
+            }
             if Instant::now() >= next_link_check {
                 next_link_check = Instant::now() + LINK_CHECK_EVERY;
                 self.check_links(&mut sock);
@@ -751,14 +859,7 @@ impl Control<'_> {
             let (in_mac, eg_mac) = (MacAddr(self.ifs.ingress.mac), MacAddr(self.ifs.egress.mac));
             self.neigh.set_sender(eg_mac, egress_ip);
             self.neigh.set_own_macs(&[in_mac, eg_mac]);
-            self.responder = egress_responder(&self.cfg, &self.ifs);
-            if let Some(r) = &self.ingress_responder {
-                r.store(Arc::new(Responder::new(
-                    in_mac,
-                    answer_for(self.cfg.ingress_address, &self.ifs.ingress),
-                    vips(&self.cfg),
-                )));
-            }
+            self.refresh_responders();
             match PacketSocket::open(&self.cfg.egress, ETHERTYPE_ARP) {
                 Ok(s) => *sock = s,
                 Err(e) => warn!(error = %e, "cannot re-open the ARP socket on the egress interface"),
@@ -772,18 +873,19 @@ impl Control<'_> {
         }
     }
 
+    /// Answer ARP as the running configuration and the interfaces say now, on both sockets.
+    fn refresh_responders(&mut self) {
+        self.responder = egress_responder(&self.cfg, &self.ifs);
+        if let Some(r) = &self.ingress_responder {
+            r.store(Arc::new(ingress_responder(&self.cfg, &self.ifs)));
+        }
+    }
+
     /// The builder published `cfg`: resolve its backends and answer ARP as it says.
     fn applied(&mut self, cfg: Arc<Config>) {
         let lost = self.neigh.set_targets(arp_targets(&cfg), Instant::now());
-        self.responder = egress_responder(&cfg, &self.ifs);
-        if let Some(r) = &self.ingress_responder {
-            r.store(Arc::new(Responder::new(
-                MacAddr(self.ifs.ingress.mac),
-                answer_for(cfg.ingress_address, &self.ifs.ingress),
-                vips(&cfg),
-            )));
-        }
         self.cfg = cfg;
+        self.refresh_responders();
         if lost {
             self.builder.macs(macs_of(&self.neigh));
         }
@@ -831,5 +933,100 @@ fn ingress_arp_loop(mut sock: PacketSocket, responder: &ArcSwap<Responder>, shar
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::io::{MemRx, MemTx, RxDevice, RxFrame};
+
+    fn shared(workers: usize) -> Arc<Shared> {
+        let text = "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nvip = \"10.201.0.1\"\n\
+                    protocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.7\"\nmac = \"02:00:00:00:00:07\"\n";
+        let cfg = config::parse(text, Path::new("t.toml")).unwrap();
+        let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0xee, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0xee, 2]) };
+        let snap = Snapshot::build(&cfg, links, &|_| None, 1).unwrap();
+        Arc::new(Shared::new(snap, workers, Arc::new(AtomicBool::new(false))))
+    }
+
+    /// The test hook: a receive device whose worker thread dies (panics) on its first batch.
+    struct Dies;
+
+    impl RxDevice for Dies {
+        fn recv_batch<F: FnMut(RxFrame<'_>)>(&mut self, _max: usize, _f: F) -> usize {
+            panic!("test hook: this worker dies");
+        }
+        fn wait(&mut self, _timeout: Duration) -> Result<bool, IoError> {
+            Ok(false)
+        }
+        fn kernel_drops(&mut self) -> Result<u64, IoError> {
+            Ok(0)
+        }
+    }
+
+    impl worker::VipFiltered for Dies {
+        fn set_vips(&mut self, _vips: &[Ipv4Addr]) -> Result<(), IoError> {
+            Ok(())
+        }
+    }
+
+    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_dead_worker_fails_liveness_at_once() {
+        let sh = shared(2);
+        let never = |_: u64| -> Result<(MemRx, MemTx, MemTx), IoError> {
+            Err(IoError::Config { iface: "-".into(), reason: "no".into() })
+        };
+        let alive = spawn_worker(0, Arc::clone(&sh), (MemRx::new(), MemTx::new(8), MemTx::new(8)), never).unwrap();
+        let never = |_: u64| -> Result<(Dies, MemTx, MemTx), IoError> {
+            Err(IoError::Config { iface: "-".into(), reason: "no".into() })
+        };
+        let dead = spawn_worker(1, Arc::clone(&sh), (Dies, MemTx::new(8), MemTx::new(8)), never).unwrap();
+        assert!(dead.join().is_err(), "the hook panicked the worker");
+        sh.control_heartbeat_ms.store(sh.millis(Instant::now()), Ordering::Relaxed);
+        let err = sh.liveness(Instant::now()).unwrap_err();
+        assert_eq!(err, "worker 1: thread ended");
+        assert_eq!(sh.stalled_workers(Instant::now()), vec![(1, "thread ended")]);
+        assert!(sh.readiness(Instant::now()).is_err(), "not live, so not ready");
+        // The live worker's heartbeat moves; a future without beats is a stall.
+        let w0 = sh.counters.worker(0).unwrap();
+        let before = w0.heartbeat_ms.load(Ordering::Relaxed);
+        wait_for("worker 0 beats", || w0.heartbeat_ms.load(Ordering::Relaxed) > before);
+        let later = Instant::now() + STALL_AFTER + Duration::from_secs(1);
+        let stalled = sh.stalled_workers(later);
+        assert!(stalled.contains(&(0, "no progress")), "{stalled:?}");
+        assert!(sh.liveness(later).unwrap_err().contains("control thread: no progress"));
+        sh.stop.store(true, Ordering::Relaxed);
+        alive.join().unwrap();
+        assert_eq!(sh.stalled_workers(Instant::now()).len(), 2, "a stopped worker is not alive either");
+    }
+
+    #[test]
+    fn readiness_names_what_is_missing() {
+        let sh = shared(1);
+        let beat = |sh: &Shared| {
+            let ms = sh.millis(Instant::now());
+            sh.control_heartbeat_ms.store(ms, Ordering::Relaxed);
+            sh.counters.worker(0).unwrap().heartbeat_ms.store(ms, Ordering::Relaxed);
+        };
+        beat(&sh);
+        assert_eq!(sh.readiness(Instant::now()), Ok(()));
+        sh.filter_ok[0].store(false, Ordering::Relaxed);
+        assert_eq!(sh.readiness(Instant::now()).unwrap_err(), "the VIP filter is not installed on worker 0");
+        sh.filter_ok[0].store(true, Ordering::Relaxed);
+        sh.link_problem.store(Some(Arc::new("net1: no such network interface".into())));
+        assert_eq!(sh.readiness(Instant::now()).unwrap_err(), "net1: no such network interface");
+        assert_eq!(sh.liveness(Instant::now()), Ok(()), "a missing interface is not a dead process");
     }
 }

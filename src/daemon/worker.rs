@@ -154,6 +154,7 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
         let mut retry_at: Option<Instant> = None;
         while !shared.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            self.counters.heartbeat_ms.store(shared.millis(now), Ordering::Relaxed);
             // One relaxed load per batch: has an interface been re-created?
             let want = shared.rings_epoch.load(Ordering::Relaxed);
             if let Some((index, f)) = reopen.as_mut()
@@ -196,9 +197,18 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
                 generation = snap.generation();
                 let now: Vec<Ipv4Addr> = snap.vip_addrs().collect();
                 if now != vips {
-                    match self.rx.set_vips(&now) {
-                        Ok(()) => vips = now,
-                        Err(e) => tracing::error!(error = %e, "cannot update the VIP filter"),
+                    let ok = match self.rx.set_vips(&now) {
+                        Ok(()) => {
+                            vips = now;
+                            true
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot update the VIP filter");
+                            false
+                        }
+                    };
+                    if let Some(flag) = reopen.as_ref().and_then(|(i, _)| shared.filter_ok.get(*i)) {
+                        flag.store(ok, Ordering::Relaxed);
                     }
                 }
             }

@@ -1,6 +1,8 @@
 //! Shared helpers for the packet-path tests: a fixed snapshot and frame builders.
 #![allow(dead_code)]
 
+pub mod ns;
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 

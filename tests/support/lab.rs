@@ -109,6 +109,11 @@ impl Lab {
     /// Start `maglevd run` in a namespace with the given config; stdout/stderr go to a log file in
     /// the lab dir.
     pub fn start_maglevd(&mut self, short: &str, config: &Path, extra: &[&str]) {
+        self.start_maglevd_env(short, config, extra, &[]);
+    }
+
+    /// [`Lab::start_maglevd`] with extra environment variables.
+    pub fn start_maglevd_env(&mut self, short: &str, config: &Path, extra: &[&str], env: &[(&str, &str)]) {
         // Forget a daemon that already exited there, so the name means the new one.
         self.daemons.retain_mut(|(s, c)| s != short || matches!(c.try_wait(), Ok(None)));
         let log = std::fs::File::create(self.dir().join(format!("maglevd-{short}.log"))).expect("log file");
@@ -119,6 +124,7 @@ impl Lab {
             .arg(config)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

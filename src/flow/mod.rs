@@ -1,0 +1,652 @@
+//! Connection tracking: the backend each flow was sent to, so that an established flow keeps its
+//! backend when the Maglev table changes (a backend added, drained or back from a failure), and the
+//! later fragments of a datagram follow its first one.
+//!
+//! Pure data structures with injected time, one set per worker: the worker is the only reader and
+//! writer of its tables (AF_PACKET fanout sends all packets of a flow to the same worker), so there
+//! is no lock and no atomic, and the counters are plain `u64`s the worker copies out.
+//!
+//! * [`FlowTable`]: 5-tuple ([`FiveTuple`]) → backend id, with an idle timeout per protocol and TCP
+//!   state (after a FIN or RST the shorter `tcp_fin` timeout applies).
+//! * [`FragTable`]: (source, destination, protocol, IP ID) ([`FragKey`]) → backend id for a few
+//!   seconds, remembered from a datagram's first fragment (the one with the ports).
+//!
+//! The backend id is opaque here: the caller assigns it and keeps it stable across reloads.
+//!
+//! # Design: a set-associative cache
+//! Every table is an array of buckets of [`WAYS`] = 8 entries. A key's bucket is chosen by its hash
+//! (below); inside the bucket the key is searched by comparing all 8 entries, and a new key takes an
+//! empty entry, else an expired one, else the bucket's least recently used one (an *eviction*).
+//! This gives, per operation, one hash and one scan of 8 entries in 3 consecutive cache lines:
+//! **bounded work, no walk, no allocation** (the array is allocated and written once, in
+//! [`FlowTable::new`], so all its pages are resident before the first packet), no lock, no syscall.
+//!
+//! Why not something else: a `std` `HashMap` grows (allocates) and has no eviction, and its default
+//! hasher is randomly seeded; an LRU list (the `lru` crate, or Katran's kernel LRU map) needs two
+//! pointers per entry and a pointer chase per access, and the crates allocate per entry or on
+//! growth. The price of set-associativity is that LRU is per bucket (approximate), and that a
+//! bucket can overflow before the table is full: with `n` live flows in a table of capacity `c`,
+//! bucket occupancy is about Poisson(8 n / c), and the share of flows that do not fit their bucket
+//! (and evict an idler flow of that bucket) is about 0.8 % at n = c/2, 5 % at n = 3c/4 and 14 % at
+//! n = c. **Size the capacity at about twice the expected concurrent flows.** An evicted flow is
+//! not lost: its next packet misses and the caller picks its backend again from the Maglev table,
+//! which is the same backend unless the backends changed since the flow began.
+//!
+//! # Entry layout (24 bytes, no other per-entry overhead)
+//! | bytes | field |
+//! |---|---|
+//! | 0..8 | addresses: source << 32 \| destination (fragments: the same) |
+//! | 8..12 | ports: source port << 16 \| destination port (fragments: the IP ID) |
+//! | 12..16 | tag: protocol (bits 0–7), occupied (bit 8), timeout class (bits 9–10: other, TCP open, TCP closing) |
+//! | 16..20 | backend id |
+//! | 20..24 | last use ([`Tick`]) |
+//!
+//! A bucket is 8 entries = 192 bytes, aligned to a 64-byte cache line. The table's memory is
+//! `capacity × 24` bytes: 24 MiB for a million flows ([`FlowTable::memory_bytes`]). An empty entry
+//! has tag 0 and never matches a key (the occupied bit is part of the comparison).
+//!
+//! # Cost (`cargo bench --bench flow`, 2-vCPU VM, idle machine)
+//! With 1M active flows in random order nearly every packet's bucket comes from memory: `lookup`
+//! (+ `insert` on a miss) costs about 145 ns/packet in a 2M table (48 MiB) and 110 ns in a 1M table
+//! (24 MiB); with the table in the CPU caches it is about 31–35 ns (hash, 8-entry scan, counters).
+//! The difference is memory latency that one packet's work cannot hide: a lookup is ~150
+//! instructions, so the CPU cannot run far enough ahead to overlap several buckets' misses (one
+//! bare random read per packet over 48 MiB costs 14 ns, because then dozens are in flight).
+//! Prefetching the bucket of the packet 4 ahead (an experiment with `_mm_prefetch`, which needs
+//! `unsafe`) brought the 2M case to about 85 ns/packet; a batch-wise caller that computes the keys
+//! first could do that. Huge pages (`MADV_HUGEPAGE`) changed nothing measurable here.
+//!
+//! # Hash
+//! XXH3-64 (`xxhash-rust`, a specified and frozen algorithm) with a fixed seed per table kind
+//! ([`FLOW_TABLE_SEED`], [`FRAG_TABLE_SEED`]), over the key's bytes in network order: source
+//! address (4), destination address (4), protocol (1), then source port (2) and destination port
+//! (2) for a flow, or the IP ID (2) for a fragment. The bucket is the hash's high bits scaled to
+//! the bucket count (`(hash × buckets) >> 64`), so the bucket count need not be a power of two.
+//! The seeds differ from the Maglev flow hash's. A fixed seed lets someone who knows it aim many
+//! flows at one bucket; the most that does is evict the other flows of that bucket, which then take
+//! their backend from the Maglev table again (see above).
+//!
+//! # Time
+//! Time is passed in as a [`Tick`], 1/16 s since an epoch the caller chooses
+//! ([`Tick::since`]); nothing here reads a clock. The worker computes `now` once per batch. Ticks
+//! wrap after 2^32 (8.5 years) and ages are computed modulo 2^32, so a daemon may run longer than
+//! that; a `now` earlier than an entry's last use counts as age 0.
+//!
+//! # Timeouts
+//! An entry expires when it has been idle (no lookup hit, no insert) for longer than its timeout:
+//! [`Timeouts::tcp`] (default 900 s, as IPVS's established TCP), [`Timeouts::tcp_fin`] (default
+//! 30 s) once a FIN or RST from the client was seen, [`Timeouts::udp`] (default 300 s, as IPVS's
+//! UDP) for UDP and every other protocol. With direct server return only the client's packets pass
+//! here, so after the client's FIN its ACKs of the server's remaining data still keep the entry
+//! alive; a pure SYN (no ACK) on a closing entry is the client reusing the port for a new
+//! connection and makes it open again (same backend). An expired entry counts as a miss when it is
+//! looked up and is reclaimed then (a *timeout*), or when its slot is needed for an insert, or by
+//! [`FlowTable::sweep`], which the worker may call with a small budget once per batch so that
+//! [`FlowTable::len`] also drops after traffic stops. `len()` counts occupied entries, including
+//! expired ones not reclaimed yet.
+
+use std::time::{Duration, Instant};
+
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+#[cfg(test)]
+mod tests;
+
+/// Entries per bucket.
+pub const WAYS: usize = 8;
+/// Default total capacity across workers (`[flows] capacity`).
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+/// Smallest per-worker capacity [`per_worker`] gives.
+pub const MIN_PER_WORKER: usize = 1024;
+/// Largest capacity of one table (and largest total the configuration accepts): 64 Mi entries,
+/// 1.5 GiB. [`FlowTable::new`] clamps to it.
+pub const MAX_CAPACITY: usize = 64 << 20;
+/// Entries of a worker's [`FragTable`].
+pub const FRAG_CAPACITY: usize = 4096;
+/// Default [`FragTable`] timeout.
+pub const DEFAULT_FRAGMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes per entry, all overhead included.
+pub const ENTRY_BYTES: usize = std::mem::size_of::<Slot>();
+
+/// Seed of the flow table's bucket hash: `"mlvconn1"` as a little-endian u64. Fixed.
+pub const FLOW_TABLE_SEED: u64 = u64::from_le_bytes(*b"mlvconn1");
+/// Seed of the fragment table's bucket hash: `"mlvfrag1"` as a little-endian u64. Fixed.
+pub const FRAG_TABLE_SEED: u64 = u64::from_le_bytes(*b"mlvfrag1");
+
+/// TCP FIN flag (in byte 13 of the TCP header: the `tcp_flags` of [`FlowTable::lookup`]).
+pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+
+const IPPROTO_TCP: u8 = crate::wire::IPPROTO_TCP;
+
+/// The per-worker capacity for a `total` across `workers`: `total / workers` rounded up, at least
+/// [`MIN_PER_WORKER`], at most [`MAX_CAPACITY`], rounded up to a multiple of [`WAYS`] — exactly
+/// the [`FlowTable::capacity`] a table built with it has. `workers = 0` counts as 1. The workers'
+/// capacities may add up to a little more than `total` (rounding, the minimum).
+pub fn per_worker(total: usize, workers: usize) -> usize {
+    let share = total.div_ceil(workers.max(1)).max(MIN_PER_WORKER);
+    round_capacity(share)
+}
+
+/// A capacity rounded up to a multiple of [`WAYS`], between [`WAYS`] and [`MAX_CAPACITY`].
+fn round_capacity(capacity: usize) -> usize {
+    capacity.clamp(1, MAX_CAPACITY).div_ceil(WAYS) * WAYS
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time
+
+/// A coarse time: 1/16 s since an epoch the caller chose, wrapping after 2^32 ticks (8.5 years).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Tick(pub u32);
+
+impl Tick {
+    /// Ticks per second.
+    pub const PER_SEC: u32 = 16;
+
+    /// The tick of `now` relative to `epoch` (0 if `now` is before `epoch`).
+    #[inline]
+    pub fn since(epoch: Instant, now: Instant) -> Tick {
+        Tick(duration_ticks(now.saturating_duration_since(epoch)) as u32)
+    }
+
+    /// `secs` seconds after the epoch.
+    pub const fn from_secs(secs: u32) -> Tick {
+        Tick(secs.wrapping_mul(Self::PER_SEC))
+    }
+
+    /// This tick plus `d` (rounded down to whole ticks), wrapping.
+    pub fn after(self, d: Duration) -> Tick {
+        Tick(self.0.wrapping_add(duration_ticks(d) as u32))
+    }
+
+    /// Ticks from `earlier` to `self`, modulo 2^32; 0 if `earlier` is later (more than 2^31 ticks
+    /// "ago" is read as the future).
+    #[inline]
+    fn age_since(self, earlier: u32) -> u32 {
+        let d = self.0.wrapping_sub(earlier);
+        if d > i32::MAX as u32 { 0 } else { d }
+    }
+}
+
+/// Whole ticks in `d` (not wrapped).
+fn duration_ticks(d: Duration) -> u64 {
+    (d.as_millis() * Tick::PER_SEC as u128 / 1000).min(u64::MAX as u128) as u64
+}
+
+/// A timeout in ticks: at least 1, below 2^31 (the largest age [`Tick::age_since`] reports).
+fn timeout_ticks(d: Duration) -> u32 {
+    duration_ticks(d).clamp(1, i32::MAX as u64 - 1) as u32
+}
+
+fn ticks_duration(t: u32) -> Duration {
+    Duration::from_millis(u64::from(t) * 1000 / u64::from(Tick::PER_SEC))
+}
+
+/// Idle timeouts of [`FlowTable`] entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP, no FIN or RST seen (default 900 s).
+    pub tcp: Duration,
+    /// TCP after a FIN or RST from the client (default 30 s).
+    pub tcp_fin: Duration,
+    /// UDP and every protocol other than TCP (default 300 s).
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { tcp: Duration::from_secs(900), tcp_fin: Duration::from_secs(30), udp: Duration::from_secs(300) }
+    }
+}
+
+/// What a table counted since it was built (its worker is the only writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableStats {
+    /// Lookups that found a live entry.
+    pub hits: u64,
+    /// Lookups that found none (or an expired one).
+    pub misses: u64,
+    /// Entries created for a key that had no live one (replacing a live entry's backend is not
+    /// counted).
+    pub inserts: u64,
+    /// Live entries dropped to make room in a full bucket (the least recently used of it).
+    pub evictions: u64,
+    /// Expired entries reclaimed (by a lookup, an insert needing the slot, or a sweep).
+    pub timeouts: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// A connection as the client sends it: addresses and ports in host order, IP protocol number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FiveTuple {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl FiveTuple {
+    #[inline]
+    fn packed(&self) -> Packed {
+        let mut b = [0u8; 13];
+        b[0..4].copy_from_slice(&self.src.to_be_bytes());
+        b[4..8].copy_from_slice(&self.dst.to_be_bytes());
+        b[8] = self.proto;
+        b[9..11].copy_from_slice(&self.sport.to_be_bytes());
+        b[11..13].copy_from_slice(&self.dport.to_be_bytes());
+        Packed {
+            addrs: u64::from(self.src) << 32 | u64::from(self.dst),
+            ports: u32::from(self.sport) << 16 | u32::from(self.dport),
+            proto: self.proto,
+            hash: xxh3_64_with_seed(&b, FLOW_TABLE_SEED),
+        }
+    }
+}
+
+/// A fragmented datagram: addresses in host order, IP protocol number, IP identification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: u32,
+    pub dst: u32,
+    pub proto: u8,
+    pub id: u16,
+}
+
+impl FragKey {
+    #[inline]
+    fn packed(&self) -> Packed {
+        let mut b = [0u8; 11];
+        b[0..4].copy_from_slice(&self.src.to_be_bytes());
+        b[4..8].copy_from_slice(&self.dst.to_be_bytes());
+        b[8] = self.proto;
+        b[9..11].copy_from_slice(&self.id.to_be_bytes());
+        Packed {
+            addrs: u64::from(self.src) << 32 | u64::from(self.dst),
+            ports: u32::from(self.id),
+            proto: self.proto,
+            hash: xxh3_64_with_seed(&b, FRAG_TABLE_SEED),
+        }
+    }
+}
+
+/// A key in the entries' form, with its hash.
+#[derive(Debug, Clone, Copy)]
+struct Packed {
+    addrs: u64,
+    ports: u32,
+    proto: u8,
+    hash: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage
+
+const OCCUPIED: u32 = 1 << 8;
+const MATCH_MASK: u32 = 0x1ff; // protocol and occupied
+const CLASS_SHIFT: u32 = 9;
+const CLASS_MASK: u32 = 3 << CLASS_SHIFT;
+
+/// Which timeout applies to an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Class {
+    /// UDP, other protocols, fragments.
+    Other = 0,
+    TcpOpen = 1,
+    TcpClosing = 2,
+}
+
+/// One entry; all zero = empty. Layout in the module doc.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct Slot {
+    addrs: u64,
+    ports: u32,
+    tag: u32,
+    backend: u32,
+    last_used: u32,
+}
+
+impl Slot {
+    #[inline]
+    fn matches(&self, k: &Packed) -> bool {
+        self.addrs == k.addrs && self.ports == k.ports && self.tag & MATCH_MASK == OCCUPIED | u32::from(k.proto)
+    }
+
+    #[inline]
+    fn occupied(&self) -> bool {
+        self.tag & OCCUPIED != 0
+    }
+
+    #[inline]
+    fn class(&self) -> usize {
+        ((self.tag & CLASS_MASK) >> CLASS_SHIFT) as usize
+    }
+
+    #[inline]
+    fn set_class(&mut self, class: Class) {
+        self.tag = (self.tag & !CLASS_MASK) | (class as u32) << CLASS_SHIFT;
+    }
+
+    #[inline]
+    fn store(&mut self, k: &Packed, backend: u32, class: Class, now: Tick) {
+        *self = Slot {
+            addrs: k.addrs,
+            ports: k.ports,
+            tag: OCCUPIED | u32::from(k.proto) | (class as u32) << CLASS_SHIFT,
+            backend,
+            last_used: now.0,
+        };
+    }
+}
+
+/// [`WAYS`] entries in three whole cache lines.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Bucket([Slot; WAYS]);
+
+/// The set-associative core shared by both tables.
+#[derive(Debug)]
+struct Sets {
+    buckets: Box<[Bucket]>,
+    /// Timeout in ticks per [`Class`] (index 3 unused).
+    timeouts: [u32; 4],
+    len: usize,
+    /// Next bucket [`Sets::sweep`] visits.
+    cursor: usize,
+    stats: TableStats,
+}
+
+impl Sets {
+    fn new(capacity: usize, timeouts: [u32; 4]) -> Sets {
+        let buckets = round_capacity(capacity) / WAYS;
+        // `vec![x; n]` with a non-zero-detectable element writes every entry, so every page is
+        // touched (resident) here rather than on the first packets.
+        let buckets = vec![Bucket::default(); buckets].into_boxed_slice();
+        Sets { buckets, timeouts, len: 0, cursor: 0, stats: TableStats::default() }
+    }
+
+    fn capacity(&self) -> usize {
+        self.buckets.len() * WAYS
+    }
+
+    /// The key's bucket: the hash's high bits scaled to the bucket count (`< buckets.len()`
+    /// because `hash < 2^64`).
+    #[inline]
+    fn bucket_index(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.buckets.len() as u128) >> 64) as usize
+    }
+
+    #[inline]
+    fn expired(timeouts: &[u32; 4], slot: &Slot, now: Tick) -> bool {
+        now.age_since(slot.last_used) > timeouts[slot.class()]
+    }
+
+    /// The live entry for `k`: refresh it, let `on_hit` update it, and return its backend.
+    #[inline]
+    fn lookup(&mut self, k: &Packed, now: Tick, on_hit: impl FnOnce(&mut Slot)) -> Option<u32> {
+        let timeouts = self.timeouts;
+        let i = self.bucket_index(k.hash);
+        let Some(slot) = self.buckets[i].0.iter_mut().find(|s| s.matches(k)) else {
+            self.stats.misses += 1;
+            return None;
+        };
+        if Self::expired(&timeouts, slot, now) {
+            *slot = Slot::default();
+            self.len -= 1;
+            self.stats.timeouts += 1;
+            self.stats.misses += 1;
+            return None;
+        }
+        slot.last_used = now.0;
+        on_hit(slot);
+        self.stats.hits += 1;
+        Some(slot.backend)
+    }
+
+    /// Store `k` → `backend`: over its own entry if it has one, else in an empty entry, else in an
+    /// expired one, else over the bucket's least recently used entry.
+    #[inline]
+    fn insert(&mut self, k: &Packed, backend: u32, class: Class, now: Tick) {
+        let timeouts = self.timeouts;
+        let bucket = self.bucket_index(k.hash);
+        let slots = &mut self.buckets[bucket].0;
+        let mut empty = None;
+        let mut expired = None;
+        let mut oldest = (0, 0u32); // (way, age)
+        for (way, slot) in slots.iter().enumerate() {
+            if slot.matches(k) {
+                // The key's own entry: a new backend for a live flow, or a new flow if it expired.
+                if Self::expired(&timeouts, slot, now) {
+                    self.stats.timeouts += 1;
+                    self.stats.inserts += 1;
+                }
+                slots[way].store(k, backend, class, now);
+                return;
+            }
+            if !slot.occupied() {
+                empty = empty.or(Some(way));
+            } else if Self::expired(&timeouts, slot, now) {
+                expired = expired.or(Some(way));
+            } else {
+                let age = now.age_since(slot.last_used);
+                if age > oldest.1 {
+                    oldest = (way, age);
+                }
+            }
+        }
+        let way = match (empty, expired) {
+            (Some(way), _) => {
+                self.len += 1;
+                way
+            }
+            (None, Some(way)) => {
+                self.stats.timeouts += 1;
+                way
+            }
+            (None, None) => {
+                self.stats.evictions += 1;
+                oldest.0
+            }
+        };
+        self.stats.inserts += 1;
+        slots[way].store(k, backend, class, now);
+    }
+
+    /// Reclaim the expired entries of the next `buckets` buckets (wrapping); how many.
+    fn sweep(&mut self, now: Tick, buckets: usize) -> usize {
+        let mut reclaimed = 0;
+        for _ in 0..buckets.min(self.buckets.len()) {
+            let timeouts = self.timeouts;
+            let cursor = self.cursor;
+            self.cursor = if cursor + 1 == self.buckets.len() { 0 } else { cursor + 1 };
+            for slot in self.buckets[cursor].0.iter_mut() {
+                if slot.occupied() && Self::expired(&timeouts, slot, now) {
+                    *slot = Slot::default();
+                    reclaimed += 1;
+                }
+            }
+        }
+        self.len -= reclaimed;
+        self.stats.timeouts += reclaimed as u64;
+        reclaimed
+    }
+
+    /// Live entries, in table order: a walk over the whole table, for operators, not per packet.
+    fn live(&self, now: Tick) -> impl Iterator<Item = &Slot> + '_ {
+        let timeouts = self.timeouts;
+        self.buckets.iter().flat_map(|b| b.0.iter()).filter(move |s| s.occupied() && !Self::expired(&timeouts, s, now))
+    }
+
+    #[cfg(test)]
+    fn count_occupied(&self) -> usize {
+        self.buckets.iter().flat_map(|b| b.0.iter()).filter(|s| s.occupied()).count()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow table
+
+/// A worker's connection table: [`FiveTuple`] → backend id. See the module doc.
+#[derive(Debug)]
+pub struct FlowTable {
+    sets: Sets,
+}
+
+/// One live entry, as [`FlowTable::entries`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub key: FiveTuple,
+    pub backend: u32,
+    /// Time since the entry was last used (in whole ticks).
+    pub idle: Duration,
+    /// A FIN or RST was seen: the shorter `tcp_fin` timeout applies.
+    pub closing: bool,
+}
+
+impl FlowTable {
+    /// A table of `capacity` entries rounded up to a multiple of [`WAYS`] (at least [`WAYS`], at
+    /// most [`MAX_CAPACITY`]), all allocated and written now. Timeouts are kept in whole ticks (at
+    /// least one).
+    pub fn new(capacity: usize, timeouts: Timeouts) -> FlowTable {
+        let t = [timeout_ticks(timeouts.udp), timeout_ticks(timeouts.tcp), timeout_ticks(timeouts.tcp_fin), 0];
+        FlowTable { sets: Sets::new(capacity, t) }
+    }
+
+    /// Entries the table holds at most.
+    pub fn capacity(&self) -> usize {
+        self.sets.capacity()
+    }
+
+    /// Occupied entries (including expired ones not reclaimed yet).
+    pub fn len(&self) -> usize {
+        self.sets.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.len == 0
+    }
+
+    /// Bytes of the entries: `capacity × ENTRY_BYTES`, all the table's memory but a few words.
+    pub fn memory_bytes(&self) -> usize {
+        self.capacity() * ENTRY_BYTES
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> TableStats {
+        self.sets.stats
+    }
+
+    /// The backend of `key`'s live entry, refreshing its last use to `now`. For TCP, `tcp_flags`
+    /// (the packet's flags byte; 0 for other protocols) updates the entry's state: FIN or RST makes
+    /// it closing (`tcp_fin` timeout), a SYN without ACK makes a closing entry open again. An
+    /// expired entry is a miss and is reclaimed.
+    #[inline]
+    pub fn lookup(&mut self, key: &FiveTuple, tcp_flags: u8, now: Tick) -> Option<u32> {
+        self.sets.lookup(&key.packed(), now, |slot| {
+            if key.proto == IPPROTO_TCP {
+                if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                    slot.set_class(Class::TcpClosing);
+                } else if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                    slot.set_class(Class::TcpOpen);
+                }
+            }
+        })
+    }
+
+    /// Remember `key` → `backend` as of `now`, replacing `key`'s entry if it has one (this is also
+    /// how a flow whose backend went away gets its new one). A TCP entry starts closing if
+    /// `tcp_flags` has FIN or RST. In a full bucket an expired entry is reused, else the least
+    /// recently used one is evicted.
+    #[inline]
+    pub fn insert(&mut self, key: &FiveTuple, backend: u32, tcp_flags: u8, now: Tick) {
+        let class = match (key.proto == IPPROTO_TCP, tcp_flags & (TCP_FIN | TCP_RST) != 0) {
+            (false, _) => Class::Other,
+            (true, false) => Class::TcpOpen,
+            (true, true) => Class::TcpClosing,
+        };
+        self.sets.insert(&key.packed(), backend, class, now);
+    }
+
+    /// Reclaim the expired entries of the next `buckets` buckets (of `capacity / WAYS`, visited in
+    /// turn); returns how many. Bounded work (`buckets × WAYS` entries): a worker can call it once
+    /// per batch and when idle so that `len()` follows the live flows.
+    pub fn sweep(&mut self, now: Tick, buckets: usize) -> usize {
+        self.sets.sweep(now, buckets)
+    }
+
+    /// Up to `limit` live entries, in table order. This walks the table (up to all of it to find
+    /// them): it is for operators, not for the per-packet path.
+    pub fn entries(&self, now: Tick, limit: usize) -> impl Iterator<Item = FlowEntry> + '_ {
+        self.sets.live(now).take(limit).map(move |s| FlowEntry {
+            key: FiveTuple {
+                src: (s.addrs >> 32) as u32,
+                dst: s.addrs as u32,
+                sport: (s.ports >> 16) as u16,
+                dport: s.ports as u16,
+                proto: s.tag as u8,
+            },
+            backend: s.backend,
+            idle: ticks_duration(now.age_since(s.last_used)),
+            closing: s.class() == Class::TcpClosing as usize,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fragment table
+
+/// A worker's fragment table: [`FragKey`] → backend id of the datagram's first fragment, for
+/// `timeout` after its last use. Same design as [`FlowTable`]. A later fragment that arrives
+/// before the first one misses; the caller decides what to do with it.
+#[derive(Debug)]
+pub struct FragTable {
+    sets: Sets,
+}
+
+impl FragTable {
+    /// A table of `capacity` entries (rounded like [`FlowTable::new`]; [`FRAG_CAPACITY`] is the
+    /// intended size) whose entries expire `timeout` after their last use.
+    pub fn new(capacity: usize, timeout: Duration) -> FragTable {
+        let t = timeout_ticks(timeout);
+        FragTable { sets: Sets::new(capacity, [t, t, t, 0]) }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.sets.capacity()
+    }
+
+    /// Occupied entries (including expired ones not reclaimed yet).
+    pub fn len(&self) -> usize {
+        self.sets.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.len == 0
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.sets.stats
+    }
+
+    /// Remember the backend the first fragment of datagram `key` went to.
+    #[inline]
+    pub fn remember(&mut self, key: &FragKey, backend: u32, now: Tick) {
+        self.sets.insert(&key.packed(), backend, Class::Other, now);
+    }
+
+    /// The backend of datagram `key`, refreshing its entry; an expired entry is a miss.
+    #[inline]
+    pub fn lookup(&mut self, key: &FragKey, now: Tick) -> Option<u32> {
+        self.sets.lookup(&key.packed(), now, |_| {})
+    }
+}
