@@ -13,10 +13,12 @@
 //! 5. Checks the process (uid, capability sets, no_new_privs, read-only mounts), the probes as the
 //!    manifest defines them (path and named port, from a node's side), traffic through the VIP
 //!    reaching every backend, a ConfigMap update by the kubelet's atomic `..data` swap that drains
-//!    one backend (applied by maglevd's periodic file check: no new flow reaches it), and
-//!    `podman stop` (SIGTERM) ending maglevd with exit code 0 within the pod's
-//!    terminationGracePeriodSeconds. Prints the image's size; the release image must stay under
-//!    40 MB.
+//!    one backend (applied by maglevd's periodic file check: no new flow reaches it), a ConfigMap
+//!    that drains every backend (the readiness probe must fail, saying why, while the liveness
+//!    probe keeps passing: a frontend without backends is unready, not restarted), the ConfigMap
+//!    as shipped again (ready, every backend reached), and `podman stop` (SIGTERM) ending maglevd
+//!    with exit code 0 within the pod's terminationGracePeriodSeconds. Prints the image's size;
+//!    the release image must stay under 40 MB.
 //!
 //! Everything the pod spec says is read from docker/k8s/frontend.yaml (the Deployment of fe1) and
 //! docker/k8s/configmap.yaml with a YAML parser, never repeated here, so a manifest change that
@@ -637,13 +639,13 @@ fn curl(lab: &Lab, from: &str, url: &str, timeout_secs: u64) -> (u16, String) {
 }
 
 /// A probe as the kubelet sends it (HTTP GET, success = 200..=399 within timeoutSeconds), from
-/// the router's namespace to the pod's address.
-fn probe(lab: &Lab, pod: &Pod, addr: Ipv4Addr, p: &Probe) -> (String, u16) {
+/// the router's namespace to the pod's address: (URL, status, body).
+fn probe(lab: &Lab, pod: &Pod, addr: Ipv4Addr, p: &Probe) -> (String, u16, String) {
     let get = p.http_get.as_ref().expect("an httpGet probe (exec and tcpSocket probes are not reproduced)");
     assert!(matches!(get.scheme.as_deref(), None | Some("HTTP")), "probe scheme {:?}", get.scheme);
     let url = format!("http://{addr}:{}{}", pod.port(&get.port), get.path.as_deref().unwrap_or("/"));
-    let (code, _) = curl(lab, "router", &url, p.timeout_seconds.unwrap_or(1));
-    (url, code)
+    let (code, body) = curl(lab, "router", &url, p.timeout_seconds.unwrap_or(1));
+    (url, code, body)
 }
 
 fn probe_ok(code: u16) -> bool {
@@ -778,7 +780,7 @@ fn the_image_runs_as_the_frontend_pod_runs_it() {
     let started_after = t_start.elapsed();
     for (kind, p) in [("startup", startup), ("readiness", readiness), ("liveness", liveness)] {
         let Some(p) = p else { continue };
-        let (url, code) = probe(&lab, &pod, pod_ip, p);
+        let (url, code, _) = probe(&lab, &pod, pod_ip, p);
         eprintln!("{kind} probe GET {url}: {code}");
         assert!(probe_ok(code), "{kind} probe GET {url} answered {code}");
         if kind != "readiness" {
@@ -872,13 +874,68 @@ fn the_image_runs_as_the_frontend_pod_runs_it() {
     assert!(!seen.contains_key(drained_ns), "{drained} ({drained_ns}) is drained but got new flows: {seen:?}");
     assert_eq!(seen.len(), names.len() - 1, "the other backends still answer: {seen:?}");
     for (kind, p) in [("readiness", readiness), ("liveness", liveness)] {
-        let (url, code) = probe(&lab, &pod, pod_ip, p.as_ref().unwrap());
+        let (url, code, _) = probe(&lab, &pod, pod_ip, p.as_ref().unwrap());
         assert!(probe_ok(code), "after the update, the {kind} probe GET {url} answered {code}");
     }
     let log = running.log();
     assert!(log.contains("configuration file changed") && log.contains("configuration reloaded"), "{log}");
 
-    // 5e. SIGTERM (the image's STOPSIGNAL) from podman stop, SIGKILL after the grace period.
+    // 5e. Every backend lost (a ConfigMap with every weight 0): the readiness probe fails, saying
+    // why, while the liveness probe keeps passing, so the kubelet marks the frontend unready and
+    // does not restart it. A readiness probe that cannot fail (e.g. on /live or /metrics) or a
+    // liveness probe that fails without backends (e.g. on /ready) fails this test.
+    let readiness = readiness.as_ref().expect("a readinessProbe");
+    let liveness = liveness.as_ref().expect("a livenessProbe");
+    let mut none = cfg.clone();
+    for b in none["service"].as_array_mut().unwrap()[0]["backend"].as_array_mut().unwrap() {
+        b.as_table_mut().unwrap().insert("weight".into(), toml::Value::Integer(0));
+    }
+    data.insert(config_key.to_string(), toml::to_string(&none).expect("serialize the new configuration"));
+    let generation = after["maglevd_snapshot_generation"];
+    volume.update(&data);
+    let mut live_ok = 0;
+    let assert_live = |live_ok: &mut u32, when: &str| {
+        let (url, code, body) = probe(&lab, &pod, pod_ip, liveness);
+        assert!(probe_ok(code), "liveness probe GET {url} answered {code} {when}: {body}");
+        *live_ok += 1;
+    };
+    let ((url, code, body), took) = wait_for(
+        "the readiness probe failing without backends",
+        Duration::from_secs(3 * check_secs as u64 + 5),
+        || {
+            running.assert_running();
+            assert_live(&mut live_ok, "while the backends were drained (the kubelet would restart the frontend)");
+            let (url, code, body) = probe(&lab, &pod, pod_ip, readiness);
+            (!probe_ok(code)).then_some((url, code, body))
+        },
+    );
+    let m = metrics(&lab, &metrics_url);
+    assert!(m["maglevd_snapshot_generation"] > generation, "the readiness probe failed before the reload: {body}");
+    assert!(body.contains("no usable backend"), "readiness probe GET {url} answered {code} but says: {body}");
+    // The kubelet acts on failureThreshold consecutive results: keep probing liveness a little.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        assert_live(&mut live_ok, "with every backend drained");
+    }
+    eprintln!(
+        "every backend drained: readiness probe GET {url} answered {code} ({}) after {:.1} s; liveness probe passed {live_ok} times meanwhile",
+        body.trim(),
+        took.as_secs_f64()
+    );
+
+    // 5f. The ConfigMap as shipped again: ready again, and every backend gets new flows.
+    volume.update(&pod.config_map.data);
+    let ((), took) =
+        wait_for("the readiness probe passing again", Duration::from_secs(3 * check_secs as u64 + 5), || {
+            running.assert_running();
+            probe_ok(probe(&lab, &pod, pod_ip, readiness).1).then_some(())
+        });
+    let seen = spread(&lab, vip, 60);
+    eprintln!("ConfigMap restored: ready after {:.1} s; 60 new connections to {vip}: {seen:?}", took.as_secs_f64());
+    assert_eq!(seen.keys().collect::<BTreeSet<_>>(), names.keys().collect(), "every backend answers again");
+    assert_live(&mut live_ok, "after the ConfigMap was restored");
+
+    // 5g. SIGTERM (the image's STOPSIGNAL) from podman stop, SIGKILL after the grace period.
     let grace = pod.grace();
     let t0 = Instant::now();
     podman_ok(&["stop", "--time", &grace.as_secs().to_string(), &running.name]);
