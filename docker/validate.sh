@@ -150,7 +150,7 @@ if want --syscalls; then
         "$tmp/maglevd" run -c "$tmp/c.toml" --rx-slots 64 --tx-slots 64 >"$tmp/log" 2>&1 &
     pid=$!
     for _ in $(seq 50); do
-        [[ "$(lab exec fe1 curl -s -m 1 http://127.0.0.1:9109/healthz)" == ok ]] && break
+        [[ "$(lab exec fe1 curl -s -m 1 http://127.0.0.1:9109/ready)" == ok ]] && break
         sleep 0.1
     done
     echo "request through the VIP answered by: $(lab exec client curl -s -m 2 http://10.201.0.1/)"
