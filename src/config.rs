@@ -219,6 +219,20 @@ pub struct Service {
     pub when_all_down: WhenAllDown,
 }
 
+impl Service {
+    /// Would `self` and `other` build the same table for the same reachability? Everything but
+    /// the health-check settings and `when_all_down` counts (those act through reachability).
+    pub fn same_table(&self, other: &Service) -> bool {
+        let backend = |a: &Backend, b: &Backend| {
+            (a.ip, a.port, a.weight, a.last_weight, a.mac) == (b.ip, b.port, b.weight, b.last_weight, b.mac)
+        };
+        (&self.name, self.vip, self.protocol, self.port, self.flow_key, self.table_size, &self.algorithm)
+            == (&other.name, other.vip, other.protocol, other.port, other.flow_key, other.table_size, &other.algorithm)
+            && self.backends.len() == other.backends.len()
+            && self.backends.iter().zip(&other.backends).all(|(a, b)| backend(a, b))
+    }
+}
+
 /// What a backend health check probes (`check = "..."` in `[service.health]`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CheckKind {

@@ -95,6 +95,100 @@ io_counters! {
     icmp_frag_needed_errors,
 }
 
+/// A worker's connection-tracking figures, copied from its [`crate::flow::Tracker`] after every
+/// batch (absolute values: the worker is the only writer).
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Occupied flow entries (expired ones not reclaimed yet included).
+    pub entries: AtomicU64,
+    /// Flow entries the worker's table holds at most.
+    pub capacity: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub inserts: AtomicU64,
+    pub evictions: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub rechosen: AtomicU64,
+    pub fragment_entries: AtomicU64,
+    pub fragments_followed: AtomicU64,
+    pub fragments_untracked: AtomicU64,
+}
+
+impl FlowCounters {
+    /// Copy `t`'s figures.
+    #[inline]
+    pub fn publish(&self, t: &crate::flow::Tracker) {
+        let s = t.flows.stats();
+        for (c, v) in [
+            (&self.entries, t.flows.len() as u64),
+            (&self.capacity, t.flows.capacity() as u64),
+            (&self.hits, s.hits),
+            (&self.misses, s.misses),
+            (&self.inserts, s.inserts),
+            (&self.evictions, s.evictions),
+            (&self.timeouts, s.timeouts),
+            (&self.rechosen, t.rechosen),
+            (&self.fragment_entries, t.frags.len() as u64),
+            (&self.fragments_followed, t.fragments_followed),
+            (&self.fragments_untracked, t.fragments_untracked),
+        ] {
+            c.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// (metric name, help, is a counter, value) of every figure.
+    pub fn values(&self) -> [(&'static str, &'static str, bool, u64); 11] {
+        [
+            (
+                "maglevd_flow_entries",
+                "Tracked flows (occupied flow-table entries), per worker.",
+                false,
+                get(&self.entries),
+            ),
+            ("maglevd_flow_capacity", "Flow-table entries, per worker.", false, get(&self.capacity)),
+            ("maglevd_flow_hits", "Packets of a tracked flow, per worker.", true, get(&self.hits)),
+            (
+                "maglevd_flow_misses",
+                "Packets of an untracked (new, expired or evicted) flow, per worker.",
+                true,
+                get(&self.misses),
+            ),
+            ("maglevd_flow_inserts", "Flows tracked, per worker.", true, get(&self.inserts)),
+            (
+                "maglevd_flow_evictions",
+                "Live flows dropped from a full bucket (least recently used first), per worker.",
+                true,
+                get(&self.evictions),
+            ),
+            ("maglevd_flow_timeouts", "Flows expired after their idle timeout, per worker.", true, get(&self.timeouts)),
+            (
+                "maglevd_flow_rechosen",
+                "Tracked flows moved because their backend was removed, went down or lost its MAC, per worker.",
+                true,
+                get(&self.rechosen),
+            ),
+            (
+                "maglevd_fragment_entries",
+                "Datagrams whose later fragments are followed, per worker.",
+                false,
+                get(&self.fragment_entries),
+            ),
+            (
+                "maglevd_fragments_followed",
+                "Later fragments sent to their first fragment's backend, per worker.",
+                true,
+                get(&self.fragments_followed),
+            ),
+            (
+                "maglevd_fragments_untracked",
+                "Later fragments whose first fragment was not seen, sent by the address hash, per worker.",
+                true,
+                get(&self.fragments_untracked),
+            ),
+        ]
+    }
+}
+
 /// All counters of one worker.
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
@@ -102,6 +196,7 @@ pub struct WorkerCounters {
     pub forwarded: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
     pub passes: [AtomicU64; PassReason::COUNT],
+    pub flows: FlowCounters,
     /// The worker's heartbeat: milliseconds since the daemon started, stored once per loop turn
     /// (at least every 100 ms while idle); [`HEARTBEAT_DEAD`] once its thread has ended.
     pub heartbeat_ms: AtomicU64,
@@ -162,6 +257,46 @@ impl Counters {
             }
         }
         t
+    }
+}
+
+/// The connection-tracking figures of every worker at one moment, exposed per worker (label
+/// `worker`): `maglevd_flow_*` and `maglevd_fragment*`.
+#[derive(Debug, Clone)]
+pub struct FlowFigures {
+    /// Per worker, [`FlowCounters::values`].
+    pub workers: Vec<[(&'static str, &'static str, bool, u64); 11]>,
+}
+
+impl Counters {
+    /// Every worker's [`FlowCounters`].
+    pub fn flow_figures(&self) -> FlowFigures {
+        FlowFigures { workers: self.workers.iter().map(|w| w.flows.values()).collect() }
+    }
+}
+
+impl FlowFigures {
+    /// The sum over workers of figure `name`.
+    pub fn total(&self, name: &str) -> u64 {
+        self.workers.iter().flat_map(|w| w.iter()).filter(|f| f.0 == name).map(|f| f.3).sum()
+    }
+}
+
+impl Collector for FlowFigures {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let Some(first) = self.workers.first() else { return Ok(()) };
+        for (i, &(name, help, is_counter, _)) in first.iter().enumerate() {
+            let kind = if is_counter { MetricType::Counter } else { MetricType::Gauge };
+            let mut family = enc.encode_descriptor(name, help, None, kind)?;
+            for (w, figures) in self.workers.iter().enumerate() {
+                let label = w.to_string();
+                let v = figures[i].3;
+                let labels = [("worker", label.as_str())];
+                let m = family.encode_family(&labels)?;
+                if is_counter { ConstCounter::new(v).encode(m)? } else { ConstGauge::new(v).encode(m)? }
+            }
+        }
+        Ok(())
     }
 }
 

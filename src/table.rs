@@ -159,7 +159,7 @@ impl TableCache {
 
     /// The table of `service` for this reachability, reused when the cache holds it.
     pub fn get(&mut self, service: &Service, reachable: &[bool]) -> Result<std::sync::Arc<ServiceTable>, BuildError> {
-        if let Some(e) = self.entries.iter().find(|e| e.service == *service && *e.reachable == *reachable) {
+        if let Some(e) = self.entries.iter().find(|e| e.service.same_table(service) && *e.reachable == *reachable) {
             return Ok(std::sync::Arc::clone(&e.table));
         }
         self.built += 1;

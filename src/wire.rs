@@ -190,6 +190,12 @@ impl<T: AsRef<[u8]>> Ipv4Header<T> {
         u16::from_be_bytes([self.h()[6], self.h()[7]]) & 0x1fff
     }
 
+    /// The identification field (which datagram a fragment belongs to).
+    #[inline]
+    pub fn ident(&self) -> u16 {
+        u16::from_be_bytes([self.h()[4], self.h()[5]])
+    }
+
     /// Part of a fragmented datagram (first, middle or last fragment).
     #[inline]
     pub fn is_fragment(&self) -> bool {

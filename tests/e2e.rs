@@ -232,7 +232,9 @@ impl Capture {
         let child = lab
             .netns(ns)
             .command("tcpdump")
-            .args(["-i", iface, "-nn", "-q", "-p", "src host 10.201.0.1"])
+            // Replies to clients; the health checks' SYN-ACKs to the frontend's own vlan200 address
+            // are not client traffic.
+            .args(["-i", iface, "-nn", "-q", "-p", "src host 10.201.0.1 and not dst net 10.158.200.0/24"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -523,8 +525,10 @@ fn malformed_frames_are_counted() {
         by_reason.join(" "),
         d("maglevd_rx_ring_drops_total")
     );
+    // Every frame maglevd gets is forwarded, passed or dropped: all of them dropped means none was
+    // forwarded. (`forwarded` itself moves during the flood: the frontends' kernels answer the
+    // dsr health checks' SYN-ACKs with RSTs to the VIP, which come back through the router.)
     assert_eq!(dropped, vip_frames as f64, "every malformed VIP frame must be counted as a drop");
-    assert_eq!(d("maglevd_forwarded_total"), 0.0, "a malformed frame was forwarded");
     // Still forwarding.
     route_vip_via(lab, Some("10.158.100.2"));
     let be = get_from_port(lab, 46000);

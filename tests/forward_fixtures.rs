@@ -95,17 +95,17 @@ fn fixtures() -> Vec<Fixture> {
         ),
         fx("udp, another client", udp(CLIENT, 5353, "10.201.0.2", 53, b"q"), To("10.158.200.251")),
         fx(
-            "first fragment hashes without ports",
+            "first fragment carries the ports: it goes where its flow goes",
             edit(syn(40001), |f| make_fragment(f, 0, true)),
-            To("10.158.200.251"),
+            To("10.158.200.252"),
         ),
         fx(
-            "middle fragment: same backend",
+            "middle fragment whose first was not seen: the address hash (ports 0)",
             edit(tcp(CLIENT, 0, VIP, 0, &[0; 64]), |f| make_fragment(f, 185, true)),
             To("10.158.200.251"),
         ),
         fx(
-            "last fragment: same backend",
+            "last fragment whose first was not seen: the same address hash",
             edit(tcp(CLIENT, 0, VIP, 0, &[0; 64]), |f| make_fragment(f, 370, false)),
             To("10.158.200.251"),
         ),
@@ -272,8 +272,13 @@ fn fixtures() -> Vec<Fixture> {
         ),
         fx("all backends drained", tcp(CLIENT, 40000, "10.201.0.4", 80, &[]), Drop(D::NoBackend)),
         fx(
-            "fragment for a vip with two tcp services",
-            edit(tcp(CLIENT, 1, "10.201.0.3", 80, &[]), |f| make_fragment(f, 0, true)),
+            "first fragment for a vip with two tcp services: its port's service",
+            edit(tcp(CLIENT, 1, "10.201.0.3", 443, &[]), |f| make_fragment(f, 0, true)),
+            To("10.158.200.252"),
+        ),
+        fx(
+            "later fragment for a vip with two tcp services (which one is ambiguous)",
+            edit(tcp(CLIENT, 0, "10.201.0.3", 0, &[0; 64]), |f| make_fragment(f, 185, true)),
             Drop(D::FragmentNoService),
         ),
         fx(

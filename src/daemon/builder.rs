@@ -23,6 +23,7 @@ use tracing::{error, info};
 use super::{Shared, prepare};
 use crate::config::Config;
 use crate::dataplane::{BuildState, Links};
+use crate::health::HealthView;
 use crate::wire::MacAddr;
 
 /// Backend MACs known to the neighbour table.
@@ -42,7 +43,14 @@ struct Mail {
     reload: Option<Arc<Config>>,
     macs: Option<Macs>,
     links: Option<Links>,
+    health: Option<Arc<HealthView>>,
     stop: bool,
+}
+
+impl Mail {
+    fn empty(&self) -> bool {
+        self.reload.is_none() && self.macs.is_none() && self.links.is_none() && self.health.is_none()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +74,7 @@ pub struct Start {
     pub links: Links,
     pub macs: Macs,
     pub cache: BuildState,
+    pub health: Arc<HealthView>,
     pub generation: u64,
 }
 
@@ -101,6 +110,11 @@ impl Builder {
         self.post(|m| m.links = Some(links));
     }
 
+    /// The health checks' verdicts changed.
+    pub fn health(&self, view: Arc<HealthView>) {
+        self.post(|m| m.health = Some(view));
+    }
+
     /// The next reload outcome, if one is ready (never blocks).
     pub fn outcome(&self) -> Option<Outcome> {
         self.outcomes.try_recv().ok()
@@ -114,11 +128,12 @@ impl Drop for Builder {
 }
 
 fn run(start: Start, mailbox: &Mailbox, shared: &Shared, outcomes: &mpsc::Sender<Outcome>) {
-    let Start { mut cfg, mut links, mut macs, mut cache, mut generation } = start;
+    let Start { mut cfg, mut links, mut macs, mut cache, mut health, mut generation } = start;
+    let mut all_down = AllDown::default();
     loop {
         let mail = {
             let mut guard = mailbox.mail.lock().unwrap_or_else(|p| p.into_inner());
-            while !guard.stop && guard.reload.is_none() && guard.macs.is_none() && guard.links.is_none() {
+            while !guard.stop && guard.empty() {
                 guard = mailbox.ready.wait(guard).unwrap_or_else(|p| p.into_inner());
             }
             std::mem::take(&mut *guard)
@@ -126,7 +141,10 @@ fn run(start: Start, mailbox: &Mailbox, shared: &Shared, outcomes: &mpsc::Sender
         if mail.stop || shared.stop.load(Ordering::Relaxed) {
             return;
         }
-        let state_changed = mail.macs.is_some() || mail.links.is_some();
+        let state_changed = mail.macs.is_some() || mail.links.is_some() || mail.health.is_some();
+        if let Some(h) = mail.health {
+            health = h;
+        }
         if let Some(m) = mail.macs {
             macs = m;
         }
@@ -134,11 +152,13 @@ fn run(start: Start, mailbox: &Mailbox, shared: &Shared, outcomes: &mpsc::Sender
             links = l;
         }
         let resolve = |b: &crate::config::Backend| b.ipv4().and_then(|ip| macs.get(&ip).copied());
+        let healthy = |s: &crate::config::Service, b: &crate::config::Backend| health.is_up(&s.name, b.ip, b.port);
         if let Some(new) = mail.reload {
-            match prepare(&new, links, &resolve, generation + 1, &mut cache) {
+            match prepare(&new, links, &resolve, &healthy, generation + 1, &mut cache) {
                 Ok(p) => {
                     generation += 1;
                     cfg = new;
+                    all_down.report(&p.snapshot);
                     shared.snapshot.store(Arc::new(p.snapshot));
                     info!(generation, services = cfg.services.len(), "configuration reloaded");
                     let _ = outcomes.send(Outcome::Applied(Arc::clone(&cfg)));
@@ -155,9 +175,10 @@ fn run(start: Start, mailbox: &Mailbox, shared: &Shared, outcomes: &mpsc::Sender
                 }
             }
         }
-        match prepare(&cfg, links, &resolve, generation + 1, &mut cache) {
+        match prepare(&cfg, links, &resolve, &healthy, generation + 1, &mut cache) {
             Ok(p) => {
                 generation += 1;
+                all_down.report(&p.snapshot);
                 let usable: usize =
                     p.snapshot.services().iter().map(|s| s.backends.iter().filter(|b| b.usable()).count()).sum();
                 shared.snapshot.store(Arc::new(p.snapshot));
@@ -165,5 +186,36 @@ fn run(start: Start, mailbox: &Mailbox, shared: &Shared, outcomes: &mpsc::Sender
             }
             Err(e) => error!(error = %e, "cannot build the forwarding snapshot; keeping the previous one"),
         }
+    }
+}
+
+/// The services whose every backend is down, as last reported: each change is logged once, at
+/// error level while a service is down (its traffic is dropped, or sent to backends that failed
+/// their checks).
+#[derive(Debug, Default)]
+struct AllDown {
+    down: std::collections::BTreeSet<String>,
+}
+
+impl AllDown {
+    fn report(&mut self, snap: &crate::dataplane::Snapshot) {
+        let now: std::collections::BTreeSet<String> =
+            snap.services().iter().filter(|s| s.all_down).map(|s| s.name.clone()).collect();
+        for s in snap.services().iter().filter(|s| s.all_down && !self.down.contains(&s.name)) {
+            match s.when_all_down {
+                crate::config::WhenAllDown::Drop => error!(
+                    service = %s.name,
+                    "every backend of the service is down: its traffic is dropped (when_all_down = \"drop\")"
+                ),
+                crate::config::WhenAllDown::All => error!(
+                    service = %s.name,
+                    "every backend of the service is down: forwarding to all of them anyway (when_all_down = \"all\")"
+                ),
+            }
+        }
+        for name in self.down.difference(&now) {
+            info!(service = %name, "the service has a healthy backend again");
+        }
+        self.down = now;
     }
 }

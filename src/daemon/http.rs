@@ -308,7 +308,11 @@ fn probe(result: Result<(), String>) -> (&'static str, String) {
 
 /// Every metric of the daemon, in the 0.0.4 text format ([`metrics::CONTENT_TYPE`]).
 pub fn render(shared: &Shared, connections: ConnectionStats) -> String {
-    metrics::encode(vec![Box::new(shared.counters.totals()), Box::new(DaemonMetrics::collect(shared, connections))])
+    metrics::encode(vec![
+        Box::new(shared.counters.totals()),
+        Box::new(shared.counters.flow_figures()),
+        Box::new(DaemonMetrics::collect(shared, connections)),
+    ])
 }
 
 /// The daemon's metrics other than the packet counters, read at scrape time.
@@ -319,6 +323,14 @@ struct DaemonMetrics {
     generation: u64,
     workers: usize,
     backends: Vec<BackendState>,
+    /// (service, every backend down).
+    all_down: Vec<(String, bool)>,
+}
+
+/// A backend in labels: its IP, and `IP:port` in an `ipvs-mh` service (where the port is part
+/// of its identity).
+pub fn backend_label(ip: std::net::Ipv4Addr, port: u16) -> String {
+    if port == 0 { ip.to_string() } else { format!("{ip}:{port}") }
 }
 
 #[derive(Debug)]
@@ -326,7 +338,12 @@ struct BackendState {
     service: String,
     backend: String,
     up: bool,
+    healthy: bool,
     slots: u64,
+    /// Transitions to up and to down, and the last probe error, when the backend is checked.
+    ups: u64,
+    downs: u64,
+    last_error: Option<String>,
 }
 
 impl BackendState {
@@ -387,20 +404,29 @@ impl DaemonMetrics {
             ),
         ];
         let snap = shared.snapshot.load();
+        let health = shared.health.load();
         let mut backends = Vec::new();
+        let mut all_down = Vec::new();
         for s in snap.services() {
+            all_down.push((s.name.clone(), s.all_down));
             let shares = s.table.shares(s.backends.len());
             for (b, slots) in s.backends.iter().zip(shares) {
+                let key = crate::health::TargetKey { service: s.name.clone(), backend: b.ip.into(), port: b.port };
+                let checked = health.targets.get(&key).map(|t| &t.health);
                 backends.push(BackendState {
                     service: s.name.clone(),
-                    backend: b.ip.to_string(),
+                    backend: backend_label(b.ip, b.port),
                     up: b.usable(),
+                    healthy: b.healthy,
                     slots,
+                    ups: checked.map_or(0, |h| h.ups),
+                    downs: checked.map_or(0, |h| h.downs),
+                    last_error: checked.and_then(|h| h.last_error.clone()),
                 });
             }
         }
         let live = shared.counters.workers() - shared.stalled_workers(std::time::Instant::now()).len();
-        DaemonMetrics { counters, generation: snap.generation(), workers: live, backends }
+        DaemonMetrics { counters, generation: snap.generation(), workers: live, backends, all_down }
     }
 }
 
@@ -424,8 +450,43 @@ impl Collector for DaemonMetrics {
         metrics::gauge_family(
             &mut enc,
             "maglevd_backend_up",
-            "1 if the backend is in the table (weight > 0 and MAC known).",
+            "1 if the backend gets new flows (in the table: weight > 0, MAC known, healthy).",
             self.backends.iter().map(|b| (b.labels(), u64::from(b.up))),
+        )?;
+        metrics::gauge_family(
+            &mut enc,
+            "maglevd_backend_healthy",
+            "1 unless the backend's health check says it is down (1 without a check).",
+            self.backends.iter().map(|b| (b.labels(), u64::from(b.healthy))),
+        )?;
+        let mut family = enc.encode_descriptor(
+            "maglevd_backend_health_transitions",
+            "Health-check transitions of the backend, by the state it went to.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for b in &self.backends {
+            for (to, n) in [("up", b.ups), ("down", b.downs)] {
+                let [s, be] = b.labels();
+                let labels = [s, be, ("to", to)];
+                use prometheus_client::encoding::EncodeMetric;
+                prometheus_client::metrics::counter::ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        metrics::gauge_family(
+            &mut enc,
+            "maglevd_backend_last_probe_error_info",
+            "The backend's last failed health probe (label error); absent while none failed.",
+            self.backends.iter().filter_map(|b| {
+                let [s, be] = b.labels();
+                b.last_error.as_deref().map(|e| ([s, be, ("error", e)], 1))
+            }),
+        )?;
+        metrics::gauge_family(
+            &mut enc,
+            "maglevd_service_all_down",
+            "1 while every backend of the service is down by its health check (then when_all_down applies).",
+            self.all_down.iter().map(|(s, d)| ([("service", s.as_str())], u64::from(*d))),
         )?;
         metrics::gauge_family(
             &mut enc,

@@ -48,7 +48,9 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError};
 use crate::dataplane::BuildState;
-use crate::dataplane::{Links, Resolver, Snapshot};
+use crate::dataplane::{Healthy, Links, Resolver, Snapshot};
+use crate::flow::{self, Tracker};
+use crate::health::{self, HealthView};
 use crate::io::{
     BpfProgram, Capabilities, Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing,
     VipFilter,
@@ -82,6 +84,8 @@ pub struct Shared {
     pub started: Instant,
     /// The control thread's heartbeat (ms since `started`), stored every loop turn.
     pub control_heartbeat_ms: AtomicU64,
+    /// The health checks' latest view (for metrics and `status`).
+    pub health: ArcSwap<HealthView>,
 }
 
 /// The indices of the per-worker flags that are false, as `"0, 3"` (empty if none).
@@ -111,6 +115,7 @@ impl Shared {
             filter_ok: (0..workers).map(|_| AtomicBool::new(true)).collect(),
             started: Instant::now(),
             control_heartbeat_ms: AtomicU64::new(0),
+            health: ArcSwap::from_pointee(HealthView::default()),
         }
     }
 
@@ -382,10 +387,11 @@ pub fn prepare(
     cfg: &Config,
     links: Links,
     resolve: Resolver<'_>,
+    healthy: Healthy<'_>,
     generation: u64,
     state: &mut BuildState,
 ) -> Result<Prepared, DaemonError> {
-    let snapshot = Snapshot::build_cached(cfg, links, resolve, generation, state)?;
+    let snapshot = Snapshot::build_observed(cfg, links, resolve, healthy, generation, state)?;
     let filter = VipFilter::new(&vips(cfg), false).build()?;
     Ok(Prepared { snapshot, filter })
 }
@@ -400,7 +406,7 @@ pub fn prepare_offline(cfg: &Config) -> Result<Prepared, DaemonError> {
     };
     let resolved = MacAddr([0x02, 0, 0, 0, 0xff, 0xff]);
     let links = Links { ingress_mac, egress_mac };
-    prepare(cfg, links, &|_| Some(resolved), 1, &mut BuildState::default())
+    prepare(cfg, links, &|_| Some(resolved), &|_, _| true, 1, &mut BuildState::default())
 }
 
 /// Backends that `cfg` wants resolved by ARP on the egress interface but that are not on any of
@@ -430,6 +436,14 @@ fn macs_of(neigh: &NeighTable) -> builder::Macs {
     neigh.entries().filter_map(|(ip, s)| s.mac().map(|m| (ip, m))).collect()
 }
 
+/// A backend's MAC from `macs`, for the health checks' targets.
+fn mac_lookup(macs: &builder::Macs) -> impl Fn(std::net::IpAddr) -> Option<MacAddr> + '_ {
+    move |ip| match ip {
+        std::net::IpAddr::V4(v4) => macs.get(&v4).copied(),
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
 /// Start worker `i` on its devices; `reopen` gives it new ones when the interfaces change. Its
 /// heartbeat is marked dead however the thread ends (a panic included), so `/live` learns it at
 /// once.
@@ -437,6 +451,7 @@ fn spawn_worker<R, T, S, F>(
     i: usize,
     shared: Arc<Shared>,
     devices: (R, T, S),
+    flows: config::Flows,
     mut reopen: F,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
@@ -449,7 +464,11 @@ where
         let Some(counters) = shared.counters.worker(i) else { return };
         let _dead = DeadOnDrop(&counters.heartbeat_ms);
         let (mut rx, mut tx, mut icmp) = devices;
-        worker::Worker::new(&mut rx, &mut tx, &mut icmp, counters, Instant::now()).run_reopening(
+        // Allocated and written here, in the worker's thread, before its first packet.
+        let workers = shared.counters.workers();
+        let tracker = Tracker::new(flow::per_worker(flows.capacity, workers), flows.timeouts, flows.fragment_timeout);
+        counters.flows.publish(&tracker);
+        worker::Worker::new(&mut rx, &mut tx, &mut icmp, counters, Instant::now()).tracking(tracker).run_reopening(
             &shared,
             i,
             &mut reopen,
@@ -518,7 +537,8 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let mut cache = BuildState::default();
     let macs = macs_of(&neigh);
     let resolve = |b: &config::Backend| b.ipv4().and_then(|ip| macs.get(&ip).copied());
-    let snapshot = prepare(&cfg, ifs.links(), &resolve, 1, &mut cache)?.snapshot;
+    // Every backend starts healthy ("unknown" counts as up until its checks conclude).
+    let snapshot = prepare(&cfg, ifs.links(), &resolve, &|_, _| true, 1, &mut cache)?.snapshot;
     let (rx_cfg, tx_cfg) = worker_rings(&vips(&cfg), fanout_group(), opts.rx_slots, opts.tx_slots)?;
     let mut rings = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -550,7 +570,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
             let rx_cfg = RxConfig { fanout: Some(Fanout::hash(fanout_group_at(epoch))), ..rx_cfg.clone() };
             Ok((RxRing::open(&ingress, &rx_cfg)?, TxRing::open(&egress, &tx_cfg)?, PacketSocket::sender(&ingress)?))
         };
-        let h = spawn_worker(i, Arc::clone(&shared), (rx, tx, icmp), reopen)
+        let h = spawn_worker(i, Arc::clone(&shared), (rx, tx, icmp), cfg.flows, reopen)
             .map_err(|e| DaemonError::Setup(format!("spawning worker {i}: {e}")))?;
         handles.push(h);
     }
@@ -573,9 +593,15 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
             .spawn(move || http::serve(listener, &http_shared))
             .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
     }
+    // Health checks: their own threads, never a worker; probes leave through the egress.
+    let egress = health::Egress { name: cfg.egress.clone(), mac: MacAddr(ifs.egress.mac), ip: ifs.egress_ip };
+    let (prober, health_changes) =
+        health::Prober::start(egress, health::DEFAULT_PROBE_THREADS, health::targets(&cfg, mac_lookup(&macs)))
+            .map_err(|e| DaemonError::Setup(format!("starting the health checks: {e}")))?;
     let responder = egress_responder(&cfg, &ifs);
     let cfg = Arc::new(cfg);
-    let start = builder::Start { cfg: Arc::clone(&cfg), links: ifs.links(), macs, cache, generation: 1 };
+    let start =
+        builder::Start { cfg: Arc::clone(&cfg), links: ifs.links(), macs, cache, health: prober.view(), generation: 1 };
     let builder = builder::Builder::spawn(start, Arc::clone(&shared))
         .map_err(|e| DaemonError::Setup(format!("spawning the snapshot builder: {e}")))?;
     let mut control = Control {
@@ -589,6 +615,8 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         shared: &shared,
         builder,
         arp_warnings: throttle::Throttle::default(),
+        prober,
+        health_changes,
     };
     // systemd (Type=notify): started; the control loop feeds the watchdog while every thread
     // makes progress. Outside systemd (no NOTIFY_SOCKET) these do nothing.
@@ -617,6 +645,9 @@ struct Control<'a> {
     builder: builder::Builder,
     /// Rate limit of repeated ARP socket warnings.
     arp_warnings: throttle::Throttle,
+    prober: health::Prober,
+    /// The prober's transitions: each one gets a new snapshot.
+    health_changes: std::sync::mpsc::Receiver<health::Change>,
 }
 
 /// The responder on the egress socket: for the egress address, and in one-arm mode (one socket
@@ -703,9 +734,26 @@ impl Control<'_> {
             }
             self.export_neigh_stats();
             if changed {
-                self.builder.macs(macs_of(&self.neigh));
+                let macs = macs_of(&self.neigh);
+                // The dsr check sends to the backend's MAC: it follows.
+                self.prober.set_targets(health::targets(&self.cfg, mac_lookup(&macs)));
+                self.builder.macs(macs);
             }
+            self.follow_health();
         }
+    }
+
+    /// Hand the health checks' verdicts to the builder when one changed, and to the metrics.
+    fn follow_health(&mut self) {
+        let mut changed = false;
+        while let Ok(change) = self.health_changes.try_recv() {
+            changed |= change.transition.changes_forwarding();
+        }
+        let view = self.prober.view();
+        if changed {
+            self.builder.health(Arc::clone(&view));
+        }
+        self.shared.health.store(view);
     }
 
     /// Send due probes, expire entries and settle MAC claims; true if a MAC was lost or changed.
@@ -884,6 +932,12 @@ impl Control<'_> {
     /// The builder published `cfg`: resolve its backends and answer ARP as it says.
     fn applied(&mut self, cfg: Arc<Config>) {
         let lost = self.neigh.set_targets(arp_targets(&cfg), Instant::now());
+        if cfg.flows != self.cfg.flows {
+            warn!(
+                "the [flows] settings changed: they take effect when maglevd restarts (the tables are sized at start)"
+            );
+        }
+        self.prober.set_targets(health::targets(&cfg, mac_lookup(&macs_of(&self.neigh))));
         self.cfg = cfg;
         self.refresh_responders();
         if lost {
@@ -944,6 +998,10 @@ mod tests {
     use super::*;
     use crate::io::{MemRx, MemTx, RxDevice, RxFrame};
 
+    fn small_flows() -> config::Flows {
+        config::Flows { capacity: flow::MIN_PER_WORKER, ..config::Flows::default() }
+    }
+
     fn shared(workers: usize) -> Arc<Shared> {
         let text = "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nvip = \"10.201.0.1\"\n\
                     protocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.7\"\nmac = \"02:00:00:00:00:07\"\n";
@@ -988,11 +1046,14 @@ mod tests {
         let never = |_: u64| -> Result<(MemRx, MemTx, MemTx), IoError> {
             Err(IoError::Config { iface: "-".into(), reason: "no".into() })
         };
-        let alive = spawn_worker(0, Arc::clone(&sh), (MemRx::new(), MemTx::new(8), MemTx::new(8)), never).unwrap();
+        let alive =
+            spawn_worker(0, Arc::clone(&sh), (MemRx::new(), MemTx::new(8), MemTx::new(8)), small_flows(), never)
+                .unwrap();
         let never = |_: u64| -> Result<(Dies, MemTx, MemTx), IoError> {
             Err(IoError::Config { iface: "-".into(), reason: "no".into() })
         };
-        let dead = spawn_worker(1, Arc::clone(&sh), (Dies, MemTx::new(8), MemTx::new(8)), never).unwrap();
+        let dead =
+            spawn_worker(1, Arc::clone(&sh), (Dies, MemTx::new(8), MemTx::new(8)), small_flows(), never).unwrap();
         assert!(dead.join().is_err(), "the hook panicked the worker");
         sh.control_heartbeat_ms.store(sh.millis(Instant::now()), Ordering::Relaxed);
         let err = sh.liveness(Instant::now()).unwrap_err();

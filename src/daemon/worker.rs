@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use std::net::Ipv4Addr;
 
 use crate::dataplane::pmtu::{self, FRAG_NEEDED_LEN, TokenBucket};
-use crate::dataplane::{DropReason, FrameMeta, Snapshot, Verdict, forward_frame};
+use crate::dataplane::{DropReason, FrameMeta, Snapshot, Verdict, forward_frame, forward_tracked};
+use crate::flow::{Tick, Tracker};
 use crate::io::{FlushStatus, FrameSender, IoError, RxDevice, RxRing, TxDevice, TxError, VipFilter};
 use crate::metrics::{WorkerCounters, bump};
 
@@ -92,7 +93,17 @@ pub struct Worker<'a, R, T, S> {
     losing: bool,
     /// Since when queued TX frames have made no progress.
     tx_stalled_since: Option<Instant>,
+    /// Connection tracking (the daemon always tracks; see [`Worker::tracking`]).
+    tracker: Option<Tracker>,
+    /// The origin of the tracker's [`Tick`]s.
+    epoch: Instant,
 }
+
+/// Flow-table buckets whose expired entries a worker reclaims after each batch, and when idle.
+/// Bounded work: 16 buckets are 128 entries in 48 cache lines; an idle worker (a wake-up every
+/// [`IDLE_WAIT`]) walks a 512 K-entry table in about 6 s.
+pub const SWEEP_PER_BATCH: usize = 16;
+pub const SWEEP_WHEN_IDLE: usize = 1024;
 
 impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
     pub fn new(rx: &'a mut R, tx: &'a mut T, icmp: &'a mut S, counters: &'a WorkerCounters, now: Instant) -> Self {
@@ -106,7 +117,25 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
             next_rx_stats: now + RX_STATS_EVERY,
             losing: false,
             tx_stalled_since: None,
+            tracker: None,
+            epoch: now,
         }
+    }
+
+    /// Track connections in `tracker` (see [`forward_tracked`]) from now on.
+    pub fn tracking(mut self, tracker: Tracker) -> Self {
+        self.tracker = Some(tracker);
+        self
+    }
+
+    /// The worker's connection tracking, if on.
+    pub fn tracker(&self) -> Option<&Tracker> {
+        self.tracker.as_ref()
+    }
+
+    /// The tracker's time at `now`.
+    fn tick(&self, now: Instant) -> Tick {
+        Tick::since(self.epoch, now)
     }
 
     pub fn rx(&mut self) -> &mut R {
@@ -215,6 +244,11 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
             let n = self.run_batch(&snap, now);
             // Not held while sleeping: arc-swap guards are meant to be short-lived.
             drop(snap);
+            let tick = self.tick(now);
+            if let Some(t) = self.tracker.as_mut() {
+                t.sweep(tick, if n == 0 { SWEEP_WHEN_IDLE } else { SWEEP_PER_BATCH });
+                self.counters.flows.publish(t);
+            }
             if n > 0 || backlog > 0 {
                 backlog = self.flush(now);
             }
@@ -240,7 +274,8 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
     /// Handle one batch of received frames at time `now`; returns how many were taken from the
     /// ring. Forwarded frames are queued in the TX ring, not yet counted (see [`Worker::flush`]).
     pub fn run_batch(&mut self, snap: &Snapshot, now: Instant) -> usize {
-        let Worker { rx, tx, icmp, counters, icmp_limit, losing, .. } = self;
+        let tick = self.tick(now);
+        let Worker { rx, tx, icmp, counters, icmp_limit, losing, tracker, .. } = self;
         let io = &counters.io;
         let egress_mtu = tx.mtu();
         let ingress_mac = snap.links().ingress_mac;
@@ -258,7 +293,10 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
                 gso: frame.vnet.is_some_and(|v| v.is_gso()),
                 egress_mtu: Some(egress_mtu),
             };
-            let verdict = forward_frame(frame.data, &meta, snap);
+            let verdict = match tracker {
+                Some(t) => forward_tracked(frame.data, &meta, snap, t, tick),
+                None => forward_frame(frame.data, &meta, snap),
+            };
             match verdict {
                 Verdict::Forward { .. } => {
                     let reason = match tx.push(frame.vnet.as_ref(), frame.data) {

@@ -44,11 +44,13 @@
 //! state therefore picks the same backend for the same packet — which is what lets ECMP spread a
 //! VIP over several frontends and move flows between them.
 //!
-//! * **IP fragments** carry no ports after the first one. All fragments of a datagram (the first
-//!   included) are hashed with the ports set to zero, whatever the flow key, so they reach the same
-//!   backend, which reassembles them. They use the VIP's *fragment service* for the protocol: its
-//!   "all ports" service, else its only service for that protocol; a VIP with several port services
-//!   for one protocol cannot attribute fragments and drops them ([`DropReason::FragmentNoService`]).
+//! * **IP fragments** carry no ports after the first one. The first fragment of a TCP or UDP
+//!   datagram has them: it is routed like any packet of its flow (its port's service, its flow's
+//!   backend). The later fragments (and every fragment of another protocol) use the VIP's
+//!   *fragment service* for the protocol: its "all ports" service, else its only service for that
+//!   protocol (a VIP with several port services for one protocol cannot attribute them and drops
+//!   them: [`DropReason::FragmentNoService`]); with tracking they follow their first fragment's
+//!   backend (below), without it they are hashed with both ports 0.
 //! * **ICMP errors** (destination unreachable, including fragmentation needed, and time exceeded)
 //!   sent to a VIP quote the header of a packet the backend sent *from* the VIP. They are hashed as
 //!   the quoted flow's reverse — the client's packets — so they reach the backend that owns the flow
@@ -56,12 +58,41 @@
 //! * **IPv4 options** are dropped ([`DropReason::Ipv4Options`]), as Katran does: they are rare in
 //!   legitimate VIP traffic and common in attacks.
 
+//!
+//! # Connection tracking
+//! The daemon's workers forward with [`forward_tracked`]: each worker keeps a
+//! [`crate::flow::FlowTable`] (5-tuple → backend id; see [`crate::flow`] for its design) and a
+//! [`crate::flow::FragTable`]. PACKET_FANOUT's hash mode sends every packet of a flow to the same
+//! worker, so the tables need no sharing. Per packet of a TCP/UDP flow:
+//!
+//! * **Tracked** and its backend still *keeps flows* (configured in the same service, MAC known,
+//!   not down by its health check; **a drained, weight-0 backend keeps its flows**: that is what a
+//!   drain is): that backend, whatever the table says now. A reload that adds a backend or
+//!   reorders them moves no established flow (the entry names the backend by its stable id).
+//! * **Tracked, but its backend went away** (removed, down, MAC lost): the table's backend, which
+//!   replaces the entry (`rechosen`).
+//! * **Not tracked** (a new flow, one that arrived mid-connection after an ECMP change, or one
+//!   whose entry expired or was evicted): the table's backend, remembered. Any packet creates an
+//!   entry, not only a SYN.
+//! * An **ICMP error** about a flow goes to the flow's tracked backend; it creates no entry.
+//! * A datagram's **first fragment** is routed as its flow's packet and remembered by (source,
+//!   destination, protocol, IP ID) for the fragment timeout; its **later fragments** follow it.
+//!   A later fragment whose first one this worker did not see falls back to the hash with ports 0
+//!   (`fragments_untracked`).
+//!
+//! There is no state shared between frontends. A flow that ECMP moves to another frontend is
+//! picked there from the same table (every frontend builds the same table from the same
+//! configuration), so it reaches the same backend unless the backends changed since it began: the
+//! argument of the Maglev paper (§3.3): consistent hashing makes the table mostly agree across
+//! changes, and connection tracking covers the rest on the frontend that holds the flow.
+
 pub mod pmtu;
 mod snapshot;
 
-pub use snapshot::{BackendIds, BackendState, BuildState, Links, Resolver, ServiceState, Snapshot};
+pub use snapshot::{BackendIds, BackendState, BuildState, Healthy, Links, Resolver, ServiceState, Snapshot};
 
 use crate::config::FlowKey;
+use crate::flow::{FiveTuple, FragKey, Tick, Tracker};
 use crate::table::ServiceTable;
 use crate::wire::{
     self, ETH_HEADER_LEN, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN,
@@ -242,12 +273,32 @@ pub fn forward(frame: &mut [u8], snap: &Snapshot) -> Verdict {
 }
 
 /// Decide what to do with `frame` received with `meta` and, on [`Verdict::Forward`], rewrite its MAC
-/// addresses in place. The frame is unchanged on any other verdict.
+/// addresses in place. The frame is unchanged on any other verdict. Without connection tracking:
+/// every packet's backend comes from the table (see [`forward_tracked`]).
 pub fn forward_frame(frame: &mut [u8], meta: &FrameMeta, snap: &Snapshot) -> Verdict {
-    let decision = classify(frame, meta, snap);
+    rewrite(frame, snap, classify(frame, meta, snap, None))
+}
+
+/// [`forward_frame`] with the worker's connection tracking (see "Connection tracking" in the
+/// module docs): the backend of a known flow is its entry's while that backend still serves; a
+/// new flow's comes from the table and is remembered as of `now`.
+pub fn forward_tracked(
+    frame: &mut [u8],
+    meta: &FrameMeta,
+    snap: &Snapshot,
+    tracker: &mut Tracker,
+    now: Tick,
+) -> Verdict {
+    rewrite(frame, snap, classify(frame, meta, snap, Some((tracker, now))))
+}
+
+/// Apply `decision` to the frame: on [`Verdict::Forward`], the backend's and the egress MACs.
+#[inline]
+fn rewrite(frame: &mut [u8], snap: &Snapshot, decision: Verdict) -> Verdict {
     if let Verdict::Forward { service, backend } = decision {
-        // A snapshot's tables only hold backends with a known MAC, and `classify` has checked the
-        // frame's length; the `else` arms are defence in depth, never a silent pass-through.
+        // A snapshot's tables only hold backends with a known MAC, tracked flows are only kept on
+        // one that has it, and `classify` has checked the frame's length; the `else` arms are
+        // defence in depth, never a silent pass-through.
         let (Some(mac), Some(mut eth)) = (snap.backend_mac(service, backend), EthernetFrame::new_checked(&mut *frame))
         else {
             return Verdict::Drop(DropReason::NoBackend);
@@ -257,8 +308,11 @@ pub fn forward_frame(frame: &mut [u8], meta: &FrameMeta, snap: &Snapshot) -> Ver
     decision
 }
 
+/// The tracking state and the time of the batch, when tracking.
+type Track<'a> = Option<(&'a mut Tracker, Tick)>;
+
 /// The decision, without touching the frame.
-fn classify(frame: &[u8], meta: &FrameMeta, snap: &Snapshot) -> Verdict {
+fn classify(frame: &[u8], meta: &FrameMeta, snap: &Snapshot, track: Track<'_>) -> Verdict {
     use DropReason as D;
     if meta.foreign_vlan() {
         return Verdict::Pass(PassReason::ForeignVlan);
@@ -302,7 +356,7 @@ fn classify(frame: &[u8], meta: &FrameMeta, snap: &Snapshot) -> Verdict {
     if !ip.checksum_ok_20() {
         return Verdict::Drop(D::Ipv4Checksum);
     }
-    let verdict = route(snap, &ip, packet, total);
+    let verdict = route(snap, &ip, packet, total, track);
     // Only a frame that would be forwarded is checked against the egress MTU: the client learns
     // the path MTU of a flow that works, not of one dropped anyway.
     match (verdict, meta.egress_mtu) {
@@ -325,40 +379,80 @@ fn dont_fragment(packet: &[u8]) -> bool {
     packet.get(6).is_some_and(|b| b & 0x40 != 0)
 }
 
+/// Byte 13 of a TCP header: the flags.
+const TCP_FLAGS_OFFSET: usize = 13;
+
 /// The service and backend of a checked, option-less IPv4 packet to a VIP.
 #[inline]
-fn route(snap: &Snapshot, ip: &Ipv4Header<&[u8]>, packet: &[u8], total: usize) -> Verdict {
+fn route(snap: &Snapshot, ip: &Ipv4Header<&[u8]>, packet: &[u8], total: usize, track: Track<'_>) -> Verdict {
     use DropReason as D;
     let ihl = IPV4_MIN_HEADER_LEN;
     let dst = ip.dst_raw();
     let src = ip.src_raw();
     let proto = ip.protocol();
-    if ip.is_fragment() {
-        let Some(svc) = snap.fragment_service(dst, proto) else {
-            return Verdict::Drop(D::FragmentNoService);
-        };
-        return pick(snap, svc, src, dst, proto, 0, 0);
-    }
     // `total ≤ packet.len()`, so this slice is in bounds; it excludes Ethernet padding.
     let l4 = &packet[ihl..total];
+    let first_fragment = ip.more_fragments() && ip.frag_offset() == 0;
+    if ip.is_fragment() && !(first_fragment && matches!(proto, IPPROTO_TCP | IPPROTO_UDP)) {
+        return later_fragment(snap, src, dst, proto, ip.ident(), track);
+    }
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let min = if proto == IPPROTO_TCP { 20 } else { 8 };
+            // A first fragment needs only its ports; a whole segment its whole L4 header.
+            let min = match (first_fragment, proto) {
+                (true, _) => 4,
+                (false, IPPROTO_TCP) => 20,
+                (false, _) => 8,
+            };
             let (true, Some((sport, dport))) = (l4.len() >= min, wire::ports(l4)) else {
                 return Verdict::Drop(D::L4Truncated);
             };
-            match snap.service(dst, proto, dport) {
-                Some(svc) => pick(snap, svc, src, dst, proto, sport, dport),
-                None => Verdict::Drop(D::NoService),
+            let Some(svc) = snap.service(dst, proto, dport) else {
+                return Verdict::Drop(D::NoService);
+            };
+            let flags = if proto == IPPROTO_TCP { l4.get(TCP_FLAGS_OFFSET).copied().unwrap_or(0) } else { 0 };
+            let key = FiveTuple { src, dst, sport, dport, proto };
+            let Some((tracker, now)) = track else {
+                return pick(snap, svc, src, dst, proto, sport, dport);
+            };
+            let verdict = pick_tracked(snap, svc, &key, flags, tracker, now, true);
+            if first_fragment
+                && let Verdict::Forward { service, backend } = verdict
+                && let Some(id) = snap.backend_id(service, backend)
+            {
+                // The later fragments carry no ports: they follow this one by the IP ID.
+                tracker.frags.remember(&FragKey { src, dst, proto, id: ip.ident() }, id, now);
             }
+            verdict
         }
-        IPPROTO_ICMP => icmp_error(snap, l4, dst),
+        IPPROTO_ICMP => icmp_error(snap, l4, dst, track),
         _ => Verdict::Drop(D::NoService),
     }
 }
 
+/// A fragment without ports (not the first one, or of another protocol): the backend its first
+/// fragment went to if this worker saw it, else the hash of source, destination and protocol
+/// (ports 0) in the VIP's fragment service.
+fn later_fragment(snap: &Snapshot, src: u32, dst: u32, proto: u8, ident: u16, track: Track<'_>) -> Verdict {
+    if let Some((tracker, now)) = track {
+        let followed = tracker.frags.lookup(&FragKey { src, dst, proto, id: ident }, now).and_then(|id| {
+            let (service, backend) = snap.backend_by_id(id)?;
+            snap.keeps(service, backend).then_some(Verdict::Forward { service, backend })
+        });
+        if let Some(v) = followed {
+            tracker.fragments_followed += 1;
+            return v;
+        }
+        tracker.fragments_untracked += 1;
+    }
+    match snap.fragment_service(dst, proto) {
+        Some(svc) => pick(snap, svc, src, dst, proto, 0, 0),
+        None => Verdict::Drop(DropReason::FragmentNoService),
+    }
+}
+
 /// An ICMP message to VIP `vip`: relay errors about a VIP flow to the flow's backend.
-fn icmp_error(snap: &Snapshot, icmp: &[u8], vip: u32) -> Verdict {
+fn icmp_error(snap: &Snapshot, icmp: &[u8], vip: u32, track: Track<'_>) -> Verdict {
     use DropReason as D;
     let Some(&kind) = icmp.first() else {
         return Verdict::Drop(D::IcmpMalformed);
@@ -382,13 +476,54 @@ fn icmp_error(snap: &Snapshot, icmp: &[u8], vip: u32) -> Verdict {
     if inner.src_raw() != vip || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return Verdict::Drop(D::IcmpNoService);
     }
-    match snap.service(vip, proto, vip_port) {
-        // Hash the client → VIP direction, exactly like the flow's own packets.
-        Some(svc) => pick(snap, svc, inner.dst_raw(), vip, proto, client_port, vip_port),
-        None => Verdict::Drop(D::IcmpNoService),
+    let Some(svc) = snap.service(vip, proto, vip_port) else {
+        return Verdict::Drop(D::IcmpNoService);
+    };
+    // The client → VIP direction, exactly like the flow's own packets: its tracked backend, else
+    // its hash. An error never creates a flow.
+    let client = inner.dst_raw();
+    match track {
+        Some((tracker, now)) => {
+            let key = FiveTuple { src: client, dst: vip, sport: client_port, dport: vip_port, proto };
+            pick_tracked(snap, svc, &key, 0, tracker, now, false)
+        }
+        None => pick(snap, svc, client, vip, proto, client_port, vip_port),
     }
 }
 
+/// The backend of flow `key` of service `svc`: its entry's while that backend still serves
+/// (configured in this service, MAC known, not down; a drained one too), else the table's, which
+/// becomes the entry (if `create`).
+#[inline]
+fn pick_tracked(
+    snap: &Snapshot,
+    svc: u16,
+    key: &FiveTuple,
+    tcp_flags: u8,
+    tracker: &mut Tracker,
+    now: Tick,
+    create: bool,
+) -> Verdict {
+    if let Some(id) = tracker.flows.lookup(key, tcp_flags, now) {
+        match snap.backend_by_id(id) {
+            Some((service, backend)) if service == svc && snap.keeps(service, backend) => {
+                return Verdict::Forward { service, backend };
+            }
+            _ => tracker.rechosen += 1,
+        }
+    }
+    let verdict = pick(snap, svc, key.src, key.dst, key.proto, key.sport, key.dport);
+    if create
+        && let Verdict::Forward { service, backend } = verdict
+        && let Some(id) = snap.backend_id(service, backend)
+    {
+        tracker.flows.insert(key, id, tcp_flags, now);
+    }
+    verdict
+}
+
+/// The table's backend for a flow of service `svc`: the one decision every path makes for a flow
+/// it does not track (or not yet).
 #[inline]
 fn pick(snap: &Snapshot, svc: u16, src: u32, dst: u32, proto: u8, sport: u16, dport: u16) -> Verdict {
     let Some(state) = snap.service_state(svc) else {
@@ -406,3 +541,5 @@ fn pick(snap: &Snapshot, svc: u16, src: u32, dst: u32, proto: u8, sport: u16, dp
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tracked_tests;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use crate::config::{Backend, Config, FlowKey, Protocol, Service};
+use crate::config::{Backend, Config, FlowKey, Protocol, Service, WhenAllDown};
 
 use crate::table::{BuildError, ServiceTable, TableCache};
 use crate::wire::MacAddr;
@@ -33,12 +33,37 @@ pub struct BackendState {
     pub weight: u32,
     /// Known MAC (static or resolved); `None` keeps the backend out of the table.
     pub mac: Option<MacAddr>,
+    /// What its health check says now (true without a check, and while still unknown).
+    pub healthy: bool,
+    /// It may carry flows: healthy, or its service has every backend down and the policy
+    /// `when_all_down = "all"` (then every backend serves as if up).
+    pub serving: bool,
 }
 
 impl BackendState {
-    /// In the table: a positive weight and a known MAC.
+    /// In the table (gets new flows): a positive weight, a known MAC, serving.
     pub fn usable(&self) -> bool {
-        self.weight > 0 && self.mac.is_some()
+        self.weight > 0 && self.mac.is_some() && self.serving
+    }
+
+    /// Keeps the flows it has: a known MAC and serving, whatever its weight (weight 0 is a drain:
+    /// no new flows, established ones stay).
+    pub fn keeps_flows(&self) -> bool {
+        self.mac.is_some() && self.serving
+    }
+
+    /// `drained` (weight 0), `down` (its check failed), `unresolved` (no MAC), or `up`; the
+    /// first that applies, in the order an operator acts on them.
+    pub fn state_name(&self) -> &'static str {
+        if !self.healthy {
+            "down"
+        } else if self.mac.is_none() {
+            "unresolved"
+        } else if self.weight == 0 {
+            "drained"
+        } else {
+            "up"
+        }
     }
 }
 
@@ -55,6 +80,9 @@ pub struct ServiceState {
     /// changed (see [`TableCache`]).
     pub table: Arc<ServiceTable>,
     pub backends: Box<[BackendState]>,
+    /// Every backend with a weight and a MAC is down by its health check.
+    pub all_down: bool,
+    pub when_all_down: WhenAllDown,
 }
 
 /// Who a backend is, for [`BackendIds`]: its service's endpoint and its own address and port.
@@ -140,6 +168,9 @@ pub struct Snapshot {
 /// The MAC of a backend if it is usable now: static from the configuration, else resolved.
 pub type Resolver<'a> = &'a dyn Fn(&Backend) -> Option<MacAddr>;
 
+/// Whether a backend of a service passes its health check now (true without a check).
+pub type Healthy<'a> = &'a dyn Fn(&Service, &Backend) -> bool;
+
 impl Snapshot {
     /// Build the snapshot for `cfg`. `resolve` supplies the MAC of each backend without a static
     /// one (`None`: unresolved or otherwise unusable, so it gets no slots).
@@ -159,6 +190,20 @@ impl Snapshot {
         cfg: &Config,
         links: Links,
         resolve: Resolver<'_>,
+        generation: u64,
+        state: &mut BuildState,
+    ) -> Result<Snapshot, BuildError> {
+        Self::build_observed(cfg, links, resolve, &|_, _| true, generation, state)
+    }
+
+    /// [`Snapshot::build_cached`] with the health checks' verdicts: a backend that is not
+    /// `healthy` gets no slots and keeps no flows, unless every backend of its service is down and
+    /// the service says `when_all_down = "all"`.
+    pub fn build_observed(
+        cfg: &Config,
+        links: Links,
+        resolve: Resolver<'_>,
+        healthy: Healthy<'_>,
         generation: u64,
         state: &mut BuildState,
     ) -> Result<Snapshot, BuildError> {
@@ -182,9 +227,18 @@ impl Snapshot {
                 }
                 let mac = b.mac.or_else(|| resolve(b)).filter(|m| !own.contains(m));
                 let id = state.ids.id(s, b);
-                backends.push(BackendState { ip, port: b.port, id, weight: b.weight, mac });
+                let ok = healthy(s, b);
+                backends.push(BackendState { ip, port: b.port, id, weight: b.weight, mac, healthy: ok, serving: ok });
             }
-            let reachable: Box<[bool]> = backends.iter().map(|b| b.mac.is_some()).collect();
+            // Down means every backend that could take flows (weight and MAC) failed its check.
+            let candidates = || backends.iter().filter(|b| b.weight > 0 && b.mac.is_some());
+            let all_down = candidates().next().is_some() && candidates().all(|b| !b.healthy);
+            if all_down && s.when_all_down == WhenAllDown::All {
+                for b in &mut backends {
+                    b.serving = true;
+                }
+            }
+            let reachable: Box<[bool]> = backends.iter().map(|b| b.mac.is_some() && b.serving).collect();
             let table = state.tables.get(s, &reachable)?;
             used.push((s.clone(), reachable, Arc::clone(&table)));
             services.push(ServiceState {
@@ -195,6 +249,8 @@ impl Snapshot {
                 flow_key: s.flow_key,
                 table,
                 backends: backends.into(),
+                all_down,
+                when_all_down: s.when_all_down,
             });
         }
         state.tables.retain(used);
@@ -252,6 +308,21 @@ impl Snapshot {
             Some(&s) if s != NO_SLOT => Some((s.service, s.backend)),
             _ => None,
         }
+    }
+
+    /// The stable id of backend `backend` of service `svc`, if both exist.
+    #[inline]
+    pub fn backend_id(&self, svc: u16, backend: u32) -> Option<u32> {
+        Some(self.services.get(svc as usize)?.backends.get(backend as usize)?.id)
+    }
+
+    /// Does backend `backend` of service `svc` keep its tracked flows ([`BackendState::keeps_flows`])?
+    #[inline]
+    pub fn keeps(&self, svc: u16, backend: u32) -> bool {
+        self.services
+            .get(svc as usize)
+            .and_then(|s| s.backends.get(backend as usize))
+            .is_some_and(BackendState::keeps_flows)
     }
 
     pub fn generation(&self) -> u64 {

@@ -650,3 +650,49 @@ impl FragTable {
         self.sets.lookup(&key.packed(), now, |_| {})
     }
 }
+
+impl FragTable {
+    /// Reclaim the expired entries of the next `buckets` buckets, like [`FlowTable::sweep`].
+    pub fn sweep(&mut self, now: Tick, buckets: usize) -> usize {
+        self.sets.sweep(now, buckets)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A worker's tracking state
+
+/// Everything one worker tracks: its flow table, its fragment table, and what the data plane
+/// counted while using them (the tables count their own hits, misses and the rest).
+#[derive(Debug)]
+pub struct Tracker {
+    pub flows: FlowTable,
+    pub frags: FragTable,
+    /// Tracked flows whose backend was removed, went down or lost its MAC, so the flow was given
+    /// a new one from the table.
+    pub rechosen: u64,
+    /// Non-first fragments sent to their first fragment's backend.
+    pub fragments_followed: u64,
+    /// Non-first fragments whose first fragment was not seen (or whose backend went away): sent
+    /// by the hash of source, destination and protocol instead.
+    pub fragments_untracked: u64,
+}
+
+impl Tracker {
+    /// A worker's tables: `capacity` flow entries (see [`per_worker`]), [`FRAG_CAPACITY`]
+    /// fragment entries.
+    pub fn new(capacity: usize, timeouts: Timeouts, fragment_timeout: Duration) -> Tracker {
+        Tracker {
+            flows: FlowTable::new(capacity, timeouts),
+            frags: FragTable::new(FRAG_CAPACITY, fragment_timeout),
+            rechosen: 0,
+            fragments_followed: 0,
+            fragments_untracked: 0,
+        }
+    }
+
+    /// Reclaim expired entries of the next `buckets` buckets of each table.
+    pub fn sweep(&mut self, now: Tick, buckets: usize) {
+        self.flows.sweep(now, buckets);
+        self.frags.sweep(now, buckets);
+    }
+}
