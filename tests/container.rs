@@ -16,7 +16,8 @@
 //!    one backend (applied by maglevd's periodic file check: no new flow reaches it), a ConfigMap
 //!    that drains every backend (the readiness probe must fail, saying why, while the liveness
 //!    probe keeps passing: a frontend without backends is unready, not restarted), the ConfigMap
-//!    as shipped again (ready, every backend reached), and `podman stop` (SIGTERM) ending maglevd
+//!    as shipped again (ready, every backend reached and healthy by the ConfigMap's health
+//!    check, which ran in the container all along), and `podman stop` (SIGTERM) ending maglevd
 //!    with exit code 0 within the pod's terminationGracePeriodSeconds. Prints the image's size;
 //!    the release image must stay under 40 MB.
 //!
@@ -693,6 +694,16 @@ fn backend_ns(lab: &Lab, ip: &str) -> String {
     panic!("no lab backend holds {ip}: the lab and the ConfigMap disagree")
 }
 
+/// A per-backend metric of the backend with real IP `ip` (labelled by its IP, or `IP:port`).
+fn backend_metric(m: &BTreeMap<String, f64>, family: &str, ip: &str) -> Option<f64> {
+    let (exact, with_port) = (format!("backend=\"{ip}\""), format!("backend=\"{ip}:"));
+    m.iter()
+        .find(|(k, _)| {
+            k.strip_prefix(family).is_some_and(|l| l.starts_with('{')) && (k.contains(&exact) || k.contains(&with_port))
+        })
+        .map(|e| *e.1)
+}
+
 /// A `/proc/PID/status` field.
 fn status_field(status: &str, field: &str) -> String {
     status
@@ -858,10 +869,19 @@ fn the_image_runs_as_the_frontend_pod_runs_it() {
     assert!(check_secs > 0, "the ConfigMap turns the file check off: a ConfigMap update would never be applied");
     let before = metrics(&lab, &metrics_url);
     let generation = before["maglevd_snapshot_generation"];
-    let slots = |m: &BTreeMap<String, f64>, ip: &str| {
-        m.iter().find(|(k, _)| k.starts_with("maglevd_backend_slots") && k.contains(&format!("\"{ip}\""))).map(|e| *e.1)
+    let slots = |m: &BTreeMap<String, f64>, ip: &str| backend_metric(m, "maglevd_backend_slots", ip);
+    let backend_lines = |m: &BTreeMap<String, f64>| {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("maglevd_backend"))
+            .map(|(k, v)| format!("{k} {v}\n"))
+            .collect::<String>()
     };
-    assert!(slots(&before, &drained).unwrap_or(0.0) > 0.0, "{drained} owns slots before the update");
+    assert!(
+        slots(&before, &drained).unwrap_or(0.0) > 0.0,
+        "{drained} owns no slots before the update:\n{}{}",
+        backend_lines(&before),
+        running.log()
+    );
     volume.update(&data);
     let (after, took) = wait_for("the drained configuration", Duration::from_secs(3 * check_secs as u64 + 5), || {
         running.assert_running();
@@ -941,6 +961,13 @@ fn the_image_runs_as_the_frontend_pod_runs_it() {
     eprintln!("ConfigMap restored: ready after {:.1} s; 60 new connections to {vip}: {seen:?}", took.as_secs_f64());
     assert_eq!(seen.keys().collect::<BTreeSet<_>>(), names.keys().collect(), "every backend answers again");
     assert_live(&mut live_ok, "after the ConfigMap was restored");
+    // The ConfigMap's health checks ran in the container all along (a dsr check sends its SYN
+    // through a raw socket): every backend is still healthy.
+    let m = metrics(&lab, &metrics_url);
+    for ip in &backends {
+        let healthy = backend_metric(&m, "maglevd_backend_healthy", ip);
+        assert_eq!(healthy, Some(1.0), "backend {ip} is not healthy:\n{}{}", backend_lines(&m), running.log());
+    }
 
     // 5g. SIGTERM (the image's STOPSIGNAL) from podman stop, SIGKILL after the grace period.
     let grace = pod.grace();
