@@ -694,13 +694,11 @@ fn backend_ns(lab: &Lab, ip: &str) -> String {
     panic!("no lab backend holds {ip}: the lab and the ConfigMap disagree")
 }
 
-/// A per-backend metric of the backend with real IP `ip` (labelled by its IP, or `IP:port`).
+/// A per-backend metric of the backend with real IP `ip` (a maglev backend is labelled by its IP).
 fn backend_metric(m: &BTreeMap<String, f64>, family: &str, ip: &str) -> Option<f64> {
-    let (exact, with_port) = (format!("backend=\"{ip}\""), format!("backend=\"{ip}:"));
+    let exact = format!("backend=\"{ip}\"");
     m.iter()
-        .find(|(k, _)| {
-            k.strip_prefix(family).is_some_and(|l| l.starts_with('{')) && (k.contains(&exact) || k.contains(&with_port))
-        })
+        .find(|(k, _)| k.strip_prefix(family).is_some_and(|l| l.starts_with('{')) && k.contains(&exact))
         .map(|e| *e.1)
 }
 

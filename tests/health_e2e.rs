@@ -93,35 +93,26 @@ fn scrape(lab: &Lab, fe: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The labels of backend `ip` of service `web` with `extra` labels after them, as found in `m`.
-/// A Maglev backend is labelled by its IP (`backend="10.158.200.252"`, as documented); the daemon
-/// this test was written against printed `IP:port` for them (`backend="10.158.200.252:80"`, the
-/// form meant for `ipvs-mh` backends). Both are accepted so that this test checks health, not
-/// the label format.
-fn labels(m: &BTreeMap<String, f64>, name: &str, ip: &str, extra: &str) -> String {
-    let key = |backend: &str| format!("{name}{{service=\"web\",backend=\"{backend}\"{extra}");
-    let (plain, with_port) = (key(ip), key(&format!("{ip}:80")));
-    if m.keys().any(|k| k.starts_with(&with_port)) && !m.keys().any(|k| k.starts_with(&plain)) {
-        with_port
-    } else {
-        plain
-    }
+/// The labels of backend `ip` of service `web` with `extra` labels after them (a Maglev backend
+/// is labelled by its IP).
+fn labels(name: &str, ip: &str, extra: &str) -> String {
+    format!("{name}{{service=\"web\",backend=\"{ip}\"{extra}")
 }
 
 /// A per-backend metric of service `web` (panics if absent: the name or labels changed).
 fn backend_metric(m: &BTreeMap<String, f64>, name: &str, ip: &str) -> f64 {
-    let key = labels(m, name, ip, "}");
+    let key = labels(name, ip, "}");
     *m.get(&key).unwrap_or_else(|| panic!("no {key} in the metrics: {:?}", m.keys().collect::<Vec<_>>()))
 }
 
 fn transitions(m: &BTreeMap<String, f64>, ip: &str, to: &str) -> f64 {
-    let key = labels(m, "maglevd_backend_health_transitions_total", ip, &format!(",to=\"{to}\"}}"));
+    let key = labels("maglevd_backend_health_transitions_total", ip, &format!(",to=\"{to}\"}}"));
     *m.get(&key).unwrap_or_else(|| panic!("no {key} in the metrics"))
 }
 
 /// The `error` label of the backend's `maglevd_backend_last_probe_error_info`, if any.
 fn last_probe_error(m: &BTreeMap<String, f64>, ip: &str) -> Option<String> {
-    let prefix = labels(m, "maglevd_backend_last_probe_error_info", ip, ",error=\"");
+    let prefix = labels("maglevd_backend_last_probe_error_info", ip, ",error=\"");
     m.keys().find_map(|k| k.strip_prefix(&prefix).map(|e| e.trim_end_matches("\"}").to_string()))
 }
 

@@ -327,10 +327,13 @@ struct DaemonMetrics {
     all_down: Vec<(String, bool)>,
 }
 
-/// A backend in labels: its IP, and `IP:port` in an `ipvs-mh` service (where the port is part
-/// of its identity).
-pub fn backend_label(ip: std::net::Ipv4Addr, port: u16) -> String {
-    if port == 0 { ip.to_string() } else { format!("{ip}:{port}") }
+/// A backend in labels: its IP, and `IP:port` in an `ipvs-mh` service (`port` given: the port is
+/// part of its identity there, as in `ipvsadm -L`).
+pub fn backend_label(ip: std::net::Ipv4Addr, port: Option<u16>) -> String {
+    match port {
+        Some(port) => format!("{ip}:{port}"),
+        None => ip.to_string(),
+    }
 }
 
 #[derive(Debug)]
@@ -410,12 +413,13 @@ impl DaemonMetrics {
         for s in snap.services() {
             all_down.push((s.name.clone(), s.all_down));
             let shares = s.table.shares(s.backends.len());
+            let ipvs_mh = matches!(&*s.table, crate::table::ServiceTable::IpvsMh(_));
             for (b, slots) in s.backends.iter().zip(shares) {
                 let key = crate::health::TargetKey { service: s.name.clone(), backend: b.ip.into(), port: b.port };
                 let checked = health.targets.get(&key).map(|t| &t.health);
                 backends.push(BackendState {
                     service: s.name.clone(),
-                    backend: backend_label(b.ip, b.port),
+                    backend: backend_label(b.ip, ipvs_mh.then_some(b.port)),
                     up: b.usable(),
                     healthy: b.healthy,
                     slots,
@@ -541,5 +545,26 @@ mod tests {
         // No backend MAC: the service has no usable backend.
         let a = text(answer(Some("GET /healthz HTTP/1.1"), &shared, stats));
         assert!(a.starts_with("HTTP/1.0 503 ") && a.ends_with("no usable backend: 10.201.0.1:80/tcp\n"), "{a}");
+    }
+
+    /// A `maglev` backend is its IP in the labels (its port is the service's); an `ipvs-mh`
+    /// backend is `IP:port`. (Maglev backends were labelled `IP:80`.)
+    #[test]
+    fn backends_are_labelled_by_ip_or_by_ip_and_port_in_ipvs_mh() {
+        for (algorithm, label) in [("maglev", "10.0.0.7"), ("ipvs-mh", "10.0.0.7:8080")] {
+            let port = if algorithm == "maglev" { "" } else { "port = 8080\n" };
+            let text_cfg = format!(
+                "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nname = \"web\"\nvip = \"10.201.0.1\"\n\
+                 protocol = \"tcp\"\nport = 80\nalgorithm = \"{algorithm}\"\n[[service.backend]]\nip = \"10.0.0.7\"\n{port}"
+            );
+            let cfg = crate::config::parse(&text_cfg, std::path::Path::new("t.toml")).unwrap();
+            let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
+            let snap = Snapshot::build(&cfg, links, &|_| Some(MacAddr([2, 0, 0, 0, 0, 7])), 1).unwrap();
+            let shared = Shared::new(snap, 1, Arc::new(AtomicBool::new(false)));
+            let a =
+                String::from_utf8(answer(Some("GET /metrics HTTP/1.1"), &shared, ConnectionStats::default())).unwrap();
+            let want = format!("maglevd_backend_up{{service=\"web\",backend=\"{label}\"}} 1\n");
+            assert!(a.contains(&want), "{algorithm}: no {want:?} in\n{a}");
+        }
     }
 }

@@ -25,7 +25,8 @@ pub struct Links {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendState {
     pub ip: Ipv4Addr,
-    /// Destination port (`ipvs-mh` services; 0 for `maglev` ones, whose backends are IPs).
+    /// The backend's port (its own, else the service's): part of its identity in `ipvs-mh`
+    /// services; `maglev` forwards to the VIP's port and labels backends by IP alone.
     pub port: u16,
     /// Stable identity of this backend *in this service* across snapshots (see [`BackendIds`]):
     /// what a tracked flow remembers, so it survives reloads that reorder backends.
