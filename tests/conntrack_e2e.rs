@@ -11,6 +11,9 @@
 //!   the backend of its flow, not the one the addresses alone would pick.
 //! * [`fanout_keeps_each_flow_on_one_worker`]: with two workers, every flow is tracked by exactly
 //!   one worker and none is re-chosen when nothing changes.
+//! * [`a_reused_port_opens_no_new_connection_on_a_drained_backend`]: a client that closes a
+//!   connection and opens a new one from the same port while its backend is drained reaches the
+//!   table's backend, not the drained one.
 //!
 //! Where a flow *should* go is asked from the table itself ([`maglevd::report::lookup`], the
 //! library behind `maglevd lookup`, or the command), for the configuration of every step a
