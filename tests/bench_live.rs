@@ -49,6 +49,11 @@ fn bench_live_compares_kernel_and_maglevd_and_cleans_up() {
     assert!(v["summary"]["ratio_maglevd_kernel"].as_f64().is_some());
     let runs = v["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2, "one run per mode");
+    // maglevd tracks connections as the daemon does: the default 4096 flows (UDP source ports),
+    // each tracked once.
+    assert_eq!(v["config"]["tracking"], true, "{}", v["config"]);
+    let maglevd = runs.iter().find(|r| r["mode"] == "maglevd").expect("a maglevd run");
+    assert_eq!(maglevd["flows_tracked"], 4096, "{maglevd}");
 
     let lat = v["latency"].as_array().expect("latency");
     let modes: Vec<&str> = lat.iter().filter_map(|l| l["mode"].as_str()).collect();

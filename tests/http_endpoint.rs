@@ -352,7 +352,7 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         }
     }
 
-    // Every metric name of the daemon, exactly as before.
+    // Every metric name of the daemon.
     let mut want: BTreeSet<String> = [
         "maglevd_forwarded_total",
         "maglevd_drop_total",
@@ -374,6 +374,22 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         "maglevd_backend_slots",
         "maglevd_http_connections_refused_total",
         "maglevd_http_connections_timed_out_total",
+        // Health (maglevd_backend_last_probe_error_info has a sample only after a failed probe).
+        "maglevd_backend_healthy",
+        "maglevd_backend_health_transitions_total",
+        "maglevd_service_all_down",
+        // Connection tracking, per worker.
+        "maglevd_flow_entries",
+        "maglevd_flow_capacity",
+        "maglevd_flow_hits_total",
+        "maglevd_flow_misses_total",
+        "maglevd_flow_inserts_total",
+        "maglevd_flow_evictions_total",
+        "maglevd_flow_timeouts_total",
+        "maglevd_flow_rechosen_total",
+        "maglevd_fragment_entries",
+        "maglevd_fragments_followed_total",
+        "maglevd_fragments_untracked_total",
     ]
     .into_iter()
     .map(String::from)

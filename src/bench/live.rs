@@ -9,7 +9,8 @@
 //!   backend = the sink with its MAC), a [`Shared`], and `--workers` threads running
 //!   [`worker::run`], each with an RX ring on `lbin` opened as the daemon opens it (fanout hash
 //!   group, VIP filter, vnet header, slots for 64 KiB super-frames) and a TX ring on `lbout`
-//!   (vnet header, qdisc bypass), pinned to the forwarder CPU.
+//!   (vnet header, qdisc bypass), pinned to the forwarder CPU. Each worker tracks connections with
+//!   its share of the default `[flows]` table, as the daemon's workers do (`--no-tracking`: not).
 //!
 //! # Throughput
 //! A generator thread in `gen`, pinned to the generator CPU, sends `--size`-byte UDP frames to the
@@ -121,6 +122,10 @@ pub struct LiveArgs {
     /// TPACKET_V3 block timeout for the V3 latency comparison (ms).
     #[arg(long, default_value_t = 1)]
     pub v3_timeout_ms: u32,
+    /// Forward without connection tracking (default: each worker tracks flows as the daemon's
+    /// do, with the default `[flows]` table).
+    #[arg(long)]
+    pub no_tracking: bool,
     /// Before each run, wait up to this many seconds for foreign CPU load to pass.
     #[arg(long, default_value_t = 30.0)]
     pub load_wait: f64,
@@ -143,6 +148,7 @@ impl Default for LiveArgs {
             gen_cpu: 0,
             fwd_cpu: 1,
             v3_timeout_ms: 1,
+            no_tracking: false,
             load_wait: 30.0,
         }
     }
@@ -237,6 +243,8 @@ pub struct RunResult {
     pub forwarded_pps: Option<f64>,
     /// maglevd: frames its RX rings dropped (ring full) over the whole run.
     pub rx_ring_drops: Option<u64>,
+    /// maglevd with tracking: flows its workers' tables held at the end of the window.
+    pub flows_tracked: Option<u64>,
     /// Generator flushes that hit EAGAIN (send buffer full).
     pub gen_eagain: u64,
     /// The generator socket's effective send buffer (bytes).
@@ -543,6 +551,7 @@ impl Workers {
         for i in 0..args.workers {
             let (rx_cfg, tx_cfg) = (rx_cfg.clone(), tx_cfg.clone());
             let (path, cpu, shared) = (topo.ns_path("lb"), args.fwd_cpu, Arc::clone(&w.shared));
+            let (tracking, workers) = (!args.no_tracking, args.workers);
             let (ready_tx, ready_rx) = mpsc::channel();
             let h = std::thread::Builder::new()
                 .name(format!("bench-w{i}"))
@@ -568,7 +577,13 @@ impl Workers {
                     let Some(counters) = shared.counters.worker(i) else {
                         return Err(format!("no counters for worker {i}"));
                     };
-                    worker::run(&mut rx, &mut tx, &mut icmp, &shared, counters);
+                    let mut w = worker::Worker::new(&mut rx, &mut tx, &mut icmp, counters, Instant::now());
+                    if tracking {
+                        let tracker = daemon::worker_tracker(&config::Flows::default(), workers);
+                        counters.flows.publish(&tracker);
+                        w = w.tracking(tracker);
+                    }
+                    w.run(&shared);
                     let stats = rx.stats().map_err(|e| e.to_string())?;
                     Ok(WorkerReport { rx_drops: stats.drops })
                 })
@@ -583,7 +598,11 @@ impl Workers {
         self.shared.counters.totals().forwarded
     }
 
-    fn finish(mut self) -> Result<u64, BenchError> {
+    /// Stops the workers: the frames their RX rings dropped, and with tracking the flows their
+    /// tables held.
+    fn finish(mut self) -> Result<(u64, Option<u64>), BenchError> {
+        let figures = self.shared.counters.flow_figures();
+        let tracked = (figures.total("maglevd_flow_capacity") > 0).then(|| figures.total("maglevd_flow_entries"));
         self.shared.stop.store(true, Ordering::Relaxed);
         let mut drops = 0;
         let mut err = None;
@@ -594,7 +613,7 @@ impl Workers {
                 Err(_) => err = Some(BenchError::Setup("a maglevd worker panicked".into())),
             }
         }
-        err.map_or(Ok(drops), Err)
+        err.map_or(Ok((drops, tracked)), Err)
     }
 }
 
@@ -767,7 +786,8 @@ impl Lab {
             attempts: attempt,
             flagged,
             forwarded_pps: (mode == Mode::Maglevd).then(|| pps(a.2, b.2)),
-            rx_ring_drops: drops,
+            rx_ring_drops: drops.map(|d| d.0),
+            flows_tracked: drops.and_then(|d| d.1),
             gen_eagain: gen_stats.eagain,
             gen_sndbuf,
         })
@@ -991,6 +1011,12 @@ pub fn render(r: &LiveReport) -> String {
         a.repeat,
         if a.rate > 0 { format!(", offered at {} pps", a.rate) } else { String::new() }
     );
+    let _ = writeln!(
+        s,
+        "maglevd: {} worker(s), {}",
+        a.workers,
+        if a.no_tracking { "no connection tracking" } else { "connection tracking on (default [flows] table)" }
+    );
     let _ = writeln!(s, "placement (2 cores: generator and forwarder apart, docs/lab.md pitfall 10):");
     for p in &r.placement {
         let _ = writeln!(s, "  {p}");
@@ -1015,6 +1041,9 @@ pub fn render(r: &LiveReport) -> String {
         }
         if let Some(d) = x.rx_ring_drops {
             notes.push(format!("RX ring drops {d}"));
+        }
+        if let Some(f) = x.flows_tracked {
+            notes.push(format!("{f} flows tracked"));
         }
         if x.gen_eagain > 0 {
             notes.push(format!("gen EAGAIN {}", x.gen_eagain));
@@ -1113,6 +1142,7 @@ pub fn to_json(r: &LiveReport) -> Json {
         .with("tx_slots", a.tx_slots)
         .with("gen_slots", a.gen_slots)
         .with("rate", a.rate)
+        .with("tracking", !a.no_tracking)
         .with("gen_cpu", a.gen_cpu)
         .with("fwd_cpu", a.fwd_cpu)
         .with("load_wait", a.load_wait)
@@ -1138,6 +1168,7 @@ pub fn to_json(r: &LiveReport) -> Json {
                 .with("flagged", x.flagged)
                 .with("maglevd_forwarded_pps", x.forwarded_pps)
                 .with("rx_ring_drops", x.rx_ring_drops)
+                .with("flows_tracked", x.flows_tracked)
                 .with("gen_eagain", x.gen_eagain)
         })
         .collect();
@@ -1233,6 +1264,7 @@ mod tests {
             flagged,
             forwarded_pps: None,
             rx_ring_drops: None,
+            flows_tracked: None,
             gen_eagain: 0,
             gen_sndbuf: 0,
         }

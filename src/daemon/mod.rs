@@ -466,7 +466,7 @@ where
         let (mut rx, mut tx, mut icmp) = devices;
         // Allocated and written here, in the worker's thread, before its first packet.
         let workers = shared.counters.workers();
-        let tracker = Tracker::new(flow::per_worker(flows.capacity, workers), flows.timeouts, flows.fragment_timeout);
+        let tracker = worker_tracker(&flows, workers);
         counters.flows.publish(&tracker);
         worker::Worker::new(&mut rx, &mut tx, &mut icmp, counters, Instant::now()).tracking(tracker).run_reopening(
             &shared,
@@ -474,6 +474,13 @@ where
             &mut reopen,
         );
     })
+}
+
+/// One worker's connection-tracking state for `[flows]` shared by `workers` workers: its share
+/// of the capacity, allocated and written now (call it in the worker's thread). `bench live`
+/// tracks with the same.
+pub fn worker_tracker(flows: &config::Flows, workers: usize) -> Tracker {
+    Tracker::new(flow::per_worker(flows.capacity, workers), flows.timeouts, flows.fragment_timeout)
 }
 
 /// Marks a worker's heartbeat dead when its thread ends, by return or by panic.
