@@ -144,8 +144,10 @@ enum Command {
         /// The packet's protocol, when VIP:PORT serves both (same as a /tcp or /udp suffix).
         #[arg(long, value_enum)]
         protocol: Option<LookupProtocol>,
-        /// Ask about an IP fragment of the flow instead of its first packet: fragments are hashed
-        /// without ports and go to the VIP's fragment service.
+        /// Ask about a later IP fragment of the flow (no ports in it) whose first fragment this
+        /// frontend did not see, instead of its first packet: such fragments are hashed without
+        /// ports and go to the VIP's fragment service. (First fragments, and the later ones that
+        /// follow them, go where the flow goes.)
         #[arg(long, conflicts_with = "icmp_error")]
         fragment: bool,
         /// Ask about an ICMP error (fragmentation needed) sent to the VIP about the flow, as a

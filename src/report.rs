@@ -285,7 +285,8 @@ pub enum Packet {
     /// The flow's first packet (a TCP SYN, a UDP datagram).
     #[default]
     First,
-    /// An IP fragment of one of the flow's datagrams.
+    /// A later IP fragment (no ports) of one of the flow's datagrams, whose first fragment this
+    /// frontend did not see.
     Fragment,
     /// An ICMP error (fragmentation needed) about the flow, quoting a packet the backend sent
     /// from the VIP to the client.
@@ -424,9 +425,12 @@ fn frame_for(q: &Question, vip: Ipv4Addr, client: Ipv4Addr) -> Vec<u8> {
         Packet::First | Packet::Fragment => {
             let number = if tcp { IpNumber::TCP } else { IpNumber::UDP };
             let Ok(mut ip) = Ipv4Header::new(0, 64, number, client, vip) else { return out };
-            // The first fragment of a datagram: it still carries the ports, which the forwarder
-            // ignores for every fragment.
-            ip.more_fragments = q.packet == Packet::Fragment;
+            // A fragment is a later one (offset 1480 bytes, no ports in it) whose first fragment
+            // this frontend did not see: the forwarder hashes it without ports. (A first
+            // fragment carries the ports and goes where the flow goes: that is `First`.)
+            if q.packet == Packet::Fragment {
+                ip.fragment_offset = etherparse::IpFragOffset::try_new(185).unwrap_or(etherparse::IpFragOffset::ZERO);
+            }
             let ip = eth.ip(IpHeaders::Ipv4(ip, Default::default()));
             if tcp {
                 ip.tcp(cport, vport, 1, 65535).syn().write(&mut out, &payload)
