@@ -1,6 +1,8 @@
-//! `maglevd bench forward`: the packet path in memory — [`crate::dataplane::forward_tracked`]
-//! per frame, with connection tracking as the daemon's workers run it (`--no-tracking`:
-//! [`crate::dataplane::forward`]), over a realistic mix, like `benches/forward.rs`: 90 % TCP to
+//! `maglevd bench forward`: the packet path in memory — with connection tracking as the daemon's
+//! workers run it: batches of the worker's [`BATCH`] frames in two passes through a
+//! [`crate::dataplane::Lookahead`] (prefetch, then forward; see "Batches" in
+//! [`crate::dataplane`]), each frame's verdict that of [`crate::dataplane::forward_tracked`]
+//! (`--no-tracking`: [`crate::dataplane::forward`] per frame) — over a realistic mix, like `benches/forward.rs`: 90 % TCP to
 //! the VIP (by default 900 flows, a third of them carrying 1400 bytes; `--flows N`: N flows in
 //! random order, header-only frames), 6 % TCP to the frontend's own address (passed), 2 % ARP
 //! (passed), 2 % with a bad IPv4 checksum (dropped). The flow table holds twice the flows (at
@@ -27,7 +29,8 @@ use super::json::Json;
 use super::stats::{LoadMeter, median, min};
 use super::{BenchError, fmt_load};
 use crate::config;
-use crate::dataplane::{FrameMeta, Links, Snapshot, Verdict, forward, forward_tracked};
+use crate::daemon::worker::BATCH;
+use crate::dataplane::{FrameMeta, Links, Lookahead, Snapshot, Verdict, forward, forward_tracked};
 use crate::flow::{self, Tick, Tracker};
 use crate::wire::MacAddr;
 
@@ -216,20 +219,22 @@ pub fn measure(args: &ForwardArgs) -> Result<ForwardResult, BenchError> {
         Tracker::new(capacity, f.timeouts, f.fragment_timeout)
     });
     let now = Tick(0);
-    let mut one = |f: &mut [u8]| match tracker.as_mut() {
-        Some(t) => forward_tracked(f, &FrameMeta::default(), &snap, t, now),
-        None => forward(f, &snap),
-    };
+    let meta = FrameMeta::default();
     let (mut fwd, mut pass, mut drop) = (0u64, 0u64, 0u64);
     // Warm-up pass, which also counts the verdicts of one pass (and tracks every flow).
     for f in mix.iter_mut() {
-        match one(f) {
+        let verdict = match tracker.as_mut() {
+            Some(t) => forward_tracked(f, &meta, &snap, t, now),
+            None => forward(f, &snap),
+        };
+        match verdict {
             Verdict::Forward { .. } => fwd += 1,
             Verdict::Pass(_) => pass += 1,
             Verdict::Drop(_) => drop += 1,
         }
     }
     let per_pass = mix.len() as u64;
+    let mut ahead = Box::new(Lookahead::<BATCH>::default());
     let slice = total / SLICES;
     let load = LoadMeter::start();
     let start = Instant::now();
@@ -239,9 +244,25 @@ pub fn measure(args: &ForwardArgs) -> Result<ForwardResult, BenchError> {
         let t = Instant::now();
         let mut n = 0u64;
         while t.elapsed() < slice {
-            for (f, head) in mix.iter_mut().zip(&heads) {
-                f[..12].copy_from_slice(head);
-                black_box(one(black_box(f)));
+            match tracker.as_mut() {
+                // As a worker does it: batches of BATCH frames in two passes.
+                Some(tracker) => {
+                    for (batch, heads) in mix.chunks_mut(BATCH).zip(heads.chunks(BATCH)) {
+                        for (i, (f, head)) in batch.iter_mut().zip(heads).enumerate() {
+                            f[..12].copy_from_slice(head);
+                            ahead.prefetch(i, black_box(f), tracker);
+                        }
+                        for (i, f) in batch.iter_mut().enumerate() {
+                            black_box(ahead.forward(i, black_box(f), &meta, &snap, tracker, now));
+                        }
+                    }
+                }
+                None => {
+                    for (f, head) in mix.iter_mut().zip(&heads) {
+                        f[..12].copy_from_slice(head);
+                        black_box(forward(black_box(f), &snap));
+                    }
+                }
             }
             n += per_pass;
         }

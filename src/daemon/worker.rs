@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use std::net::Ipv4Addr;
 
 use crate::dataplane::pmtu::{self, FRAG_NEEDED_LEN, TokenBucket};
-use crate::dataplane::{DropReason, FrameMeta, Snapshot, Verdict, forward_frame, forward_tracked};
+use crate::dataplane::{DropReason, FrameMeta, Lookahead, Snapshot, Verdict, forward_frame};
 use crate::flow::{Tick, Tracker};
 use crate::io::{FlushStatus, FrameSender, IoError, RxDevice, RxRing, TxDevice, TxError, VipFilter};
 use crate::metrics::{WorkerCounters, bump};
@@ -97,6 +97,8 @@ pub struct Worker<'a, R, T, S> {
     tracker: Option<Tracker>,
     /// The origin of the tracker's [`Tick`]s.
     epoch: Instant,
+    /// The first pass's flow keys of the current batch (see [`Worker::run_batch`]).
+    ahead: Box<Lookahead<BATCH>>,
 }
 
 /// Flow-table buckets whose expired entries a worker reclaims after each batch, and when idle.
@@ -119,10 +121,11 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
             tx_stalled_since: None,
             tracker: None,
             epoch: now,
+            ahead: Box::default(),
         }
     }
 
-    /// Track connections in `tracker` (see [`forward_tracked`]) from now on.
+    /// Track connections in `tracker` (see [`crate::dataplane::forward_tracked`]) from now on.
     pub fn tracking(mut self, tracker: Tracker) -> Self {
         self.tracker = Some(tracker);
         self
@@ -273,13 +276,30 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
 
     /// Handle one batch of received frames at time `now`; returns how many were taken from the
     /// ring. Forwarded frames are queued in the TX ring, not yet counted (see [`Worker::flush`]).
+    ///
+    /// With connection tracking the batch is handled in two passes over the ring's ready frames:
+    /// the first ([`RxDevice::peek_batch`], [`Lookahead::prefetch`]) only hashes each frame's
+    /// flow key and starts loading its flow-table bucket into the CPU caches; the second takes the
+    /// frames and forwards them ([`Lookahead::forward`]), by then finding most buckets in cache
+    /// (see "Batches" in [`crate::dataplane`]).
     pub fn run_batch(&mut self, snap: &Snapshot, now: Instant) -> usize {
         let tick = self.tick(now);
-        let Worker { rx, tx, icmp, counters, icmp_limit, losing, tracker, .. } = self;
+        let Worker { rx, tx, icmp, counters, icmp_limit, losing, tracker, ahead, .. } = self;
         let io = &counters.io;
         let egress_mtu = tx.mtu();
         let ingress_mac = snap.links().ingress_mac;
-        let n = rx.recv_batch(BATCH, |frame| {
+        let max = match tracker.as_ref() {
+            Some(t) => match rx.peek_batch(BATCH, |i, data| ahead.prefetch(i, data, t)) {
+                0 => BATCH,
+                walked => walked,
+            },
+            None => BATCH,
+        };
+        let mut next = 0;
+        let n = rx.recv_batch(max, |frame| {
+            // The frame's index in the batch: the same as in the first pass.
+            let i = next;
+            next += 1;
             bump(&io.rx_frames, 1);
             bump(&io.rx_bytes, frame.data.len() as u64);
             *losing |= frame.status.losing();
@@ -294,7 +314,7 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
                 egress_mtu: Some(egress_mtu),
             };
             let verdict = match tracker {
-                Some(t) => forward_tracked(frame.data, &meta, snap, t, tick),
+                Some(t) => ahead.forward(i, frame.data, &meta, snap, t, tick),
                 None => forward_frame(frame.data, &meta, snap),
             };
             match verdict {
@@ -503,6 +523,61 @@ mod tests {
         assert_eq!(get(&c.io.tx_bytes), out.data.len() as u64);
         assert_eq!(get(&c.passes[PassReason::NotVip.index()]), 1);
         assert_eq!(dropped(c, DropReason::Ipv4Checksum), 1);
+    }
+
+    /// With tracking, a batch goes through the two passes and gives what forwarding each frame on
+    /// its own gives: the same frames out, the same table; frames beyond one batch too.
+    #[test]
+    fn a_tracked_batch_in_two_passes_forwards_like_one_frame_at_a_time() {
+        use crate::dataplane::forward_tracked;
+        use crate::flow::{Timeouts, Tracker};
+        let snap = snapshot("10.201.0.1", 1);
+        let counters = Counters::new(1);
+        let c = counters.worker(0).unwrap();
+        let tracker = || Tracker::new(64, Timeouts::default(), Duration::from_secs(5));
+        let frames: Vec<Vec<u8>> = (0..BATCH as u16 + 40)
+            .map(|n| {
+                let b = PacketBuilder::ethernet2(ROUTER, INGRESS)
+                    .ipv4([192, 168, 0, (n % 50) as u8], [10, 201, 0, if n % 7 == 0 { 2 } else { 1 }], 64)
+                    .tcp(1024 + n % 100, 80, 1, 512);
+                let mut v = Vec::new();
+                b.write(&mut v, &[]).unwrap();
+                if n % 11 == 0 {
+                    v.truncate(30);
+                }
+                v
+            })
+            .collect();
+        let (mut rx, mut tx, mut icmp) = (MemRx::new(), MemTx::new(1024), MemTx::new(8));
+        for f in &frames {
+            rx.inject(MemFrame::new(f.clone()));
+        }
+        let t0 = Instant::now();
+        let mut w = Worker::new(&mut rx, &mut tx, &mut icmp, c, t0).tracking(tracker());
+        assert_eq!(w.run_batch(&snap, t0), BATCH);
+        assert_eq!(w.run_batch(&snap, t0), 40);
+        w.flush(t0);
+        let table = w.tracker().unwrap().flows.stats();
+
+        let mut alone = tracker();
+        let want: Vec<Vec<u8>> = frames
+            .iter()
+            .filter_map(|f| {
+                let mut f = f.clone();
+                let v = forward_tracked(
+                    &mut f,
+                    &FrameMeta { egress_mtu: Some(65535), ..FrameMeta::default() },
+                    &snap,
+                    &mut alone,
+                    Tick(0),
+                );
+                matches!(v, Verdict::Forward { .. }).then_some(f)
+            })
+            .collect();
+        let sent: Vec<Vec<u8>> = tx.sent.iter().map(|f| f.data.clone()).collect();
+        assert_eq!(sent, want);
+        assert_eq!(table, alone.flows.stats());
+        assert!(table.hits > 0 && table.evictions > 0, "{table:?}");
     }
 
     #[test]

@@ -88,6 +88,29 @@
 //! configuration), so it reaches the same backend unless the backends changed since it began: the
 //! argument of the Maglev paper (§3.3): consistent hashing makes the table mostly agree across
 //! changes, and connection tracking covers the rest on the frontend that holds the flow.
+//!
+//! # Batches: hiding the flow table's memory latency
+//! With many active flows in random order, nearly every packet's flow-table bucket is in memory,
+//! not in the CPU caches, and one packet's work (~150 instructions) is too short for the CPU to
+//! reach the next packet's bucket while it waits for this one: handled one at a time, a packet
+//! costs a whole memory latency. The workers therefore handle a batch in two passes, through a
+//! [`Lookahead`]:
+//!
+//! 1. **Prefetch pass**: for every frame, [`flow_key`] parses just enough to know the 5-tuple the
+//!    flow table will be asked for (no validation), hashes it once ([`FiveTuple::hashed`]) and
+//!    keeps the key and hash; for the first [`PREFETCH_DISTANCE`] frames it also starts loading
+//!    their buckets ([`crate::flow::FlowTable::prefetch`]).
+//! 2. **Forward pass**: before forwarding frame `i`, the bucket of frame `i + PREFETCH_DISTANCE`
+//!    is prefetched; then frame `i` is forwarded exactly as [`forward_tracked`] does, except that
+//!    the flow-table lookup reuses the first pass's hash when the key it parsed is the same one.
+//!
+//! So the memory loads of several packets are in flight while the CPU does the other packets'
+//! work, instead of one after the other. Prefetching a fixed distance ahead, rather than every
+//! bucket of the batch at once, keeps the number of lines in flight within what the CPU can track
+//! and the prefetched lines in the first-level cache until they are used (both variants measured;
+//! the fixed distance was as fast or faster). The first pass is only a hint: it changes no state,
+//! a frame it cannot parse (or gets wrong) is forwarded like any other, only without the
+//! prefetch, and the verdicts are those of [`forward_tracked`] one frame at a time (tested).
 
 pub mod pmtu;
 mod snapshot;
@@ -95,7 +118,7 @@ mod snapshot;
 pub use snapshot::{BackendIds, BackendState, BuildState, Healthy, Links, Resolver, ServiceState, Snapshot};
 
 use crate::config::FlowKey;
-use crate::flow::{FiveTuple, FragKey, TCP_ACK, TCP_SYN, Tick, Tracker};
+use crate::flow::{FiveTuple, FragKey, HashedTuple, TCP_ACK, TCP_SYN, Tick, Tracker};
 use crate::table::ServiceTable;
 use crate::wire::{
     self, ETH_HEADER_LEN, ETHERTYPE_IPV4, EthernetFrame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN,
@@ -292,7 +315,84 @@ pub fn forward_tracked(
     tracker: &mut Tracker,
     now: Tick,
 ) -> Verdict {
-    rewrite(frame, snap, classify(frame, meta, snap, Some((tracker, now))))
+    rewrite(frame, snap, classify(frame, meta, snap, Some((tracker, now, None))))
+}
+
+/// The flow-table key [`forward_tracked`] will look up for `frame`, if it can be told cheaply:
+/// an IPv4 TCP or UDP packet without options that is not a later fragment. Nothing else is checked
+/// (MACs, VIP, checksum, lengths): the frame may still be passed or dropped, and then the guess only
+/// cost a prefetch. Every read is bounds-checked; any input is fine.
+#[inline]
+pub fn flow_key(frame: &[u8]) -> Option<FiveTuple> {
+    let eth = EthernetFrame::new_checked(frame)?;
+    if eth.ethertype() != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let packet = eth.payload();
+    let ip = Ipv4Header::new_checked(packet)?;
+    let proto = ip.protocol();
+    // Version 4, IHL 5: a header with options is dropped anyway.
+    if packet.first() != Some(&0x45) || ip.frag_offset() != 0 || !matches!(proto, IPPROTO_TCP | IPPROTO_UDP) {
+        return None;
+    }
+    let (sport, dport) = packet.get(IPV4_MIN_HEADER_LEN..).and_then(wire::ports)?;
+    Some(FiveTuple { src: ip.src_raw(), dst: ip.dst_raw(), sport, dport, proto })
+}
+
+/// How many frames ahead of the one it forwards [`Lookahead`] prefetches a flow-table bucket.
+pub const PREFETCH_DISTANCE: usize = 8;
+
+/// [`forward_tracked`] for a batch of frames in two passes (see "Batches" in the module docs):
+/// [`Lookahead::prefetch`] on every frame of the batch, then [`Lookahead::forward`] on every frame,
+/// with the same index `i` for the same frame (`i < N`). The verdicts and the tracker's state are
+/// exactly those of [`forward_tracked`] on each frame in turn: the first pass changes nothing but
+/// what is in the CPU caches, and the second takes a key's hash from the first only when the key
+/// it parses is the same.
+#[derive(Debug, Clone)]
+pub struct Lookahead<const N: usize> {
+    /// Frame `i`'s key and hash, from the first pass.
+    keys: [Option<HashedTuple>; N],
+}
+
+impl<const N: usize> Default for Lookahead<N> {
+    fn default() -> Self {
+        Lookahead { keys: [None; N] }
+    }
+}
+
+impl<const N: usize> Lookahead<N> {
+    /// First pass, frame `i` of the batch: hash its flow key ([`flow_key`]) and prefetch the flow
+    /// table's bucket of it. Touches nothing but the caches; `i ≥ N` does nothing.
+    #[inline]
+    pub fn prefetch(&mut self, i: usize, frame: &[u8], tracker: &Tracker) {
+        if let Some(slot) = self.keys.get_mut(i) {
+            *slot = flow_key(frame).map(|key| {
+                let key = key.hashed();
+                if i < PREFETCH_DISTANCE {
+                    tracker.flows.prefetch(&key);
+                }
+                key
+            });
+        }
+    }
+
+    /// Second pass, frame `i` of the batch: [`forward_tracked`], with the hash of the first pass.
+    #[inline]
+    pub fn forward(
+        &self,
+        i: usize,
+        frame: &mut [u8],
+        meta: &FrameMeta,
+        snap: &Snapshot,
+        tracker: &mut Tracker,
+        now: Tick,
+    ) -> Verdict {
+        if let Some(Some(ahead)) = self.keys.get(i + PREFETCH_DISTANCE) {
+            tracker.flows.prefetch(ahead);
+        }
+        let hint = self.keys.get(i).and_then(Option::as_ref);
+        rewrite(frame, snap, classify(frame, meta, snap, Some((tracker, now, hint))))
+    }
 }
 
 /// Apply `decision` to the frame: on [`Verdict::Forward`], the backend's and the egress MACs.
@@ -311,8 +411,9 @@ fn rewrite(frame: &mut [u8], snap: &Snapshot, decision: Verdict) -> Verdict {
     decision
 }
 
-/// The tracking state and the time of the batch, when tracking.
-type Track<'a> = Option<(&'a mut Tracker, Tick)>;
+/// The tracking state, the time of the batch and the first pass's hashed key (see [`Lookahead`]),
+/// when tracking.
+type Track<'a> = Option<(&'a mut Tracker, Tick, Option<&'a HashedTuple>)>;
 
 /// The decision, without touching the frame.
 fn classify(frame: &[u8], meta: &FrameMeta, snap: &Snapshot, track: Track<'_>) -> Verdict {
@@ -414,9 +515,13 @@ fn route(snap: &Snapshot, ip: &Ipv4Header<&[u8]>, packet: &[u8], total: usize, t
                 return Verdict::Drop(D::NoService);
             };
             let flags = if proto == IPPROTO_TCP { l4.get(TCP_FLAGS_OFFSET).copied().unwrap_or(0) } else { 0 };
-            let key = FiveTuple { src, dst, sport, dport, proto };
-            let Some((tracker, now)) = track else {
+            let Some((tracker, now, hint)) = track else {
                 return pick(snap, svc, src, dst, proto, sport, dport);
+            };
+            let key = FiveTuple { src, dst, sport, dport, proto };
+            let key = match hint {
+                Some(h) if *h.key() == key => *h,
+                _ => key.hashed(),
             };
             let verdict = pick_tracked(snap, svc, &key, flags, tracker, now, true);
             if first_fragment
@@ -437,7 +542,7 @@ fn route(snap: &Snapshot, ip: &Ipv4Header<&[u8]>, packet: &[u8], total: usize, t
 /// fragment went to if this worker saw it, else the hash of source, destination and protocol
 /// (ports 0) in the VIP's fragment service.
 fn later_fragment(snap: &Snapshot, src: u32, dst: u32, proto: u8, ident: u16, track: Track<'_>) -> Verdict {
-    if let Some((tracker, now)) = track {
+    if let Some((tracker, now, _)) = track {
         let followed = tracker.frags.lookup(&FragKey { src, dst, proto, id: ident }, now).and_then(|id| {
             let (service, backend) = snap.backend_by_id(id)?;
             snap.keeps(service, backend).then_some(Verdict::Forward { service, backend })
@@ -486,8 +591,8 @@ fn icmp_error(snap: &Snapshot, icmp: &[u8], vip: u32, track: Track<'_>) -> Verdi
     // its hash. An error never creates a flow.
     let client = inner.dst_raw();
     match track {
-        Some((tracker, now)) => {
-            let key = FiveTuple { src: client, dst: vip, sport: client_port, dport: vip_port, proto };
+        Some((tracker, now, _)) => {
+            let key = FiveTuple { src: client, dst: vip, sport: client_port, dport: vip_port, proto }.hashed();
             pick_tracked(snap, svc, &key, 0, tracker, now, false)
         }
         None => pick(snap, svc, client, vip, proto, client_port, vip_port),
@@ -501,13 +606,13 @@ fn icmp_error(snap: &Snapshot, icmp: &[u8], vip: u32, track: Track<'_>) -> Verdi
 fn pick_tracked(
     snap: &Snapshot,
     svc: u16,
-    key: &FiveTuple,
+    hashed: &HashedTuple,
     tcp_flags: u8,
     tracker: &mut Tracker,
     now: Tick,
     create: bool,
 ) -> Verdict {
-    if let Some(id) = tracker.flows.lookup(key, tcp_flags, now) {
+    if let Some(id) = tracker.flows.lookup_hashed(hashed, tcp_flags, now) {
         match snap.backend_by_id(id) {
             // A pure SYN is a new connection (the client reusing the port): it may stay on the
             // entry's backend only if that backend takes new flows, never on a drained one.
@@ -521,12 +626,13 @@ fn pick_tracked(
             _ => tracker.rechosen += 1,
         }
     }
+    let key = hashed.key();
     let verdict = pick(snap, svc, key.src, key.dst, key.proto, key.sport, key.dport);
     if create
         && let Verdict::Forward { service, backend } = verdict
         && let Some(id) = snap.backend_id(service, backend)
     {
-        tracker.flows.insert(key, id, tcp_flags, now);
+        tracker.flows.insert_hashed(hashed, id, tcp_flags, now);
     }
     verdict
 }

@@ -309,3 +309,141 @@ fn later_fragments_follow_the_first() {
     assert_eq!(send(&s, &mut t, &udp(sport, 7, Some((24, false))), 6), Some(later));
     assert_eq!(t.fragments_untracked, 2);
 }
+
+/// Frames of every kind the batch tests mix: TCP flows with every flag combination, first and
+/// later fragments, ICMP errors about a flow, and malformed copies (cut short, a byte flipped).
+fn batch_pool() -> Vec<Vec<u8>> {
+    let mut pool = Vec::new();
+    for sport in 40000..40024 {
+        for flags in ["S", "A", "SA", "F", "RA"] {
+            pool.push(tcp(sport, flags));
+        }
+    }
+    let fix = |mut f: Vec<u8>| {
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = crate::wire::internet_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    let mut first = tcp(40001, "A");
+    first[20] = 0x20; // more fragments, offset 0: a first fragment
+    pool.push(fix(first));
+    let mut later = tcp(40001, "A");
+    later[20..22].copy_from_slice(&0x0001u16.to_be_bytes()); // offset 8: bytes that look like ports
+    pool.push(fix(later));
+    // An ICMP fragmentation-needed about a flow (the backend's packet from the VIP quoted).
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(VIP, [192, 168, 1, 1], 64).tcp(80, 40003, 1, 512).write(&mut quoted, &[]).unwrap();
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(ROUTER, INGRESS)
+        .ipv4([192, 168, 9, 9], VIP, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut icmp, &quoted[..28])
+        .unwrap();
+    pool.push(icmp);
+    pool
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// Forwarding in two-pass batches ([`Lookahead`]) gives the verdicts, the rewritten frames and
+    /// the tracking state of [`forward_tracked`] one frame at a time, malformed frames included.
+    #[test]
+    fn two_pass_batches_match_one_frame_at_a_time(
+        picks in proptest::collection::vec((0usize..200, 0usize..80, proptest::prelude::any::<u8>()), 1..400),
+        cuts in proptest::collection::vec(1usize..=64, 1..20),
+    ) {
+        let s = Builder::new().build(&cfg(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], ""), &[]);
+        let pool = batch_pool();
+        let frames: Vec<Vec<u8>> = picks
+            .iter()
+            .map(|&(n, at, byte)| {
+                let mut f = pool[n % pool.len()].clone();
+                match n % 10 {
+                    8 => f.truncate(at),
+                    9 => {
+                        let i = at % f.len();
+                        f[i] ^= byte | 1;
+                    }
+                    _ => {}
+                }
+                f
+            })
+            .collect();
+        // A small table: evictions happen too.
+        let small = || Tracker::new(16, Timeouts::default(), std::time::Duration::from_secs(5));
+        let (mut one, mut batched) = (small(), small());
+        let meta = FrameMeta::default();
+        let mut single = frames.clone();
+        let want: Vec<Verdict> =
+            single.iter_mut().enumerate().map(|(i, f)| forward_tracked(f, &meta, &s, &mut one, Tick(i as u32 / 50))).collect();
+        let mut ahead = Lookahead::<64>::default();
+        let mut got = Vec::new();
+        let mut two = frames.clone();
+        let mut rest = &mut two[..];
+        let (mut start, mut c) = (0, 0);
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at_mut(cuts[c % cuts.len()].min(rest.len()));
+            c += 1;
+            for (i, f) in batch.iter().enumerate() {
+                ahead.prefetch(i, f, &batched);
+            }
+            for (i, f) in batch.iter_mut().enumerate() {
+                got.push(ahead.forward(i, f, &meta, &s, &mut batched, Tick((start + i) as u32 / 50)));
+            }
+            start += batch.len();
+            rest = tail;
+        }
+        proptest::prop_assert_eq!(&got, &want);
+        proptest::prop_assert_eq!(&two, &single);
+        proptest::prop_assert_eq!(batched.flows.stats(), one.flows.stats());
+        let now = Tick(frames.len() as u32 / 50);
+        proptest::prop_assert!(batched.flows.entries(now, usize::MAX).eq(one.flows.entries(now, usize::MAX)));
+        proptest::prop_assert_eq!(
+            (batched.rechosen, batched.fragments_followed, batched.fragments_untracked, batched.frags.stats()),
+            (one.rechosen, one.fragments_followed, one.fragments_untracked, one.frags.stats())
+        );
+    }
+
+    /// The first pass accepts any bytes: no panic, no state change, and a frame it got a key
+    /// from is forwarded as it would be without it.
+    #[test]
+    fn the_first_pass_takes_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
+        let s = Builder::new().build(&cfg(&["10.0.0.1", "10.0.0.2"], ""), &[]);
+        let (mut a, mut b) = (tracker(), tracker());
+        let _ = flow_key(&bytes);
+        let mut ahead = Lookahead::<4>::default();
+        ahead.prefetch(0, &bytes, &a);
+        ahead.prefetch(7, &bytes, &a); // beyond the batch: ignored
+        proptest::prop_assert_eq!(a.flows.stats(), b.flows.stats());
+        let (mut x, mut y) = (bytes.clone(), bytes.clone());
+        let meta = FrameMeta::default();
+        proptest::prop_assert_eq!(ahead.forward(0, &mut x, &meta, &s, &mut a, Tick(0)), forward_tracked(&mut y, &meta, &s, &mut b, Tick(0)));
+        proptest::prop_assert_eq!(x, y);
+        proptest::prop_assert_eq!(a.flows.stats(), b.flows.stats());
+    }
+}
+
+/// The first pass's key is the one the lookup uses, for the frames that have one.
+#[test]
+fn flow_key_is_the_tracked_five_tuple() {
+    let key = flow_key(&tcp(40000, "S")).unwrap();
+    assert_eq!(key, FiveTuple { src: 0xc0a8_0101, dst: 0x0ac9_0001, sport: 40000, dport: 80, proto: IPPROTO_TCP });
+    let pool = batch_pool();
+    assert!(flow_key(&pool[pool.len() - 1]).is_none(), "an ICMP error: no key of its own");
+    assert!(flow_key(&pool[pool.len() - 2]).is_none(), "a later fragment has no ports");
+    assert!(flow_key(&pool[pool.len() - 3]).is_some(), "a first fragment has them");
+    assert!(flow_key(&tcp(1, "S")[..37]).is_none(), "cut before the ports");
+    // A stale key at an index (another frame's) is not used: the frame is forwarded normally.
+    let s = Builder::new().build(&cfg(&["10.0.0.1", "10.0.0.2"], ""), &[]);
+    let mut t = tracker();
+    let mut ahead = Lookahead::<2>::default();
+    ahead.prefetch(0, &tcp(1111, "S"), &t);
+    let mut f = tcp(2222, "S");
+    assert!(matches!(ahead.forward(0, &mut f, &FrameMeta::default(), &s, &mut t, Tick(0)), Verdict::Forward { .. }));
+    let keys: Vec<u16> = t.flows.entries(Tick(0), 10).map(|e| e.key.sport).collect();
+    assert_eq!(keys, [2222]);
+}

@@ -380,3 +380,86 @@ proptest! {
         prop_assert_eq!(f.hits + f.misses, frag_lookups);
     }
 }
+
+#[test]
+fn line_0_holds_the_tags_and_ticks_and_lines_1_2_the_keys() {
+    assert_eq!(std::mem::offset_of!(Bucket, tags), 0);
+    assert_eq!(std::mem::offset_of!(Bucket, last_used), 32);
+    assert_eq!(std::mem::offset_of!(Bucket, keys), 64);
+    assert_eq!(std::mem::size_of::<Key>() * HALF, 64, "a half's keys fill one line");
+}
+
+/// A key goes to a free way of its own half while there is one, so the prefetched key line holds
+/// it; a full half overflows into the other one.
+#[test]
+fn a_new_key_takes_a_way_of_its_own_half_first() {
+    let mut t = one_bucket();
+    let keys: Vec<FiveTuple> = (0..200).map(|n| flow(n, TCP)).collect();
+    let (zero, one): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.packed().half() == 0);
+    for (i, k) in zero.iter().take(HALF + 1).enumerate() {
+        t.insert(k, i as u32, 0, secs(0));
+        let way = t.sets.buckets[0].find(&k.packed()).unwrap();
+        if i < HALF {
+            assert!(way < HALF, "key {i} in way {way}");
+        } else {
+            assert!(way >= HALF, "the half is full: the other one");
+        }
+    }
+    let k = one[0];
+    t.insert(&k, 99, 0, secs(0));
+    assert!(t.sets.buckets[0].find(&k.packed()).unwrap() >= HALF);
+    assert_eq!(t.lookup(&k, 0, secs(0)), Some(99));
+}
+
+/// Two keys of one bucket with the same fingerprint and protocol: the key itself decides.
+#[test]
+fn a_fingerprint_collision_is_told_apart_by_the_key() {
+    let mut t = one_bucket();
+    let a = flow(0, TCP);
+    let fp = |k: &FiveTuple| k.packed().tag();
+    let b = (1..1_000_000).map(|n| flow(n, TCP)).find(|k| fp(k) == fp(&a)).expect("a 16-bit collision");
+    t.insert(&a, 1, 0, secs(0));
+    assert_eq!(t.lookup(&b, 0, secs(0)), None);
+    t.insert(&b, 2, 0, secs(0));
+    assert_eq!((t.lookup(&a, 0, secs(1)), t.lookup(&b, 0, secs(1))), (Some(1), Some(2)));
+    assert_eq!(t.len(), 2);
+}
+
+proptest! {
+    /// The hash of [`FiveTuple::hashed`] is XXH3 of the documented bytes, for any key.
+    #[test]
+    fn hashed_is_the_documented_hash(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) {
+        let k = FiveTuple { src, dst, sport, dport, proto };
+        let mut b = Vec::new();
+        b.extend_from_slice(&src.to_be_bytes());
+        b.extend_from_slice(&dst.to_be_bytes());
+        b.push(proto);
+        b.extend_from_slice(&sport.to_be_bytes());
+        b.extend_from_slice(&dport.to_be_bytes());
+        prop_assert_eq!(k.hashed().hash, xxh3_64_with_seed(&b, FLOW_TABLE_SEED));
+        prop_assert_eq!(*k.hashed().key(), k);
+    }
+
+    /// Prefetching and the `_hashed` methods change nothing: the same operations through them
+    /// leave the same table.
+    #[test]
+    fn prefetch_and_hashed_calls_change_nothing(ops in prop::collection::vec((any::<u8>(), any::<u8>(), any::<bool>()), 0..200)) {
+        let mut plain = FlowTable::new(32, Timeouts::default());
+        let mut hashed = FlowTable::new(32, Timeouts::default());
+        let end = Tick(ops.len() as u32 * 64);
+        for (i, (k, flags, insert)) in ops.into_iter().enumerate() {
+            let now = Tick(i as u32 * 64);
+            let h = key(k).hashed();
+            hashed.prefetch(&h);
+            if insert {
+                plain.insert(&key(k), u32::from(flags), flags, now);
+                hashed.insert_hashed(&h, u32::from(flags), flags, now);
+            } else {
+                prop_assert_eq!(plain.lookup(&key(k), flags, now), hashed.lookup_hashed(&h, flags, now));
+            }
+        }
+        prop_assert_eq!(plain.stats(), hashed.stats());
+        prop_assert!(plain.entries(end, usize::MAX).eq(hashed.entries(end, usize::MAX)));
+        prop_assert_eq!(plain.len(), hashed.len());
+    }
+}

@@ -75,6 +75,14 @@ impl RxDevice for MemRx {
         n
     }
 
+    fn peek_batch<F: FnMut(usize, &[u8])>(&mut self, max: usize, mut f: F) -> usize {
+        let n = self.queue.len().min(max);
+        for (i, m) in self.queue.iter().take(n).enumerate() {
+            f(i, &m.data);
+        }
+        n
+    }
+
     /// Returns at once: `Ok(true)` if frames are queued.
     fn wait(&mut self, _timeout: Duration) -> Result<bool, IoError> {
         self.waits += 1;
@@ -220,6 +228,24 @@ mod tests {
         assert_eq!(tx.sent[3].data[12], 3);
         assert!(!rx.wait(Duration::from_millis(1)).unwrap());
         assert_eq!(tx.flush(), FlushOutcome::default());
+    }
+
+    /// The first pass sees the frames the next `recv_batch` takes, in order, without taking them.
+    #[test]
+    fn peek_batch_hands_the_frames_recv_batch_takes_next() {
+        let mut rx = MemRx::new();
+        for i in 0..5u8 {
+            rx.inject(MemFrame::new(vec![i; 20]));
+        }
+        let mut seen = Vec::new();
+        let max = rx.peek_batch(3, |i, data| seen.push((i, data[0])));
+        assert_eq!((max, seen), (3, vec![(0, 0), (1, 1), (2, 2)]));
+        let mut taken = Vec::new();
+        assert_eq!(rx.recv_batch(max, |f| taken.push(f.data[0])), 3);
+        assert_eq!(taken, [0, 1, 2]);
+        assert_eq!(rx.peek_batch(64, |_, _| {}), 2);
+        assert_eq!(rx.recv_batch(64, |_| {}), 2);
+        assert_eq!(rx.peek_batch(64, |_, _| panic!("no frame")), 0);
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub use iface::InterfaceInfo;
 #[cfg(test)]
 pub use mem::{MemFrame, MemRx, MemTx};
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
+pub(crate) use sys::{advise_hugepages, prefetch};
 pub use sys::{enter_netns, pin_current_thread};
 
 /// `struct virtio_net_hdr` (10 bytes, legacy layout, host byte order) that the
@@ -413,6 +414,17 @@ pub trait RxDevice {
     /// the kernel after `f` returns. Never blocks, never allocates. Returns
     /// the number of frames handed to `f`.
     fn recv_batch<F: FnMut(RxFrame<'_>)>(&mut self, max: usize, f: F) -> usize;
+    /// The first pass of a two-pass batch: hands the bytes of the ready frames, up to `max`, to
+    /// `f` with their index in the batch (0, 1, …), read-only and **without taking them**. Returns
+    /// the `max` to give the next [`RxDevice::recv_batch`] so that it hands exactly these frames,
+    /// in the same order (nothing can take them in between: both calls borrow the device
+    /// mutably); 0 when no frame was ready (then any `max` will do). Never blocks, never
+    /// allocates, no system call. A device that cannot look ahead hands nothing and returns
+    /// `max` (the default).
+    fn peek_batch<F: FnMut(usize, &[u8])>(&mut self, max: usize, f: F) -> usize {
+        let _ = f;
+        max
+    }
     /// Sleeps until a frame is ready or `timeout` passes (`poll`); `Ok(true)`
     /// when frames are ready. Call it only when `recv_batch` returned 0.
     fn wait(&mut self, timeout: Duration) -> Result<bool, IoError>;

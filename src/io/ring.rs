@@ -486,6 +486,94 @@ impl RxRing {
         }
     }
 
+    /// Hands the bytes of the ready frames (at most `max` slots) to `f` without taking them; see
+    /// [`RxDevice::peek_batch`]. The walk is [`RxRing::recv_batch`]'s (same slots, same checks,
+    /// same count of walked slots) with the cursor in local variables: nothing is released and
+    /// nothing counted, so the `recv_batch` that follows walks the same slots again.
+    pub fn peek_batch(&self, max: usize, mut f: impl FnMut(usize, &[u8])) -> usize {
+        match self.version {
+            RingVersion::V2 => self.peek_v2(max, &mut f),
+            RingVersion::V3 { .. } => self.peek_v3(max, &mut f),
+        }
+    }
+
+    fn peek_v2(&self, max: usize, f: &mut impl FnMut(usize, &[u8])) -> usize {
+        let (mut walked, mut handed, mut head) = (0, 0, self.head);
+        let fsz = self.layout.frame_size;
+        while walked < max {
+            let base = self.layout.frame_offset(head);
+            if self.map.load_acquire(base).is_none_or(|s| s & libc::TP_STATUS_USER == 0) {
+                break;
+            }
+            walked += 1;
+            let snap = self.map.read_u32(base + 8).unwrap_or(0) as usize;
+            let mac = self.map.read_u16(base + 12).unwrap_or(0) as usize;
+            if mac >= TP2_HDR
+                && mac.checked_add(snap).is_some_and(|end| end <= fsz)
+                && let Some(data) = self.map.bytes(base + mac, snap)
+            {
+                f(handed, data);
+                handed += 1;
+            }
+            head += 1;
+            if head == self.layout.frame_nr {
+                head = 0;
+            }
+        }
+        walked
+    }
+
+    fn peek_v3(&self, max: usize, f: &mut impl FnMut(usize, &[u8])) -> usize {
+        let bsz = self.layout.block_size;
+        let (mut walked, mut handed, mut head, mut cur) = (0, 0, self.head, self.v3);
+        let next_block = |head: &mut usize, cur: &mut V3Cursor| {
+            *cur = V3Cursor::default();
+            *head += 1;
+            if *head == self.layout.block_nr {
+                *head = 0;
+            }
+        };
+        while walked < max {
+            let boff = head * bsz;
+            if !cur.active {
+                if self.map.load_acquire(boff + 8).is_none_or(|st| st & libc::TP_STATUS_USER == 0) {
+                    break;
+                }
+                let num = self.map.read_u32(boff + 12).unwrap_or(0);
+                let first = self.map.read_u32(boff + 16).unwrap_or(0) as usize;
+                cur = V3Cursor { active: true, left: num, off: first };
+            }
+            if cur.left == 0 {
+                next_block(&mut head, &mut cur);
+                continue;
+            }
+            walked += 1;
+            let p = cur.off;
+            if !(p >= V3_BLK_HDR && p.checked_add(TP3_HDR).is_some_and(|e| e <= bsz)) {
+                next_block(&mut head, &mut cur);
+                continue;
+            }
+            let base = boff + p;
+            let next = self.map.read_u32(base).unwrap_or(0) as usize;
+            let snap = self.map.read_u32(base + 12).unwrap_or(0) as usize;
+            let mac = self.map.read_u16(base + 24).unwrap_or(0) as usize;
+            if mac >= TP3_HDR
+                && p.checked_add(mac).and_then(|x| x.checked_add(snap)).is_some_and(|e| e <= bsz)
+                && let Some(data) = self.map.bytes(base + mac, snap)
+            {
+                f(handed, data);
+                handed += 1;
+            }
+            cur.left -= 1;
+            if cur.left == 0 || next == 0 {
+                next_block(&mut head, &mut cur);
+            } else {
+                cur.off = p + next;
+            }
+        }
+        walked
+    }
+
     fn recv_v2(&mut self, max: usize, f: &mut impl FnMut(RxFrame<'_>)) -> usize {
         let mut delivered = 0;
         let mut walked = 0;
@@ -643,6 +731,9 @@ impl RxRing {
 impl RxDevice for RxRing {
     fn recv_batch<F: FnMut(RxFrame<'_>)>(&mut self, max: usize, f: F) -> usize {
         RxRing::recv_batch(self, max, f)
+    }
+    fn peek_batch<F: FnMut(usize, &[u8])>(&mut self, max: usize, f: F) -> usize {
+        RxRing::peek_batch(self, max, f)
     }
     fn wait(&mut self, timeout: Duration) -> Result<bool, IoError> {
         RxRing::wait(self, timeout)

@@ -364,6 +364,57 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     }
 }
 
+/// Hints the CPU that the bytes of `*value` will be read soon: one prefetch (into every cache
+/// level) per 64-byte cache line the value spans. Only a hint: it never faults, changes no
+/// memory and has no effect a program can observe but time; the address comes from a reference, so
+/// it is valid anyway. A no-op on architectures other than x86_64.
+#[inline(always)]
+pub(crate) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = (value as *const T).cast::<u8>();
+        let first = start as usize & !63;
+        let end = start as usize + size_of::<T>().max(1);
+        let mut line = first;
+        while line < end {
+            // `wrapping_add` keeps the pointer's provenance without asserting it stays in bounds
+            // (the first line may begin before `value`); a prefetch never dereferences.
+            let p = start.wrapping_add(line.wrapping_sub(start as usize)).cast::<i8>();
+            // SAFETY: `_mm_prefetch` is a hint that does not access memory architecturally and
+            // cannot fault, whatever the address; SSE is part of the x86_64 baseline.
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(p)
+            };
+            line += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
+/// Asks the kernel to back the 2 MiB-aligned part of `mem` with transparent huge pages
+/// (`madvise(MADV_HUGEPAGE)`), which saves TLB misses on large tables read at random. Call it
+/// before `mem` is first written: pages already faulted in stay small until the kernel's
+/// background collapsing gets to them. Only advice: with THP `never` (or a kernel without THP)
+/// it fails or does nothing, and the memory works the same. Returns whether the kernel took the
+/// advice; a slice with no whole aligned 2 MiB inside it is left alone (`Ok(false)`).
+pub(crate) fn advise_hugepages<T>(mem: &mut [T]) -> io::Result<bool> {
+    const HUGE: usize = 2 << 20;
+    let start = mem.as_mut_ptr().cast::<u8>();
+    let begin = (start as usize).next_multiple_of(HUGE);
+    let end = (start as usize + std::mem::size_of_val(mem)) & !(HUGE - 1);
+    if end <= begin {
+        return Ok(false);
+    }
+    let p = start.wrapping_add(begin - start as usize).cast::<c_void>();
+    // SAFETY: [begin, end) lies inside `mem`, memory this process owns and holds a unique borrow
+    // of; MADV_HUGEPAGE changes how the kernel backs those pages, never their contents.
+    cvt(unsafe { libc::madvise(p, end - begin, libc::MADV_HUGEPAGE) })?;
+    Ok(true)
+}
+
 /// The system page size.
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
