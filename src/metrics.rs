@@ -189,9 +189,73 @@ impl FlowCounters {
     }
 }
 
+/// One backend's traffic, as the workers forward it: one cell per worker, each on its own cache
+/// lines and written by that worker only (no shared line on the forwarding path). The snapshot
+/// builder hands the same `BackendCounters` to every snapshot while the backend stays configured
+/// (by its identity: service endpoint, address and port), so a reload keeps its totals.
+#[derive(Debug)]
+pub struct BackendCounters {
+    cells: Box<[CachePadded<BackendCell>]>,
+}
+
+/// One worker's share of a backend's counters.
+#[derive(Debug, Default)]
+pub struct BackendCell {
+    /// Frames queued for the backend (a frame the TX ring then fails to send is still counted
+    /// here; `maglevd_drop_total{reason="tx_send_failed"}` counts those).
+    pub packets: AtomicU64,
+    /// Bytes of those frames (Ethernet header included; a GSO super-frame counts as its bytes).
+    pub bytes: AtomicU64,
+    /// Flows assigned to the backend: new tracked flows, and tracked flows re-chosen to it.
+    pub flows: AtomicU64,
+}
+
+/// A backend's totals over the workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BackendTotals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u64,
+}
+
+impl BackendCounters {
+    /// Counters for `workers` workers (at least one cell).
+    pub fn new(workers: usize) -> BackendCounters {
+        BackendCounters { cells: (0..workers.max(1)).map(|_| CachePadded::new(BackendCell::default())).collect() }
+    }
+
+    /// Worker `worker`'s cell (a worker beyond the count shares a cell: counts stay right only
+    /// if those workers never run at once, so size them by the real worker count).
+    #[inline]
+    pub fn cell(&self, worker: usize) -> &BackendCell {
+        &self.cells[worker % self.cells.len()]
+    }
+
+    /// Count one frame of `bytes` bytes (and a new flow if `new_flow`) for worker `worker`.
+    #[inline]
+    pub fn record(&self, worker: usize, bytes: usize, new_flow: bool) {
+        let c = self.cell(worker);
+        bump(&c.packets, 1);
+        bump(&c.bytes, bytes as u64);
+        if new_flow {
+            bump(&c.flows, 1);
+        }
+    }
+
+    pub fn totals(&self) -> BackendTotals {
+        self.cells.iter().fold(BackendTotals::default(), |t, c| BackendTotals {
+            packets: t.packets + get(&c.packets),
+            bytes: t.bytes + get(&c.bytes),
+            flows: t.flows + get(&c.flows),
+        })
+    }
+}
+
 /// All counters of one worker.
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
+    /// The worker's index (its cell in [`BackendCounters`]).
+    pub index: usize,
     pub io: IoCounters,
     pub forwarded: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
@@ -225,7 +289,11 @@ pub struct Counters {
 
 impl Counters {
     pub fn new(workers: usize) -> Counters {
-        Counters { workers: (0..workers).map(|_| CachePadded::new(WorkerCounters::default())).collect() }
+        Counters {
+            workers: (0..workers)
+                .map(|index| CachePadded::new(WorkerCounters { index, ..Default::default() }))
+                .collect(),
+        }
     }
 
     /// Worker `i`'s counters (it must be their only writer).
@@ -379,6 +447,20 @@ pub fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> s
 /// One unlabelled gauge family.
 pub fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
     ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// One counter family with a sample per label set.
+pub fn counter_family<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// One gauge family with a sample per label set.

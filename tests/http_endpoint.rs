@@ -374,6 +374,10 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         "maglevd_backend_slots",
         "maglevd_http_connections_refused_total",
         "maglevd_http_connections_timed_out_total",
+        // Per backend traffic.
+        "maglevd_backend_packets_total",
+        "maglevd_backend_bytes_total",
+        "maglevd_backend_flows_total",
         // Health (maglevd_backend_last_probe_error_info has a sample only after a failed probe).
         "maglevd_backend_healthy",
         "maglevd_backend_health_transitions_total",

@@ -347,6 +347,7 @@ struct BackendState {
     ups: u64,
     downs: u64,
     last_error: Option<String>,
+    traffic: crate::metrics::BackendTotals,
 }
 
 impl BackendState {
@@ -414,7 +415,7 @@ impl DaemonMetrics {
             all_down.push((s.name.clone(), s.all_down));
             let shares = s.table.shares(s.backends.len());
             let ipvs_mh = matches!(&*s.table, crate::table::ServiceTable::IpvsMh(_));
-            for (b, slots) in s.backends.iter().zip(shares) {
+            for ((b, slots), counters) in s.backends.iter().zip(shares).zip(&s.counters) {
                 let key = crate::health::TargetKey { service: s.name.clone(), backend: b.ip.into(), port: b.port };
                 let checked = health.targets.get(&key).map(|t| &t.health);
                 backends.push(BackendState {
@@ -426,6 +427,7 @@ impl DaemonMetrics {
                     ups: checked.map_or(0, |h| h.ups),
                     downs: checked.map_or(0, |h| h.downs),
                     last_error: checked.and_then(|h| h.last_error.clone()),
+                    traffic: counters.totals(),
                 });
             }
         }
@@ -491,6 +493,24 @@ impl Collector for DaemonMetrics {
             "maglevd_service_all_down",
             "1 while every backend of the service is down by its health check (then when_all_down applies).",
             self.all_down.iter().map(|(s, d)| ([("service", s.as_str())], u64::from(*d))),
+        )?;
+        metrics::counter_family(
+            &mut enc,
+            "maglevd_backend_packets",
+            "Frames forwarded to the backend (queued in a TX ring), over all workers.",
+            self.backends.iter().map(|b| (b.labels(), b.traffic.packets)),
+        )?;
+        metrics::counter_family(
+            &mut enc,
+            "maglevd_backend_bytes",
+            "Bytes of the frames forwarded to the backend (Ethernet header included).",
+            self.backends.iter().map(|b| (b.labels(), b.traffic.bytes)),
+        )?;
+        metrics::counter_family(
+            &mut enc,
+            "maglevd_backend_flows",
+            "Flows assigned to the backend: new tracked flows and tracked flows re-chosen to it.",
+            self.backends.iter().map(|b| (b.labels(), b.traffic.flows)),
         )?;
         metrics::gauge_family(
             &mut enc,

@@ -541,7 +541,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let mut neigh = NeighTable::new(MacAddr(ifs.egress.mac), ifs.egress_ip, NeighTimers::default());
     neigh.set_own_macs(&[MacAddr(ifs.ingress.mac), MacAddr(ifs.egress.mac)]);
     neigh.set_targets(arp_targets(&cfg), now);
-    let mut cache = BuildState::default();
+    let mut cache = BuildState::for_workers(workers);
     let macs = macs_of(&neigh);
     let resolve = |b: &config::Backend| b.ipv4().and_then(|ip| macs.get(&ip).copied());
     // Every backend starts healthy ("unknown" counts as up until its checks conclude).

@@ -313,14 +313,23 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
                 gso: frame.vnet.is_some_and(|v| v.is_gso()),
                 egress_mtu: Some(egress_mtu),
             };
-            let verdict = match tracker {
-                Some(t) => ahead.forward(i, frame.data, &meta, snap, t, tick),
-                None => forward_frame(frame.data, &meta, snap),
+            let (verdict, new_flow) = match tracker {
+                Some(t) => {
+                    let inserts = t.flows.stats().inserts;
+                    let v = ahead.forward(i, frame.data, &meta, snap, t, tick);
+                    (v, t.flows.stats().inserts != inserts)
+                }
+                None => (forward_frame(frame.data, &meta, snap), false),
             };
             match verdict {
-                Verdict::Forward { .. } => {
+                Verdict::Forward { service, backend } => {
                     let reason = match tx.push(frame.vnet.as_ref(), frame.data) {
-                        Ok(()) => return,
+                        Ok(()) => {
+                            if let Some(c) = snap.backend_counters(service, backend) {
+                                c.record(counters.index, frame.data.len(), new_flow);
+                            }
+                            return;
+                        }
                         Err(TxError::RingFull) => {
                             bump(&io.tx_ring_full, 1);
                             DropReason::TxRingFull
@@ -523,6 +532,48 @@ mod tests {
         assert_eq!(get(&c.io.tx_bytes), out.data.len() as u64);
         assert_eq!(get(&c.passes[PassReason::NotVip.index()]), 1);
         assert_eq!(dropped(c, DropReason::Ipv4Checksum), 1);
+    }
+
+    /// Each forwarded frame is counted for its backend, in the worker's own cell: frames, bytes,
+    /// and with tracking the flow once, when it is first seen. Frames not forwarded count nothing.
+    #[test]
+    fn forwarded_frames_are_counted_per_backend_and_worker() {
+        use crate::dataplane::BuildState;
+        use crate::flow::{Timeouts, Tracker};
+        let text = "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.7\"\nmac = \"02:00:00:00:00:07\"\n";
+        let cfg = config::parse(text, Path::new("t.toml")).unwrap();
+        let links = Links { ingress_mac: MacAddr(INGRESS), egress_mac: MacAddr(EGRESS) };
+        let mut state = BuildState::for_workers(2);
+        let snap = Snapshot::build_observed(&cfg, links, &|_| None, &|_, _| true, 1, &mut state).unwrap();
+        let counters = Counters::new(2);
+        let c = counters.worker(1).unwrap();
+        let (mut rx, mut tx, mut icmp) = (MemRx::new(), MemTx::new(64), MemTx::new(8));
+        let flow = |sport: u16, payload: usize| {
+            let b = PacketBuilder::ethernet2(ROUTER, INGRESS)
+                .ipv4([192, 168, 1, 1], [10, 201, 0, 1], 64)
+                .tcp(sport, 80, 1, 512);
+            let mut v = Vec::new();
+            b.write(&mut v, &vec![0u8; payload]).unwrap();
+            v
+        };
+        let mut bytes = 0;
+        for (sport, payload) in [(40000, 0), (40000, 100), (40001, 0), (40000, 10), (40002, 1400)] {
+            let f = flow(sport, payload);
+            bytes += f.len() as u64;
+            rx.inject(MemFrame::new(f));
+        }
+        rx.inject(MemFrame::new(tcp([10, 9, 9, 9], 0)));
+        let mut w = Worker::new(&mut rx, &mut tx, &mut icmp, c, Instant::now()).tracking(Tracker::new(
+            64,
+            Timeouts::default(),
+            Duration::from_secs(5),
+        ));
+        assert_eq!(w.run_batch(&snap, Instant::now()), 6);
+        let b = snap.backend_counters(0, 0).unwrap();
+        let want = crate::metrics::BackendTotals { packets: 5, bytes, flows: 3 };
+        assert_eq!(b.totals(), want);
+        assert_eq!(get(&b.cell(1).packets), 5, "worker 1's cell");
+        assert_eq!(get(&b.cell(0).packets), 0, "worker 0 forwarded nothing");
     }
 
     /// With tracking, a batch goes through the two passes and gives what forwarding each frame on

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use crate::config::{Backend, Config, FlowKey, Protocol, Service, WhenAllDown};
+use crate::metrics::BackendCounters;
 
 use crate::table::{BuildError, ServiceTable, TableCache};
 use crate::wire::MacAddr;
@@ -81,6 +82,9 @@ pub struct ServiceState {
     /// changed (see [`TableCache`]).
     pub table: Arc<ServiceTable>,
     pub backends: Box<[BackendState]>,
+    /// Each backend's traffic counters (parallel to `backends`), the same across snapshots while
+    /// the backend stays configured.
+    pub counters: Box<[Arc<BackendCounters>]>,
     /// Every backend with a weight and a MAC is down by its health check.
     pub all_down: bool,
     pub when_all_down: WhenAllDown,
@@ -102,11 +106,27 @@ fn identity(s: &Service, b: &Backend) -> Identity {
 pub struct BackendIds {
     ids: BTreeMap<Identity, u32>,
     next: u32,
+    /// The counters of the backends of the last snapshot built, by id.
+    counters: BTreeMap<u32, Arc<BackendCounters>>,
+    /// Workers the counters have cells for (0 counts as 1).
+    workers: usize,
 }
 
 impl BackendIds {
     pub fn new() -> BackendIds {
         BackendIds::default()
+    }
+
+    /// The counters of backend `id`: the ones it had in the last snapshot, else new ones.
+    fn counters(&mut self, id: u32) -> Arc<BackendCounters> {
+        let workers = self.workers;
+        Arc::clone(self.counters.entry(id).or_insert_with(|| Arc::new(BackendCounters::new(workers))))
+    }
+
+    /// Forget the counters of backends not in `kept` (a backend removed and added again starts
+    /// from zero, and the map stays as small as the configuration).
+    fn keep_counters(&mut self, kept: &[u32]) {
+        self.counters.retain(|id, _| kept.binary_search(id).is_ok());
     }
 
     fn id(&mut self, s: &Service, b: &Backend) -> u32 {
@@ -128,6 +148,14 @@ impl BackendIds {
 pub struct BuildState {
     pub tables: TableCache,
     pub ids: BackendIds,
+}
+
+impl BuildState {
+    /// A build state whose snapshots count traffic for `workers` workers (the daemon's; the
+    /// default has one cell, enough for tools that forward on one thread).
+    pub fn for_workers(workers: usize) -> BuildState {
+        BuildState { ids: BackendIds { workers, ..BackendIds::default() }, ..BuildState::default() }
+    }
 }
 
 /// Where a backend id lives in a snapshot: (service index, backend index), or nowhere.
@@ -219,6 +247,7 @@ impl Snapshot {
                 });
             };
             let mut backends = Vec::with_capacity(s.backends.len());
+            let mut counters = Vec::with_capacity(s.backends.len());
             for b in &s.backends {
                 let Some(ip) = b.ipv4() else {
                     return Err(BuildError::NotIpv4 { service: s.name.clone(), ip: b.ip });
@@ -228,6 +257,7 @@ impl Snapshot {
                 }
                 let mac = b.mac.or_else(|| resolve(b)).filter(|m| !own.contains(m));
                 let id = state.ids.id(s, b);
+                counters.push(state.ids.counters(id));
                 let ok = healthy(s, b);
                 backends.push(BackendState { ip, port: b.port, id, weight: b.weight, mac, healthy: ok, serving: ok });
             }
@@ -250,11 +280,15 @@ impl Snapshot {
                 flow_key: s.flow_key,
                 table,
                 backends: backends.into(),
+                counters: counters.into(),
                 all_down,
                 when_all_down: s.when_all_down,
             });
         }
         state.tables.retain(used);
+        let mut kept: Vec<u32> = services.iter().flat_map(|s| s.backends.iter().map(|b| b.id)).collect();
+        kept.sort_unstable();
+        state.ids.keep_counters(&kept);
         Ok(Self::from_services(services, links, generation, state.ids.end()))
     }
 
@@ -315,6 +349,12 @@ impl Snapshot {
     #[inline]
     pub fn backend_id(&self, svc: u16, backend: u32) -> Option<u32> {
         Some(self.services.get(svc as usize)?.backends.get(backend as usize)?.id)
+    }
+
+    /// The traffic counters of backend `backend` of service `svc`.
+    #[inline]
+    pub fn backend_counters(&self, svc: u16, backend: u32) -> Option<&BackendCounters> {
+        self.services.get(svc as usize)?.counters.get(backend as usize).map(|c| &**c)
     }
 
     /// Does backend `backend` of service `svc` keep its tracked flows ([`BackendState::keeps_flows`])?
@@ -467,5 +507,38 @@ mod tests {
         // The same IP in another service is another backend.
         assert_ne!(id_of(&s2, "b", "10.0.0.3"), id_of(&s2, "a", "10.0.0.2"));
         assert_eq!(s2.backend_by_id(u32::MAX), None);
+    }
+
+    /// A backend keeps its counters across snapshots while it stays configured (whatever the
+    /// order); a removed backend's are forgotten, so it starts from zero when it comes back.
+    #[test]
+    fn backend_counters_live_as_long_as_the_backend() {
+        let cfg = |ips: &[&str]| {
+            let mut t = String::from(
+                "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n",
+            );
+            for ip in ips {
+                t.push_str(&format!("[[service.backend]]\nip = \"{ip}\"\nmac = \"02:00:00:00:00:07\"\n"));
+            }
+            crate::config::parse(&t, std::path::Path::new("t.toml")).unwrap()
+        };
+        let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
+        let mut state = BuildState::for_workers(3);
+        let mut build = |ips: &[&str], generation| {
+            Snapshot::build_observed(&cfg(ips), links, &|_| None, &|_, _| true, generation, &mut state).unwrap()
+        };
+        let s1 = build(&["10.0.0.1", "10.0.0.2"], 1);
+        s1.backend_counters(0, 0).unwrap().record(2, 100, true);
+        s1.backend_counters(0, 1).unwrap().record(0, 60, false);
+        let s2 = build(&["10.0.0.2", "10.0.0.3", "10.0.0.1"], 2);
+        let totals = |s: &Snapshot, b| s.backend_counters(0, b).unwrap().totals();
+        assert_eq!(totals(&s2, 2), crate::metrics::BackendTotals { packets: 1, bytes: 100, flows: 1 }, "10.0.0.1 kept");
+        assert_eq!(totals(&s2, 0).bytes, 60, "10.0.0.2 kept");
+        assert_eq!(totals(&s2, 1), Default::default(), "10.0.0.3 is new");
+        let s3 = build(&["10.0.0.2"], 3);
+        assert_eq!(totals(&s3, 0).bytes, 60);
+        let s4 = build(&["10.0.0.2", "10.0.0.1"], 4);
+        assert_eq!(totals(&s4, 1), Default::default(), "10.0.0.1 was removed: it starts again from zero");
+        assert!(s4.backend_counters(0, 2).is_none());
     }
 }
