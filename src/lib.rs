@@ -44,5 +44,6 @@ pub mod metrics;
 pub mod neigh;
 pub mod netns;
 pub mod report;
+pub mod status;
 pub mod table;
 pub mod wire;

@@ -156,6 +156,16 @@ enum Command {
         #[arg(long)]
         icmp_error: bool,
     },
+    /// Show what the running daemon does: services, backends, workers, rates, flows.
+    ///
+    /// Reads the daemon through its HTTP listener (daemon.metrics of -c FILE, or --address):
+    /// per service and backend the state (up, down with the last probe error, drained, MAC
+    /// unresolved), MAC, weight, table share, packets and bits per second and totals, flows
+    /// assigned; per worker RX/TX rates, ring drops and flow-table use; the snapshot generation,
+    /// the configuration file, when it was applied and the last refused reload. Rates come from
+    /// two readings --interval apart. --flows lists tracked flows (like ipvsadm -Lnc). Exit 1 if
+    /// the daemon cannot be read.
+    Status(maglevd::status::StatusArgs),
     /// Measure maglevd.
     ///
     /// Table builds, the packet path in memory, and live forwarding through real interfaces in
@@ -208,6 +218,7 @@ fn main() -> ExitCode {
             output.as_deref(),
         ),
         Command::Bench(args) => maglevd::bench::main(&args),
+        Command::Status(args) => maglevd::status::main(&args),
     }
 }
 

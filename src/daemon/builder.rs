@@ -160,12 +160,14 @@ fn run(start: Start, mailbox: &Mailbox, shared: &Shared, outcomes: &mpsc::Sender
                     cfg = new;
                     all_down.report(&p.snapshot);
                     shared.snapshot.store(Arc::new(p.snapshot));
+                    shared.reloads.applied();
                     info!(generation, services = cfg.services.len(), "configuration reloaded");
                     let _ = outcomes.send(Outcome::Applied(Arc::clone(&cfg)));
                     continue;
                 }
                 Err(e) => {
                     shared.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    shared.reloads.refused(&e.to_string());
                     error!("reload refused, running configuration kept: {e}");
                     let _ = outcomes.send(Outcome::Refused);
                     // The MACs or links that came with it still apply to the running configuration.

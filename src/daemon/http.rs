@@ -80,6 +80,8 @@ struct Conn {
     stream: TcpStream,
     deadline: Instant,
     request: Vec<u8>,
+    /// The peer is on a loopback address (flow listings are served to those only).
+    loopback: bool,
     /// The answer and how much of it is written, once the request is complete.
     answer: Option<(Vec<u8>, usize)>,
 }
@@ -161,7 +163,8 @@ impl Server {
             return;
         }
         let deadline = Instant::now() + CONNECTION_DEADLINE;
-        self.conns[slot] = Some(Conn { stream, deadline, request: Vec::new(), answer: None });
+        let loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+        self.conns[slot] = Some(Conn { stream, deadline, request: Vec::new(), loopback, answer: None });
         self.open += 1;
     }
 
@@ -215,8 +218,8 @@ impl Conn {
                 }
             }
             let answer = match request(&self.request, eof) {
-                Request::Line(line) => answer(Some(line), shared, stats),
-                Request::TooLarge => answer(None, shared, stats),
+                Request::Line(line) => answer(Some(line), shared, stats, self.loopback),
+                Request::TooLarge => answer(None, shared, stats, self.loopback),
                 // The client gave up before finishing its request.
                 Request::Incomplete if eof => return Ok(true),
                 Request::Incomplete => return Ok(false),
@@ -263,15 +266,30 @@ fn request(buf: &[u8], eof: bool) -> Request<'_> {
 }
 
 /// The whole HTTP/1.0 answer to a request line (`None`: the request was too large).
-fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats) -> Vec<u8> {
+fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats, loopback: bool) -> Vec<u8> {
     let text = "text/plain; charset=utf-8";
     let (status, content_type, body) = match line {
         None => ("431 Request Header Fields Too Large", text, format!("request header over {MAX_REQUEST} bytes\n")),
         Some(line) => {
             let mut parts = line.split_whitespace();
             let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let path = target.split('?').next().unwrap_or("");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let json = "application/json";
             match (method, path) {
+                ("GET", "/status") => match serde_json::to_string(&super::status::collect(shared)) {
+                    Ok(body) => ("200 OK", json, body),
+                    Err(e) => ("500 Internal Server Error", text, format!("{e}\n")),
+                },
+                ("GET", "/status/flows") if !loopback => {
+                    ("403 Forbidden", text, "flows are listed to local clients only (they name clients)\n".to_string())
+                }
+                ("GET", "/status/flows") => match super::status::flows(shared, query) {
+                    Ok(list) => match serde_json::to_string(&list) {
+                        Ok(body) => ("200 OK", json, body),
+                        Err(e) => ("500 Internal Server Error", text, format!("{e}\n")),
+                    },
+                    Err((status, why)) => (status, text, why),
+                },
                 ("GET", "/metrics") => ("200 OK", metrics::CONTENT_TYPE, render(shared, stats)),
                 ("GET", "/live") => {
                     let (status, body) = probe(shared.liveness(std::time::Instant::now()));
@@ -282,9 +300,11 @@ fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats) -> Vec<u8
                     let (status, body) = probe(shared.readiness(std::time::Instant::now()));
                     (status, text, body)
                 }
-                ("GET", _) => {
-                    ("404 Not Found", text, "not found: try /metrics, /live, /ready or /healthz\n".to_string())
-                }
+                ("GET", _) => (
+                    "404 Not Found",
+                    text,
+                    "not found: try /metrics, /live, /ready, /status or /status/flows\n".to_string(),
+                ),
                 _ => ("405 Method Not Allowed", text, "only GET\n".to_string()),
             }
         }
@@ -551,20 +571,50 @@ mod tests {
         let snap = Snapshot::build(&cfg, links, &|_| None, 1).unwrap();
         let shared = Shared::new(snap, 1, Arc::new(AtomicBool::new(false)));
         let stats = ConnectionStats::default();
-        let a = text(answer(Some("GET /nope HTTP/1.0"), &shared, stats));
+        let a = text(answer(Some("GET /nope HTTP/1.0"), &shared, stats, true));
         assert!(a.starts_with("HTTP/1.0 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n"), "{a}");
-        let a = text(answer(Some("POST /metrics HTTP/1.0"), &shared, stats));
+        let a = text(answer(Some("POST /metrics HTTP/1.0"), &shared, stats, true));
         assert!(a.starts_with("HTTP/1.0 405 "), "{a}");
-        let a = text(answer(None, &shared, stats));
+        let a = text(answer(None, &shared, stats, true));
         assert!(a.starts_with("HTTP/1.0 431 ") && a.ends_with(&format!("over {MAX_REQUEST} bytes\n")), "{a}");
-        let a = text(answer(Some("GET /metrics?x=1 HTTP/1.1"), &shared, stats));
+        let a = text(answer(Some("GET /metrics?x=1 HTTP/1.1"), &shared, stats, true));
         let (head, body) = a.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Type: {}\r\n", metrics::CONTENT_TYPE)), "{head}");
         assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{head}");
         assert!(body.contains("\nmaglevd_workers 1\n"), "{body}");
         // No backend MAC: the service has no usable backend.
-        let a = text(answer(Some("GET /healthz HTTP/1.1"), &shared, stats));
+        let a = text(answer(Some("GET /healthz HTTP/1.1"), &shared, stats, true));
         assert!(a.starts_with("HTTP/1.0 503 ") && a.ends_with("no usable backend: 10.201.0.1:80/tcp\n"), "{a}");
+    }
+
+    /// `/status` is JSON for anyone who may read the metrics; `/status/flows` names clients, so
+    /// only loopback peers get it.
+    #[test]
+    fn status_is_json_and_flows_are_for_local_clients() {
+        let text_cfg = "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.7\"\n";
+        let cfg = crate::config::parse(text_cfg, std::path::Path::new("t.toml")).unwrap();
+        let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
+        let shared =
+            Shared::new(Snapshot::build(&cfg, links, &|_| None, 1).unwrap(), 1, Arc::new(AtomicBool::new(false)));
+        let get = |line: &str, loopback| {
+            String::from_utf8(answer(Some(line), &shared, ConnectionStats::default(), loopback)).unwrap()
+        };
+        let a = get("GET /status HTTP/1.0", false);
+        let (head, body) = a.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"), "{head}");
+        let s: crate::status::Status = serde_json::from_str(body).unwrap();
+        assert_eq!(s.services[0].backends[0].state, "unresolved");
+        let a = get("GET /status/flows?limit=3 HTTP/1.0", false);
+        assert!(a.starts_with("HTTP/1.0 403 Forbidden\r\n") && a.ends_with("only (they name clients)\n"), "{a}");
+        // The worker never answers here (none runs): the listing ends at its deadline, empty.
+        let a = get("GET /status/flows?limit=3 HTTP/1.0", true);
+        let body = a.split_once("\r\n\r\n").unwrap().1;
+        let l: crate::status::FlowList = serde_json::from_str(body).unwrap();
+        assert_eq!((l.flows.len(), l.workers, l.answered.len()), (0, 1, 0));
+        let a = get("GET /status/flows?limit=3 HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 429 "), "a second listing within a second: {a}");
+        let a = get("GET /status/flows?limit=zero HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 400 "), "{a}");
     }
 
     /// A `maglev` backend is its IP in the labels (its port is the service's); an `ipvs-mh`
@@ -581,8 +631,8 @@ mod tests {
             let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
             let snap = Snapshot::build(&cfg, links, &|_| Some(MacAddr([2, 0, 0, 0, 0, 7])), 1).unwrap();
             let shared = Shared::new(snap, 1, Arc::new(AtomicBool::new(false)));
-            let a =
-                String::from_utf8(answer(Some("GET /metrics HTTP/1.1"), &shared, ConnectionStats::default())).unwrap();
+            let a = String::from_utf8(answer(Some("GET /metrics HTTP/1.1"), &shared, ConnectionStats::default(), true))
+                .unwrap();
             let want = format!("maglevd_backend_up{{service=\"web\",backend=\"{label}\"}} 1\n");
             assert!(a.contains(&want), "{algorithm}: no {want:?} in\n{a}");
         }

@@ -33,7 +33,9 @@
 //! ARP refresh, signals and the file check never wait for them.
 
 mod builder;
+pub mod flows;
 pub mod http;
+pub mod status;
 mod throttle;
 pub mod worker;
 
@@ -86,6 +88,35 @@ pub struct Shared {
     pub control_heartbeat_ms: AtomicU64,
     /// The health checks' latest view (for metrics and `status`).
     pub health: ArcSwap<HealthView>,
+    /// Flow listings for `status --flows` (see [`flows`]).
+    pub flow_dump: flows::FlowDump,
+    /// The configuration file the daemon runs from (for `status`).
+    pub config_path: std::sync::OnceLock<PathBuf>,
+    /// When the running configuration was applied, and the last refused reload.
+    pub reloads: ReloadLog,
+}
+
+/// When the running configuration was applied (Unix seconds; 0: not yet) and the last reload
+/// that was refused (Unix seconds, why), for `status`.
+#[derive(Debug, Default)]
+pub struct ReloadLog {
+    pub applied_unix: AtomicU64,
+    pub last_error: arc_swap::ArcSwapOption<(u64, String)>,
+}
+
+impl ReloadLog {
+    pub fn applied(&self) {
+        self.applied_unix.store(unix_now(), Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, why: &str) {
+        self.last_error.store(Some(Arc::new((unix_now(), why.to_string()))));
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The indices of the per-worker flags that are false, as `"0, 3"` (empty if none).
@@ -116,6 +147,9 @@ impl Shared {
             started: Instant::now(),
             control_heartbeat_ms: AtomicU64::new(0),
             health: ArcSwap::from_pointee(HealthView::default()),
+            flow_dump: flows::FlowDump::new(workers),
+            config_path: std::sync::OnceLock::new(),
+            reloads: ReloadLog::default(),
         }
     }
 
@@ -567,6 +601,8 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     info!(ring_memory_mib = memory >> 20, tx_sndbuf_kib = sndbuf >> 10, "rings open");
 
     let shared = Arc::new(Shared::new(snapshot, workers, stop));
+    let _ = shared.config_path.set(opts.config.clone());
+    shared.reloads.applied();
 
     let mut handles = Vec::new();
     for (i, (rx, tx, icmp)) in rings.into_iter().enumerate() {
@@ -847,6 +883,7 @@ impl Control<'_> {
         let path: &Path = &self.opts.config;
         let refuse = |shared: &Shared, why: String| {
             shared.reload_failures.fetch_add(1, Ordering::Relaxed);
+            shared.reloads.refused(&why);
             error!("reload refused, running configuration kept: {why}");
         };
         let new = match config::load(path) {

@@ -251,6 +251,8 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
             if let Some(t) = self.tracker.as_mut() {
                 t.sweep(tick, if n == 0 { SWEEP_WHEN_IDLE } else { SWEEP_PER_BATCH });
                 self.counters.flows.publish(t);
+                // One relaxed load unless `status --flows` asked for a listing.
+                shared.flow_dump.serve(self.counters.index, t, tick);
             }
             if n > 0 || backlog > 0 {
                 backlog = self.flush(now);

@@ -634,6 +634,8 @@ pub struct FlowEntry {
     pub backend: u32,
     /// Time since the entry was last used (in whole ticks).
     pub idle: Duration,
+    /// Time until it expires unless used again (its class's timeout minus `idle`).
+    pub expires_in: Duration,
     /// A FIN or RST was seen: the shorter `tcp_fin` timeout applies.
     pub closing: bool,
 }
@@ -744,6 +746,7 @@ impl FlowTable {
             },
             backend: e.key.backend,
             idle: ticks_duration(now.age_since(e.last_used)),
+            expires_in: ticks_duration(self.sets.timeouts[tag_class(e.tag)].saturating_sub(now.age_since(e.last_used))),
             closing: tag_class(e.tag) == Class::TcpClosing as usize,
         })
     }
