@@ -401,6 +401,7 @@ fn metrics_parse_with_a_real_prometheus_parser() {
     want.extend(IoCounters::default().values().into_iter().map(|(n, _)| format!("maglevd_{n}_total")));
     let got: BTreeSet<String> = samples.keys().cloned().collect();
     assert_eq!(got, want, "metric names");
+    dashboard_queries_use_exported_metrics(&samples);
 
     let one = |name: &str| -> f64 {
         let v = &samples[name];
@@ -438,4 +439,56 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         weird
     );
     stop(&sh, &done);
+}
+
+/// docker/grafana/maglevd-dashboard.json: valid JSON, and every metric its queries use is one
+/// the endpoint exports, with the labels the queries group by. (The last-probe-error family has
+/// samples only after a failed probe: its name is checked against the daemon's code instead.)
+fn dashboard_queries_use_exported_metrics(samples: &BTreeMap<String, Vec<(Labels, f64)>>) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/grafana/maglevd-dashboard.json");
+    let text = std::fs::read_to_string(path).expect("read the dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    let mut used = BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().expect("title");
+        assert!(p["gridPos"]["w"].as_u64().is_some(), "{title}: no gridPos");
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("maglevd_"))
+                .collect();
+            assert!(!names.is_empty(), "{title}: {expr}");
+            // Labels grouped by: `by (a, b)`.
+            let grouped: Vec<&str> = expr
+                .split("by (")
+                .skip(1)
+                .flat_map(|rest| rest.split(')').next().unwrap_or("").split(','))
+                .map(str::trim)
+                .filter(|l| *l != "instance")
+                .collect();
+            for name in names {
+                used.insert(name.to_string());
+                if name == "maglevd_backend_last_probe_error_info" {
+                    assert!(
+                        include_str!("../src/daemon/http.rs").contains(&format!("\"{name}\"")),
+                        "{title}: {name} is not a metric of the daemon"
+                    );
+                    continue;
+                }
+                let s = samples.get(name).unwrap_or_else(|| panic!("{title}: {name} is not exported"));
+                for label in &grouped {
+                    assert!(
+                        s.iter().any(|(l, _)| l.contains_key(*label)),
+                        "{title}: {name} has no label {label:?} ({expr})"
+                    );
+                }
+            }
+        }
+    }
+    for needed in ["maglevd_backend_packets_total", "maglevd_drop_total", "maglevd_flow_entries", "maglevd_backend_up"] {
+        assert!(used.contains(needed), "the dashboard does not show {needed}");
+    }
 }
