@@ -156,7 +156,7 @@ enum Command {
         #[arg(long)]
         icmp_error: bool,
     },
-    /// Show what the running daemon does: services, backends, workers, rates, flows.
+    /// Show the running daemon: services, backends, workers, rates, flows.
     ///
     /// Reads the daemon through its HTTP listener (daemon.metrics of -c FILE, or --address):
     /// per service and backend the state (up, down with the last probe error, drained, MAC
