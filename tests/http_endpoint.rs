@@ -488,7 +488,8 @@ fn dashboard_queries_use_exported_metrics(samples: &BTreeMap<String, Vec<(Labels
             }
         }
     }
-    for needed in ["maglevd_backend_packets_total", "maglevd_drop_total", "maglevd_flow_entries", "maglevd_backend_up"] {
+    for needed in ["maglevd_backend_packets_total", "maglevd_drop_total", "maglevd_flow_entries", "maglevd_backend_up"]
+    {
         assert!(used.contains(needed), "the dashboard does not show {needed}");
     }
 }

@@ -78,6 +78,23 @@ pub struct ForwardArgs {
     /// Forward without connection tracking (every packet's backend from the table).
     #[arg(long)]
     pub no_tracking: bool,
+    /// Also measure 1, 2, … workers at once (up to the CPUs this process may use), each on its
+    /// own CPU with its own flow table and copy of the mix, and report Mpps per worker count.
+    #[arg(long, conflicts_with = "cpu")]
+    pub scale: bool,
+}
+
+/// One worker count of `--scale`: every worker's median Mpps, measured at the same time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePoint {
+    pub workers: usize,
+    pub mpps: Vec<f64>,
+}
+
+impl ScalePoint {
+    pub fn total(&self) -> f64 {
+        self.mpps.iter().sum()
+    }
 }
 
 impl ForwardArgs {
@@ -193,6 +210,8 @@ pub struct ForwardResult {
     pub flows: usize,
     /// With tracking: the flow table's (capacity, entries, bytes).
     pub table: Option<(usize, usize, usize)>,
+    /// `--scale`: Mpps per worker count.
+    pub scale: Vec<ScalePoint>,
 }
 
 impl ForwardResult {
@@ -204,8 +223,33 @@ impl ForwardResult {
     }
 }
 
-/// Runs the measurement.
+/// Runs the measurement (and with `--scale`, the measurement on 1, 2, … CPUs at once).
 pub fn measure(args: &ForwardArgs) -> Result<ForwardResult, BenchError> {
+    let mut r = measure_one(args)?;
+    if args.scale {
+        let cpus = crate::io::allowed_cpus().map_err(|e| BenchError::Setup(format!("the CPUs to use: {e}")))?;
+        for k in 1..=cpus.len() {
+            let runs: Vec<Result<ForwardResult, BenchError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = cpus[..k]
+                    .iter()
+                    .map(|&cpu| {
+                        let a = ForwardArgs { cpu: Some(cpu), scale: false, ..args.clone() };
+                        scope.spawn(move || measure_one(&a))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(BenchError::Setup("a worker panicked".into()))))
+                    .collect()
+            });
+            let mpps = runs.into_iter().map(|r| r.map(|r| 1e3 / r.median_ns())).collect::<Result<Vec<f64>, _>>()?;
+            r.scale.push(ScalePoint { workers: k, mpps });
+        }
+    }
+    Ok(r)
+}
+
+fn measure_one(args: &ForwardArgs) -> Result<ForwardResult, BenchError> {
     let total = args.validate()?;
     if let Some(cpu) = args.cpu {
         crate::io::pin_current_thread(cpu).map_err(|e| BenchError::Usage(format!("--cpu {cpu}: {e}")))?;
@@ -282,6 +326,7 @@ pub fn measure(args: &ForwardArgs) -> Result<ForwardResult, BenchError> {
         foreign_load: load.finish().map(|l| l.foreign),
         flows: args.flows,
         table: tracker.as_ref().map(|t| (t.flows.capacity(), t.flows.len(), t.flows.memory_bytes())),
+        scale: Vec::new(),
     })
 }
 
@@ -318,6 +363,20 @@ pub fn render(r: &ForwardResult) -> String {
         None => s.push_str("  no connection tracking (--no-tracking)\n"),
     }
     let _ = writeln!(s, "  foreign CPU load during the run: {}", fmt_load(r.foreign_load));
+    if !r.scale.is_empty() {
+        s.push_str("workers at once, each on its own CPU with its own flow table (median Mpps):\n");
+        for p in &r.scale {
+            let each: Vec<String> = p.mpps.iter().map(|m| format!("{m:.2}")).collect();
+            let _ = writeln!(
+                s,
+                "  {} worker(s): {:>6.2} Mpps in all ({:.2}× one worker; each: {})",
+                p.workers,
+                p.total(),
+                p.total() / r.scale[0].total(),
+                each.join(", ")
+            );
+        }
+    }
     s
 }
 
@@ -337,6 +396,20 @@ pub fn to_json(r: &ForwardResult) -> Json {
         .with("flows", r.flows as u64)
         .with("tracking", r.table.is_some())
         .with("flow_table_entries", r.table.map(|t| t.1 as u64))
+        .with(
+            "scale",
+            Json::Arr(
+                r.scale
+                    .iter()
+                    .map(|p| {
+                        Json::obj()
+                            .with("workers", p.workers as u64)
+                            .with("mpps", p.total())
+                            .with("mpps_per_worker", Json::Arr(p.mpps.iter().map(|m| Json::Num(*m)).collect()))
+                    })
+                    .collect(),
+            ),
+        )
 }
 
 #[cfg(test)]
@@ -375,18 +448,31 @@ mod tests {
 
     #[test]
     fn short_run() {
-        let r = measure(&ForwardArgs { seconds: 0.05, cpu: None, flows: 900, no_tracking: false }).unwrap();
+        let r =
+            measure(&ForwardArgs { seconds: 0.05, cpu: None, flows: 900, no_tracking: false, scale: false }).unwrap();
         assert!(r.frames > 0 && r.slices_ns.len() == SLICES as usize);
         assert_eq!(r.forwarded + r.passed + r.dropped, r.frames);
         assert!(render(&r).contains("ns/frame"));
         assert_eq!(r.table.map(|t| t.1), Some(900), "every flow tracked");
-        let many = measure(&ForwardArgs { seconds: 0.05, cpu: None, flows: 5000, no_tracking: false }).unwrap();
+        let many =
+            measure(&ForwardArgs { seconds: 0.05, cpu: None, flows: 5000, no_tracking: false, scale: false }).unwrap();
         assert_eq!(many.table.map(|t| t.1), Some(5000));
         let len = mix_of(5000).len() as u64;
         assert_eq!(many.forwarded * len, many.frames * 5000, "every VIP frame forwarded, once per pass");
-        let a = |seconds, flows| ForwardArgs { seconds, cpu: None, flows, no_tracking: true };
+        let a = |seconds, flows| ForwardArgs { seconds, cpu: None, flows, no_tracking: true, scale: false };
         assert!(a(0.0, 1).validate().is_err());
         assert!(a(f64::NAN, 1).validate().is_err());
         assert!(a(1.0, 0).validate().is_err());
+    }
+
+    #[test]
+    fn scale_measures_each_worker_count_at_once() {
+        let r =
+            measure(&ForwardArgs { seconds: 0.05, cpu: None, flows: 900, no_tracking: false, scale: true }).unwrap();
+        let cpus = crate::io::allowed_cpus().unwrap().len();
+        assert_eq!(r.scale.iter().map(|p| p.workers).collect::<Vec<_>>(), (1..=cpus).collect::<Vec<_>>());
+        assert!(r.scale.iter().all(|p| p.mpps.len() == p.workers && p.mpps.iter().all(|m| *m > 0.0)), "{:?}", r.scale);
+        assert!(render(&r).contains("1 worker(s):"));
+        assert!(to_json(&r).render().contains("\"mpps_per_worker\""));
     }
 }

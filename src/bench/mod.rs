@@ -167,7 +167,13 @@ mod tests {
         assert!(b.json);
         assert_eq!(
             b.command,
-            BenchCommand::Forward(ForwardArgs { seconds: 2.0, cpu: None, flows: 900, no_tracking: false })
+            BenchCommand::Forward(ForwardArgs {
+                seconds: 2.0,
+                cpu: None,
+                flows: 900,
+                no_tracking: false,
+                scale: false
+            })
         );
         let b = parse(&["live"]).unwrap();
         assert_eq!(b.command, BenchCommand::Live(LiveArgs::default()));

@@ -90,7 +90,7 @@ pub use iface::InterfaceInfo;
 #[cfg(test)]
 pub use mem::{MemFrame, MemRx, MemTx};
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
-pub(crate) use sys::{advise_hugepages, prefetch};
+pub(crate) use sys::{advise_hugepages, allowed_cpus, prefetch};
 pub use sys::{enter_netns, pin_current_thread};
 
 /// `struct virtio_net_hdr` (10 bytes, legacy layout, host byte order) that the

@@ -353,7 +353,6 @@ pub(crate) fn current_cpu() -> io::Result<usize> {
 
 /// The CPUs the calling thread may run on (`sched_getaffinity(0, …)`), in ascending order. A
 /// container or `taskset` may leave out any CPU, CPU 0 included.
-#[cfg(test)]
 pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: all-zero is a valid (empty) cpu_set_t; sched_getaffinity writes at most
     // size_of::<cpu_set_t>() bytes into it; CPU_ISSET reads one bit of it, `cpu` < CPU_SETSIZE.
