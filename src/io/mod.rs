@@ -503,7 +503,7 @@ impl Capabilities {
     /// A human-readable warning for missing optional capabilities.
     pub fn warning(&self) -> Option<&'static str> {
         (!self.net_admin).then_some(
-            "CAP_NET_ADMIN missing: SO_SNDBUFFORCE unavailable, TX send buffer capped by net.core.wmem_max (expect EAGAIN under load)",
+            "CAP_NET_ADMIN missing: SO_SNDBUFFORCE unavailable, TX send buffer capped by net.core.wmem_max (expect EAGAIN under load); no kernel drop filter (VIP frames also go through the kernel's IPv4 stack)",
         )
     }
 }
