@@ -39,6 +39,10 @@ pub struct Config {
     pub ingress_address: Option<Ipv4Addr>,
     /// Sender address of ARP probes for backends; `None`: the egress interface's first IPv4.
     pub egress_address: Option<Ipv4Addr>,
+    /// `interfaces.kernel_drop` (default true): a tc ingress filter on the ingress interface drops
+    /// VIP frames once the RX rings have their copy, so the kernel's IP stack does not process
+    /// (and drop) every one of them too. See [`crate::io::tc`].
+    pub kernel_drop: bool,
     pub daemon: Daemon,
     pub flows: Flows,
     pub services: Vec<Service>,
@@ -435,6 +439,8 @@ struct FileInterfaces {
     egress: Spanned<String>,
     ingress_address: Option<Spanned<String>>,
     egress_address: Option<Spanned<String>>,
+    /// A boolean (TOML checks the type); absent = true.
+    kernel_drop: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -790,7 +796,8 @@ impl Validator<'_> {
                 format!("{a} is a VIP; maglevd never answers ARP for a VIP"),
             );
         }
-        Config { ingress, egress, ingress_address, egress_address, daemon, flows, services }
+        let kernel_drop = file.interfaces.kernel_drop.unwrap_or(true);
+        Config { ingress, egress, ingress_address, egress_address, kernel_drop, daemon, flows, services }
     }
 
     fn flows(&mut self, f: &FileFlows) -> Flows {

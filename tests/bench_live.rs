@@ -54,6 +54,10 @@ fn bench_live_compares_kernel_and_maglevd_and_cleans_up() {
     assert_eq!(v["config"]["tracking"], true, "{}", v["config"]);
     let maglevd = runs.iter().find(|r| r["mode"] == "maglevd").expect("a maglevd run");
     assert_eq!(maglevd["flows_tracked"], 4096, "{maglevd}");
+    // The daemon's kernel drop filter is on lbin during the maglevd runs, and gone for the kernel
+    // runs after them (the kernel latency probes below come after a maglevd run).
+    assert_eq!(v["config"]["kernel_drop"], true, "{}", v["config"]);
+    assert_eq!(maglevd["kernel_drop"], true, "{maglevd}");
 
     let lat = v["latency"].as_array().expect("latency");
     let modes: Vec<&str> = lat.iter().filter_map(|l| l["mode"].as_str()).collect();

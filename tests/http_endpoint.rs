@@ -370,6 +370,7 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         "maglevd_reload_failures_total",
         "maglevd_snapshot_generation",
         "maglevd_workers",
+        "maglevd_kernel_drop_installed",
         "maglevd_backend_up",
         "maglevd_backend_slots",
         "maglevd_http_connections_refused_total",

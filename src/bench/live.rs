@@ -11,6 +11,10 @@
 //!   group, VIP filter, vnet header, slots for 64 KiB super-frames) and a TX ring on `lbout`
 //!   (vnet header, qdisc bypass), pinned to the forwarder CPU. Each worker tracks connections with
 //!   its share of the default `[flows]` table, as the daemon's workers do (`--no-tracking`: not).
+//!   Before the workers start, the daemon's kernel drop filter for the VIP is put on `lbin`
+//!   ([`daemon::install_kernel_drop`], [`crate::io::tc`]), and it is removed when they stop, so
+//!   VIP frames end after the rings' copy as with `maglevd run` (`--no-kernel-drop`: they also
+//!   go through `lb`'s IPv4 stack and are dropped there, as before the filter existed).
 //!
 //! # Throughput
 //! A generator thread in `gen`, pinned to the generator CPU, sends `--size`-byte UDP frames to the
@@ -56,7 +60,8 @@ use crate::config::{self, MAX_WORKERS};
 use crate::daemon::{self, Shared, worker};
 use crate::dataplane::{Links, Snapshot};
 use crate::io::{
-    PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, VipFilter, enter_netns, pin_current_thread,
+    KernelDrop, PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, VipFilter, enter_netns,
+    pin_current_thread,
 };
 use crate::wire::MacAddr;
 
@@ -126,6 +131,10 @@ pub struct LiveArgs {
     /// do, with the default `[flows]` table).
     #[arg(long)]
     pub no_tracking: bool,
+    /// maglevd runs without the daemon's kernel drop filter on lbin: VIP frames also go through
+    /// lb's IPv4 stack after the rings' copy (default: the filter is on, as `maglevd run` puts it).
+    #[arg(long)]
+    pub no_kernel_drop: bool,
     /// Before each run, wait up to this many seconds for foreign CPU load to pass.
     #[arg(long, default_value_t = 30.0)]
     pub load_wait: f64,
@@ -149,6 +158,7 @@ impl Default for LiveArgs {
             fwd_cpu: 1,
             v3_timeout_ms: 1,
             no_tracking: false,
+            no_kernel_drop: false,
             load_wait: 30.0,
         }
     }
@@ -245,6 +255,8 @@ pub struct RunResult {
     pub rx_ring_drops: Option<u64>,
     /// maglevd with tracking: flows its workers' tables held at the end of the window.
     pub flows_tracked: Option<u64>,
+    /// maglevd runs: the kernel drop filter was on `lbin` during the run.
+    pub kernel_drop: Option<bool>,
     /// Generator flushes that hit EAGAIN (send buffer full).
     pub gen_eagain: u64,
     /// The generator socket's effective send buffer (bytes).
@@ -539,6 +551,8 @@ struct WorkerReport {
 struct Workers {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<Result<WorkerReport, String>>>,
+    /// The kernel drop filter on `lbin` (removed when the workers stop).
+    kernel_drop: Option<KernelDrop>,
 }
 
 impl Workers {
@@ -547,7 +561,24 @@ impl Workers {
         // The daemon's own ring configuration; only the RX ring version may differ (V3 run).
         let (rx_cfg, tx_cfg) = daemon::worker_rings(&[VIP], daemon::fanout_group(), args.rx_slots, args.tx_slots)?;
         let rx_cfg = RxConfig { version, ..rx_cfg };
-        let mut w = Workers { shared, handles: Vec::new() };
+        let mut w = Workers { shared, handles: Vec::new(), kernel_drop: None };
+        if !args.no_kernel_drop {
+            // The daemon's own call, from a thread in `lb` (the filter's socket acts there).
+            let (path, shared) = (topo.ns_path("lb"), Arc::clone(&w.shared));
+            let installed = std::thread::Builder::new()
+                .name("bench-tc".into())
+                .spawn(move || -> Result<Option<KernelDrop>, String> {
+                    enter_netns(&path).map_err(|e| format!("setns: {e}"))?;
+                    Ok(daemon::install_kernel_drop(LB_IN, &[VIP], &shared))
+                })
+                .map_err(|e| BenchError::Setup(format!("spawning the tc thread: {e}")))?
+                .join()
+                .map_err(|_| BenchError::Setup("the tc thread panicked".into()))?
+                .map_err(BenchError::Setup)?;
+            w.kernel_drop = Some(installed.ok_or_else(|| {
+                BenchError::Setup("the kernel drop filter could not be installed on lbin (see the warning)".into())
+            })?);
+        }
         for i in 0..args.workers {
             let (rx_cfg, tx_cfg) = (rx_cfg.clone(), tx_cfg.clone());
             let (path, cpu, shared) = (topo.ns_path("lb"), args.fwd_cpu, Arc::clone(&w.shared));
@@ -598,6 +629,10 @@ impl Workers {
         self.shared.counters.totals().forwarded
     }
 
+    fn kernel_drop(&self) -> bool {
+        self.shared.kernel_drop.load(Ordering::Relaxed)
+    }
+
     /// Stops the workers: the frames their RX rings dropped, and with tracking the flows their
     /// tables held.
     fn finish(mut self) -> Result<(u64, Option<u64>), BenchError> {
@@ -613,6 +648,9 @@ impl Workers {
                 Err(_) => err = Some(BenchError::Setup("a maglevd worker panicked".into())),
             }
         }
+        if let Some(k) = self.kernel_drop.take() {
+            daemon::remove_kernel_drop(k, &self.shared);
+        }
         err.map_or(Ok((drops, tracked)), Err)
     }
 }
@@ -624,6 +662,8 @@ impl Drop for Workers {
         for h in std::mem::take(&mut self.handles) {
             let _ = h.join();
         }
+        // Dropping it removes the filter: the kernel runs must see every VIP frame.
+        self.kernel_drop.take();
     }
 }
 
@@ -760,6 +800,7 @@ impl Lab {
         })();
         let gen_sndbuf = generator.sndbuf;
         let gen_stats = generator.finish();
+        let kernel_drop = workers.as_ref().map(Workers::kernel_drop);
         let drops = match workers {
             Some(w) => Some(w.finish()?),
             None => None,
@@ -788,6 +829,7 @@ impl Lab {
             forwarded_pps: (mode == Mode::Maglevd).then(|| pps(a.2, b.2)),
             rx_ring_drops: drops.map(|d| d.0),
             flows_tracked: drops.and_then(|d| d.1),
+            kernel_drop,
             gen_eagain: gen_stats.eagain,
             gen_sndbuf,
         })
@@ -938,9 +980,16 @@ fn placement(args: &LiveArgs, rps: bool) -> Vec<String> {
         },
         format!(
             "maglevd: {} worker(s) pinned to CPU {f} (RX TPACKET_V2 {} slots, fanout hash, VIP filter, vnet hdr; \
-             TX {} slots, qdisc bypass); {LB_IN}'s receive softirq (AF_PACKET tap + IP drop, ip_forward=0) \
+             TX {} slots, qdisc bypass); {LB_IN}'s receive softirq ({}) \
              runs on CPU {g} with the generator, no RPS; the sink's receive runs on CPU {f}",
-            args.workers, args.rx_slots, args.tx_slots
+            args.workers,
+            args.rx_slots,
+            args.tx_slots,
+            if args.no_kernel_drop {
+                "AF_PACKET tap, then IP stack drop: ip_forward=0"
+            } else {
+                "AF_PACKET tap, then the tc kernel drop filter"
+            }
         ),
     ]
 }
@@ -1017,6 +1066,15 @@ pub fn render(r: &LiveReport) -> String {
         a.workers,
         if a.no_tracking { "no connection tracking" } else { "connection tracking on (default [flows] table)" }
     );
+    let _ = writeln!(
+        s,
+        "maglevd: {}",
+        if a.no_kernel_drop {
+            "no kernel drop filter: VIP frames also go through lb's IPv4 stack (--no-kernel-drop)"
+        } else {
+            "kernel drop filter on lbin (tc ingress, as maglevd run): VIP frames end after the rings' copy"
+        }
+    );
     let _ = writeln!(s, "placement (2 cores: generator and forwarder apart, docs/lab.md pitfall 10):");
     for p in &r.placement {
         let _ = writeln!(s, "  {p}");
@@ -1044,6 +1102,9 @@ pub fn render(r: &LiveReport) -> String {
         }
         if let Some(f) = x.flows_tracked {
             notes.push(format!("{f} flows tracked"));
+        }
+        if x.kernel_drop == Some(false) {
+            notes.push("no kernel drop".into());
         }
         if x.gen_eagain > 0 {
             notes.push(format!("gen EAGAIN {}", x.gen_eagain));
@@ -1143,6 +1204,7 @@ pub fn to_json(r: &LiveReport) -> Json {
         .with("gen_slots", a.gen_slots)
         .with("rate", a.rate)
         .with("tracking", !a.no_tracking)
+        .with("kernel_drop", !a.no_kernel_drop)
         .with("gen_cpu", a.gen_cpu)
         .with("fwd_cpu", a.fwd_cpu)
         .with("load_wait", a.load_wait)
@@ -1169,6 +1231,7 @@ pub fn to_json(r: &LiveReport) -> Json {
                 .with("maglevd_forwarded_pps", x.forwarded_pps)
                 .with("rx_ring_drops", x.rx_ring_drops)
                 .with("flows_tracked", x.flows_tracked)
+                .with("kernel_drop", x.kernel_drop)
                 .with("gen_eagain", x.gen_eagain)
         })
         .collect();
@@ -1265,6 +1328,7 @@ mod tests {
             forwarded_pps: None,
             rx_ring_drops: None,
             flows_tracked: None,
+            kernel_drop: None,
             gen_eagain: 0,
             gen_sndbuf: 0,
         }

@@ -402,6 +402,13 @@ fn daemon_section_and_interface_addresses() {
     assert_eq!(c.daemon, Daemon::default());
     assert_eq!(c.daemon.metrics, Some("127.0.0.1:9100".parse().unwrap()));
     assert_eq!((c.ingress_address, c.egress_address), (None, None));
+    assert!(c.kernel_drop, "interfaces.kernel_drop defaults to true");
+    let off = check(&SEED.replace("egress = \"net2\"", "egress = \"net2\"\nkernel_drop = false")).unwrap();
+    assert!(!off.kernel_drop);
+    let e = error(&SEED.replace("egress = \"net2\"", "egress = \"net2\"\nkernel_drop = \"yes\""));
+    assert!(e.contains("kernel_drop"), "{e}");
+    let e = error(&SEED.replace("egress = \"net2\"", "egress = \"net2\"\nkernel_drops = false"));
+    assert!(e.contains("kernel_drops"), "{e}");
     let text = SEED
         .replace(
             "egress = \"net2\"",

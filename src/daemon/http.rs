@@ -342,6 +342,7 @@ struct DaemonMetrics {
     counters: Vec<(&'static str, &'static str, u64)>,
     generation: u64,
     workers: usize,
+    kernel_drop: bool,
     backends: Vec<BackendState>,
     /// (service, every backend down).
     all_down: Vec<(String, bool)>,
@@ -452,7 +453,8 @@ impl DaemonMetrics {
             }
         }
         let live = shared.counters.workers() - shared.stalled_workers(std::time::Instant::now()).len();
-        DaemonMetrics { counters, generation: snap.generation(), workers: live, backends, all_down }
+        let kernel_drop = shared.kernel_drop.load(std::sync::atomic::Ordering::Relaxed);
+        DaemonMetrics { counters, generation: snap.generation(), workers: live, kernel_drop, backends, all_down }
     }
 }
 
@@ -472,6 +474,12 @@ impl Collector for DaemonMetrics {
             "maglevd_workers",
             "Forwarding worker threads alive and making progress.",
             self.workers as u64,
+        )?;
+        metrics::gauge(
+            &mut enc,
+            "maglevd_kernel_drop_installed",
+            "1 if the tc filter that drops VIP frames after the rings' copy is on the ingress interface.",
+            u64::from(self.kernel_drop),
         )?;
         metrics::gauge_family(
             &mut enc,

@@ -54,8 +54,8 @@ use crate::dataplane::{Healthy, Links, Resolver, Snapshot};
 use crate::flow::{self, Tracker};
 use crate::health::{self, HealthView};
 use crate::io::{
-    BpfProgram, Capabilities, Fanout, InterfaceInfo, IoError, PacketSocket, RxConfig, RxRing, TxConfig, TxRing,
-    VipFilter,
+    BpfProgram, Capabilities, Fanout, InterfaceInfo, IoError, KernelDrop, PacketSocket, RxConfig, RxRing, TxConfig,
+    TxRing, VipFilter, tc,
 };
 use crate::metrics::Counters;
 use crate::neigh::{self, Answer, NeighStats, NeighTable, NeighTimers, Responder};
@@ -88,6 +88,8 @@ pub struct Shared {
     pub control_heartbeat_ms: AtomicU64,
     /// The health checks' latest view (for metrics and `status`).
     pub health: ArcSwap<HealthView>,
+    /// The kernel drop filter is on the ingress interface ([`crate::io::tc`]).
+    pub kernel_drop: AtomicBool,
     /// Flow listings for `status --flows` (see [`flows`]).
     pub flow_dump: flows::FlowDump,
     /// The configuration file the daemon runs from (for `status`).
@@ -147,6 +149,7 @@ impl Shared {
             started: Instant::now(),
             control_heartbeat_ms: AtomicU64::new(0),
             health: ArcSwap::from_pointee(HealthView::default()),
+            kernel_drop: AtomicBool::new(false),
             flow_dump: flows::FlowDump::new(workers),
             config_path: std::sync::OnceLock::new(),
             reloads: ReloadLog::default(),
@@ -225,6 +228,53 @@ pub fn worker_rings(
     let filter = VipFilter::new(vips, false).build()?;
     let rx = RxConfig { fanout: Some(Fanout::hash(group)), filter: Some(filter), ..RxConfig::super_frames(rx_slots) };
     Ok((rx, TxConfig::super_frames(tx_slots)))
+}
+
+/// What it costs to forward without the kernel drop filter, for the warning when it cannot be
+/// installed (measured with `maglevd bench live`, 64-byte UDP: 19 % of the receiving CPU, and
+/// 0.78 instead of 1.02 times kernel forwarding's rate; see README, *Measured*).
+pub const KERNEL_DROP_COST: &str = "every VIP frame also goes through the kernel's IPv4 stack after maglevd's copy \
+     (ip_rcv, a failing route lookup, ip_error): about a fifth of the receiving CPU at small packets, \
+     and about a third less throughput in maglevd bench live";
+
+/// Puts the kernel drop filter for `vips` on `ingress` (in the calling thread's network
+/// namespace), as the daemon does at start and `bench live` does for its maglevd runs: logged,
+/// recorded in `shared.kernel_drop`. Failing (no CAP_NET_ADMIN, no `cls_bpf` in the kernel) is a
+/// warning naming the cost, never an error: forwarding works without it.
+pub fn install_kernel_drop(ingress: &str, vips: &[Ipv4Addr], shared: &Shared) -> Option<KernelDrop> {
+    match KernelDrop::install(ingress, vips) {
+        Ok(k) => {
+            info!(
+                interface = ingress,
+                vips = vips.len(),
+                pref = tc::PRIORITY,
+                created_clsact = k.created_clsact(),
+                "kernel drop filter installed: VIP frames stop after the rings' copy"
+            );
+            shared.kernel_drop.store(true, Ordering::Relaxed);
+            Some(k)
+        }
+        Err(e) => {
+            let why = if e.is_permission() { " (needs CAP_NET_ADMIN)" } else { "" };
+            warn!(
+                error = %e,
+                "cannot install the kernel drop filter{why}; forwarding without it: {KERNEL_DROP_COST} \
+                 (set interfaces.kernel_drop = false to silence this)"
+            );
+            shared.kernel_drop.store(false, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Removes the kernel drop filter (a clean stop, or `kernel_drop` turned off by a reload).
+pub fn remove_kernel_drop(k: KernelDrop, shared: &Shared) {
+    let iface = k.interface().to_string();
+    shared.kernel_drop.store(false, Ordering::Relaxed);
+    match k.remove() {
+        Ok(()) => info!(interface = %iface, "kernel drop filter removed"),
+        Err(e) => warn!(error = %e, "cannot remove the kernel drop filter"),
+    }
 }
 
 /// The fanout group of this process's workers: distinct per process, so two daemons in one
@@ -603,6 +653,13 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let shared = Arc::new(Shared::new(snapshot, workers, stop));
     let _ = shared.config_path.set(opts.config.clone());
     shared.reloads.applied();
+    // After the rings are bound: from here on VIP frames are the rings' alone.
+    let kernel_drop = if cfg.kernel_drop {
+        install_kernel_drop(&cfg.ingress, &vips(&cfg), &shared)
+    } else {
+        info!("interfaces.kernel_drop = false: VIP frames also go through the kernel's IPv4 stack");
+        None
+    };
 
     let mut handles = Vec::new();
     for (i, (rx, tx, icmp)) in rings.into_iter().enumerate() {
@@ -660,6 +717,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         arp_warnings: throttle::Throttle::default(),
         prober,
         health_changes,
+        kernel_drop,
     };
     // systemd (Type=notify): started; the control loop feeds the watchdog while every thread
     // makes progress. Outside systemd (no NOTIFY_SOCKET) these do nothing.
@@ -668,6 +726,10 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     for h in handles {
         let _ = h.join();
+    }
+    // The workers are gone: VIP frames are nobody's now, the kernel drops them as before.
+    if let Some(k) = control.kernel_drop.take() {
+        remove_kernel_drop(k, &shared);
     }
     info!(counters = %shared.counters.totals().summary(), "stopped");
     Ok(())
@@ -691,6 +753,8 @@ struct Control<'a> {
     prober: health::Prober,
     /// The prober's transitions: each one gets a new snapshot.
     health_changes: std::sync::mpsc::Receiver<health::Change>,
+    /// The kernel drop filter, when installed.
+    kernel_drop: Option<KernelDrop>,
 }
 
 /// The responder on the egress socket: for the egress address, and in one-arm mode (one socket
@@ -958,10 +1022,56 @@ impl Control<'_> {
             }
             self.builder.links(self.ifs.links());
             self.shared.rings_epoch.fetch_add(1, Ordering::Relaxed);
+            // A re-created ingress interface came without our qdisc and filter.
+            if recreated && let Some(k) = self.kernel_drop.as_mut() {
+                match k.reinstall() {
+                    Ok(()) => {
+                        info!(interface = %k.interface(), "kernel drop filter installed again on the re-created interface");
+                        self.shared.kernel_drop.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot install the kernel drop filter again: {KERNEL_DROP_COST}");
+                        self.shared.kernel_drop.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
         }
         if self.shared.link_problem.load().is_some() {
             info!("the interfaces are back");
             self.shared.link_problem.store(None);
+        }
+    }
+
+    /// The kernel drop filter as `cfg` wants it, right after its snapshot was published (the
+    /// workers put the same VIPs on their rings at their next batch): replaced when the VIPs
+    /// changed, installed or removed when `kernel_drop` changed. While the two differ, only
+    /// frames the kernel would drop anyway are concerned (the frontend holds no VIP and does not
+    /// forward).
+    fn follow_kernel_drop(&mut self, cfg: &Config) {
+        match (cfg.kernel_drop, self.kernel_drop.as_mut()) {
+            (true, Some(k)) => {
+                let want = vips(cfg);
+                if want != k.vips() {
+                    match k.set_vips(&want) {
+                        Ok(()) => info!(vips = want.len(), "kernel drop filter follows the new VIPs"),
+                        Err(e) => {
+                            error!(error = %e, "cannot update the kernel drop filter; removing it");
+                            if let Some(k) = self.kernel_drop.take() {
+                                remove_kernel_drop(k, self.shared);
+                            }
+                        }
+                    }
+                }
+            }
+            (true, None) if !self.cfg.kernel_drop => {
+                self.kernel_drop = install_kernel_drop(&cfg.ingress, &vips(cfg), self.shared);
+            }
+            (false, Some(_)) => {
+                if let Some(k) = self.kernel_drop.take() {
+                    remove_kernel_drop(k, self.shared);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -982,6 +1092,7 @@ impl Control<'_> {
             );
         }
         self.prober.set_targets(health::targets(&cfg, mac_lookup(&macs_of(&self.neigh))));
+        self.follow_kernel_drop(&cfg);
         self.cfg = cfg;
         self.refresh_responders();
         if lost {

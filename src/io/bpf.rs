@@ -37,6 +37,10 @@ pub const MAX_INSNS: usize = 4096;
 pub const ACCEPT: u32 = u32::MAX;
 /// Return value for "drop".
 pub const DROP: u32 = 0;
+/// tc direct-action verdict "drop the frame" (`TC_ACT_SHOT`).
+pub const TC_ACT_SHOT: u32 = 2;
+/// tc direct-action verdict "no verdict: go on with the next filter" (`TC_ACT_UNSPEC`, -1).
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 const CHUNK: usize = 128;
 
@@ -158,8 +162,21 @@ impl VipFilter {
         VipFilter { vips: vips.to_vec(), accept_arp, accept_vlan: false }
     }
 
-    /// Generates the program (see the module docs for its shape).
+    /// Generates the socket filter (see the module docs for its shape): [`ACCEPT`] for a
+    /// matching frame, [`DROP`] for any other.
     pub fn build(&self) -> Result<BpfProgram, BpfError> {
+        self.build_returning(ACCEPT, DROP)
+    }
+
+    /// The same program for a tc classifier in direct-action mode (see [`super::tc`]): the same
+    /// instructions, with [`TC_ACT_SHOT`] (drop the frame) where the socket filter accepts and
+    /// [`TC_ACT_UNSPEC`] (not ours: on to the next filter) where it drops. A frame too short for
+    /// a load still ends the program with 0, which tc reads as `TC_ACT_OK` (let the frame pass).
+    pub fn build_tc_drop(&self) -> Result<BpfProgram, BpfError> {
+        self.build_returning(TC_ACT_SHOT, TC_ACT_UNSPEC)
+    }
+
+    fn build_returning(&self, matched: u32, other: u32) -> Result<BpfProgram, BpfError> {
         let mut vips = self.vips.clone();
         vips.sort_unstable();
         vips.dedup();
@@ -187,7 +204,7 @@ impl VipFilter {
         ops.push(Op::Ja(if self.accept_vlan { l_vlan } else { l_drop }));
         if self.accept_arp {
             ops.push(Op::Label(l_arp));
-            ops.push(Op::Ret(ACCEPT));
+            ops.push(Op::Ret(matched));
         }
         ops.push(Op::Label(l_ipv4));
         ops.push(Op::Ld(OP_LD_W_ABS, 30));
@@ -218,11 +235,11 @@ impl VipFilter {
             let after = new_label();
             ops.push(Op::Ja(after));
             ops.push(Op::Label(acc));
-            ops.push(Op::Ret(ACCEPT));
+            ops.push(Op::Ret(matched));
             ops.push(Op::Label(after));
         }
         ops.push(Op::Label(l_drop));
-        ops.push(Op::Ret(DROP));
+        ops.push(Op::Ret(other));
         assemble(&ops, labels + 1)
     }
 }
@@ -394,6 +411,28 @@ pub(crate) mod tests {
         assert!(matches!(VipFilter::new(&vips, false).build(), Err(BpfError::TooLong { .. })));
         let vips: Vec<Ipv4Addr> = (0..3900).map(vip).collect();
         assert!(VipFilter::new(&vips, false).build().is_ok());
+    }
+
+    /// The tc program matches exactly the frames the socket filter accepts (same instructions,
+    /// other return values), including runts, VLAN tags and non-IPv4.
+    #[test]
+    fn tc_drop_program_matches_exactly_what_the_ring_takes() {
+        let vips: Vec<Ipv4Addr> = (0..300).map(|i| vip(i * 7)).collect();
+        for (arp, vlan) in [(false, false), (true, false), (false, true)] {
+            let f = VipFilter { vips: vips.clone(), accept_arp: arp, accept_vlan: vlan };
+            let (ring, tc) = (f.build().unwrap(), f.build_tc_drop().unwrap());
+            assert_eq!(ring.insns().len(), tc.insns().len());
+            let mut frames: Vec<Vec<u8>> = (0..2200).map(|i| ipv4_to(vip(i))).collect();
+            frames.extend((0..50).map(|i| vlan_ipv4_to(vip(i))));
+            frames.push(eth(0x0806, &[0; 28]));
+            frames.push(eth(0x86dd, &[0; 40]));
+            for frame in &frames {
+                let want = if run(&ring, frame) == ACCEPT { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
+                assert_eq!(run(&tc, frame), want);
+            }
+            // A runt ends both programs with 0: dropped by the ring, let pass by tc (TC_ACT_OK).
+            assert_eq!(run(&tc, &ipv4_to(vips[0])[..32]), 0);
+        }
     }
 
     #[test]

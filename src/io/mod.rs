@@ -10,12 +10,14 @@
 //! user space, `poll()` only when it is empty) and one `send()` on transmit.
 //!
 //! # Layout
-//! * [`sys`](self) — the only module with `unsafe` (socket options, `mmap`,
+//! * [`sys`](self) — the only module with `unsafe` (sockets and their options, `mmap`,
 //!   bounds-checked ring accessors, `getifaddrs`, `setns`).
 //! * [`ring`] — [`RxRing`] (TPACKET_V2 by default, V3 optional), [`TxRing`]
 //!   (TPACKET_V2 + qdisc bypass + one `send()` per batch), [`PacketSocket`]
 //!   (plain socket for ARP and other low-rate control traffic).
 //! * [`bpf`] — classic BPF program "ARP + IPv4 to one of these VIPs".
+//! * [`tc`] — [`KernelDrop`]: a tc ingress filter (the same program, other verdicts) that drops
+//!   VIP frames after the rings copied them, so the kernel's IP stack does not process them too.
 //! * [`iface`] — interface index, MAC, IPv4 addresses and MTU.
 //! * [`mem`] — in-memory [`RxDevice`]/[`TxDevice`] for tests of the worker.
 //!
@@ -82,6 +84,7 @@ pub mod iface;
 pub mod mem;
 pub mod ring;
 mod sys;
+pub mod tc;
 
 use std::time::Duration;
 
@@ -92,6 +95,7 @@ pub use mem::{MemFrame, MemRx, MemTx};
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
 pub(crate) use sys::{advise_hugepages, allowed_cpus, prefetch};
 pub use sys::{enter_netns, pin_current_thread};
+pub use tc::{KernelDrop, TcError};
 
 /// `struct virtio_net_hdr` (10 bytes, legacy layout, host byte order) that the
 /// kernel puts in front of each frame when `PACKET_VNET_HDR` is on. It carries
@@ -511,7 +515,7 @@ impl Capabilities {
     /// A human-readable warning for missing optional capabilities.
     pub fn warning(&self) -> Option<&'static str> {
         (!self.net_admin).then_some(
-            "CAP_NET_ADMIN missing: SO_SNDBUFFORCE unavailable, TX send buffer capped by net.core.wmem_max (expect EAGAIN under load)",
+            "CAP_NET_ADMIN missing: SO_SNDBUFFORCE unavailable, TX send buffer capped by net.core.wmem_max (expect EAGAIN under load); no kernel drop filter (VIP frames also go through the kernel's IPv4 stack)",
         )
     }
 }

@@ -46,6 +46,18 @@ pub(crate) fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
     }
 }
 
+/// `socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE)`: an rtnetlink socket (the tc
+/// filter of [`super::tc`]). It acts in the calling thread's network namespace, for as long as it
+/// lives.
+pub(crate) fn rtnetlink_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; the returned descriptor is owned by nobody
+    // else, so wrapping it in OwnedFd is sound.
+    unsafe {
+        let fd = cvt(libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE))?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
 /// Plain-old-data option values we pass to setsockopt/getsockopt.
 ///
 /// # Safety
