@@ -43,6 +43,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod neigh;
 pub mod netns;
+pub mod privs;
 pub mod report;
 pub mod status;
 pub mod table;

@@ -147,7 +147,14 @@ impl Net {
              [interfaces]\ningress = \"fe0\"\negress = \"fe0\"\n\n\
              [daemon]\nworkers = 1\nmetrics = \"{METRICS}\"\n\n\
              [[service]]\nvip = \"{VIP}\"\nprotocol = \"tcp\"\nport = 80\ntable_size = 251\n\n\
-             [[service.backend]]\nip = \"{BACKEND}\"\nmac = \"{}\"\n",
+             [[service.backend]]\nip = \"{BACKEND}\"\nmac = \"{}\"\n\n\
+             # A second service whose backend is found by ARP and checked by dsr probes (a packet\n\
+             # socket per probe): the peer does not hold the VIP, so the probes fail with no\n\
+             # answer, never with a permission error; every backend down forwards to all.\n\
+             [[service]]\nname = \"checked\"\nvip = \"{VIP}\"\nprotocol = \"tcp\"\nport = 81\ntable_size = 251\n\
+             when_all_down = \"all\"\n\
+             [service.health]\ncheck = \"dsr\"\ninterval_ms = 300\ntimeout_ms = 200\n\n\
+             [[service.backend]]\nip = \"{BACKEND}\"\n",
             peer_mac.trim()
         );
         std::fs::write(&net.cfg, cfg).expect("write config");
@@ -250,6 +257,70 @@ impl Net {
             .find(|(k, _)| *k == name)
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+    }
+
+    /// With nothing effective after start, what needs capabilities later still works, each
+    /// raising them for itself: ARP resolution and `dsr` probes (a packet socket per probe) of
+    /// the second service, a reload that changes the VIPs (the kernel drop filter replaced over
+    /// rtnetlink: CAP_NET_ADMIN), and `maglevd status`.
+    fn assert_works_without_effective_capabilities(&self, d: &mut Daemon) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let error = loop {
+            let (_, body) = self.http("/metrics");
+            let found = body
+                .lines()
+                .find(|l| l.starts_with("maglevd_backend_last_probe_error_info{service=\"checked\""))
+                .map(str::to_string);
+            if let Some(line) = found {
+                break line;
+            }
+            assert!(Instant::now() < deadline, "no dsr probe failed within 10 s:\n{body}\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        eprintln!("[{}]   dsr probe: {error}", self.case);
+        assert!(error.contains("no answer"), "the dsr probe must have run (and found no VIP): {error}");
+        assert!(!error.to_lowercase().contains("permit"), "a dsr probe lacked a capability: {error}");
+        assert!(self.metric("maglevd_arp_macs_learned_total") >= 1.0, "ARP resolved the checked backend");
+        // A reload with one more VIP: the kernel drop filter follows it.
+        let generation = self.metric("maglevd_snapshot_generation");
+        let current = std::fs::read_to_string(&self.cfg).expect("config");
+        let more = format!(
+            "{current}\n[[service]]\nname = \"more\"\nvip = \"10.201.0.2\"\nprotocol = \"tcp\"\nport = 80\ntable_size = 251\n\
+             [[service.backend]]\nip = \"{BACKEND}\"\n"
+        );
+        std::fs::write(&self.cfg, more).expect("write config");
+        let _ = run(&["kill", "-HUP", &d.pid().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.metric("maglevd_snapshot_generation") <= generation {
+            assert!(Instant::now() < deadline, "the reload was not applied:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let log = d.log();
+        assert!(!log.contains("cannot update the kernel drop filter"), "{log}");
+        assert_eq!(self.metric("maglevd_kernel_drop_installed"), 1.0, "{log}");
+        let filters = run(&["ip", "netns", "exec", self.fe.name(), "tc", "filter", "show", "dev", "fe0", "ingress"]);
+        assert!(text(&filters.stdout).contains("pref 19788"), "{}", text(&filters.stdout));
+        // maglevd status reads the daemon (no capability involved, but it must answer).
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            self.fe.name(),
+            self.bin.to_str().expect("utf-8 path"),
+            "status",
+            "--address",
+            METRICS,
+            "--interval",
+            "0",
+        ]);
+        let report = text(&out.stdout);
+        assert!(
+            out.status.success() && report.contains("service more 10.201.0.2:80/tcp"),
+            "{report}{}",
+            text(&out.stderr)
+        );
+        eprintln!("[{}]   reload applied with the drop filter updated; status answers", self.case);
     }
 
     /// One TCP SYN (and its retransmissions within a second) from the peer to the VIP must come
@@ -420,15 +491,39 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// Asserts ids, no supplementary groups, and the exact effective/permitted/bounding sets.
-fn assert_identity(net: &Net, st: &ProcStatus, eff: u64) {
+/// Asserts ids, no supplementary groups, and the capability sets after start: `prm` permitted,
+/// nothing effective, inheritable or ambient — in every thread of the process (capabilities are
+/// per thread; maglevd drops them in its main thread before it starts the others).
+fn assert_identity(net: &Net, st: &ProcStatus, prm: u64, pid: u32) {
     eprintln!("[{}]   /proc/PID/status: {}", net.case, st.summary());
     assert_eq!(st.get("Uid"), "65532 65532 65532 65532", "{}", st.summary());
     assert_eq!(st.get("Gid"), "65532 65532 65532 65532", "{}", st.summary());
     assert_eq!(st.get("Groups"), "", "{}", st.summary());
-    assert_eq!(st.cap("CapEff"), eff, "CapEff: {}", st.summary());
-    assert_eq!(st.cap("CapPrm"), eff, "CapPrm: {}", st.summary());
-    assert_eq!(st.cap("CapBnd") & !eff, 0, "CapBnd wider than needed: {}", st.summary());
+    assert_eq!(st.cap("CapBnd") & !prm, 0, "CapBnd wider than needed: {}", st.summary());
+    let tasks: Vec<(String, ProcStatus)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(|e| {
+            let tid = e.ok()?.file_name().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+            Some((
+                tid,
+                ProcStatus(
+                    text.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                        .collect(),
+                ),
+            ))
+        })
+        .collect();
+    assert!(tasks.len() >= 5, "main, worker, control, metrics and health threads: {}", tasks.len());
+    for (tid, t) in &tasks {
+        let what = format!("thread {tid} ({}): {}", t.get("Name"), t.summary());
+        assert_eq!(t.cap("CapEff"), 0, "nothing effective after start: {what}");
+        assert_eq!(t.cap("CapPrm"), prm, "CapPrm: {what}");
+        assert_eq!((t.cap("CapInh"), t.cap("CapAmb")), (0, 0), "CapInh/CapAmb: {what}");
+    }
+    eprintln!("[{}]   {} threads, each CapEff 0, CapPrm {prm:#x}, CapAmb 0", net.case, tasks.len());
 }
 
 /// A refused start: exit code 1 within `max`, and the error line that names CAP_NET_RAW and how to
@@ -449,11 +544,10 @@ fn ambient_net_raw_net_admin_as_uid_65532_runs_and_forwards() {
     let wrapper = setpriv_ambient(",+net_raw,+net_admin");
     let mut d = net.spawn(&strs(&wrapper));
     let st = d.wait_healthy(&net);
-    assert_identity(&net, &st, NET_RAW | NET_ADMIN);
-    assert_eq!(st.cap("CapEff"), 0x3000);
-    assert_eq!(st.cap("CapAmb"), 0x3000, "{}", st.summary());
+    assert_identity(&net, &st, NET_RAW | NET_ADMIN, d.pid());
     assert_eq!(st.cap("CapBnd"), 0x3000, "{}", st.summary());
     assert_eq!(st.get("NoNewPrivs"), "0");
+    assert!(d.log().contains("capabilities dropped: none effective"), "{}", d.log());
     // CAP_NET_ADMIN is really used: SO_SNDBUFFORCE sized the TX socket for the whole ring
     // (64 slots of at least 64 KiB), whatever net.core.wmem_max says.
     let (tb, wmem_max) = (net.max_sndbuf(&d), net.wmem_max());
@@ -461,8 +555,16 @@ fn ambient_net_raw_net_admin_as_uid_65532_runs_and_forwards() {
     assert!(tb >= 2 * 64 * 65535, "SO_SNDBUFFORCE did not size the TX buffer for the ring: {tb} B");
     net.assert_forwards(&mut d);
     assert!(d.log().contains("kernel drop filter installed"), "{}", d.log());
+    net.assert_works_without_effective_capabilities(&mut d);
     let exit = d.stop();
     assert!(exit.success(), "SIGTERM must stop maglevd cleanly, got {exit}");
+    assert!(d_log_ok(&net), "the clean stop removed the kernel drop filter");
+}
+
+/// After a stop the ingress has no filter of maglevd's left (removing it needed CAP_NET_ADMIN).
+fn d_log_ok(net: &Net) -> bool {
+    let out = run(&["ip", "netns", "exec", net.fe.name(), "tc", "filter", "show", "dev", "fe0", "ingress"]);
+    !text(&out.stdout).contains("pref 19788")
 }
 
 /// Exactly the unit's setting: AmbientCapabilities + CapabilityBoundingSet + NoNewPrivileges=yes.
@@ -474,8 +576,7 @@ fn systemd_unit_grant_ambient_with_no_new_privs() {
     wrapper.insert(1, "--no-new-privs".into());
     let mut d = net.spawn(&strs(&wrapper));
     let st = d.wait_healthy(&net);
-    assert_identity(&net, &st, NET_RAW | NET_ADMIN);
-    assert_eq!(st.cap("CapAmb"), 0x3000, "{}", st.summary());
+    assert_identity(&net, &st, NET_RAW | NET_ADMIN, d.pid());
     assert_eq!(st.get("NoNewPrivs"), "1", "{}", st.summary());
     net.assert_forwards(&mut d);
     assert!(d.stop().success());
@@ -508,15 +609,19 @@ fn net_raw_without_net_admin_still_runs_and_forwards() {
     let wrapper = setpriv_ambient(",+net_raw");
     let mut d = net.spawn(&strs(&wrapper));
     let st = d.wait_healthy(&net);
-    assert_identity(&net, &st, NET_RAW);
-    assert_eq!(st.cap("CapEff"), 0x2000);
+    assert_identity(&net, &st, NET_RAW, d.pid());
     // The fallback: SO_SNDBUF, which the kernel caps at 2 × net.core.wmem_max.
     let (tb, wmem_max) = (net.max_sndbuf(&d), net.wmem_max());
     eprintln!("[{}]   TX send buffer {tb} B (net.core.wmem_max {wmem_max})", net.case);
     assert!(tb <= 2 * wmem_max, "without CAP_NET_ADMIN the send buffer must be capped: {tb} B");
     net.assert_forwards(&mut d);
     let log = d.log();
-    assert!(!log.contains("ERROR") && !log.contains("error:"), "unexpected error:\n{log}");
+    // (The second service's backend is down by design: its all-down line is expected.)
+    let unexpected = log
+        .lines()
+        .filter(|l| !l.contains("every backend of the service is down"))
+        .any(|l| l.contains("ERROR") || l.contains("error:"));
+    assert!(!unexpected, "unexpected error:\n{log}");
     assert!(
         log.contains("cannot install the kernel drop filter (needs CAP_NET_ADMIN)")
             && log.contains("about a fifth of the receiving CPU"),
@@ -544,10 +649,7 @@ fn image_layout_file_capabilities_run_as_uid_65532() {
     ];
     let mut d = net.spawn(&wrapper);
     let st = d.wait_healthy(&net);
-    assert_identity(&net, &st, NET_RAW | NET_ADMIN);
-    assert_eq!(st.cap("CapEff"), 0x3000);
-    assert_eq!(st.cap("CapInh"), 0, "{}", st.summary());
-    assert_eq!(st.cap("CapAmb"), 0, "{}", st.summary());
+    assert_identity(&net, &st, NET_RAW | NET_ADMIN, d.pid());
     assert_eq!(st.get("NoNewPrivs"), "0");
     net.assert_forwards(&mut d);
     assert!(d.stop().success());
@@ -607,14 +709,14 @@ fn image_layout_file_capabilities_vs_no_new_privs() {
     eprintln!("[{}] case: runtime cleared the permitted set, no no_new_privs (the manifests' setting)", net.case);
     let mut d = spawn_as_runtime(&net, "=", false);
     let st = d.wait_healthy(&net);
-    assert_identity(&net, &st, NET_RAW | NET_ADMIN);
+    assert_identity(&net, &st, NET_RAW | NET_ADMIN, d.pid());
     assert_eq!(st.get("NoNewPrivs"), "0");
     assert!(d.stop().success());
 
     eprintln!("[{}] case: runtime left NET_RAW,NET_ADMIN permitted, no_new_privs", net.case);
     let mut d = spawn_as_runtime(&net, "cap_net_raw,cap_net_admin+p", true);
     let st = d.wait_healthy(&net);
-    assert_identity(&net, &st, NET_RAW | NET_ADMIN);
+    assert_identity(&net, &st, NET_RAW | NET_ADMIN, d.pid());
     assert_eq!(st.get("NoNewPrivs"), "1");
     assert!(d.stop().success());
 }

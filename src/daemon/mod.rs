@@ -661,6 +661,19 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         None
     };
 
+    // Everything is open: from here on nothing is effective, in this thread and in every thread
+    // it starts; re-opening sockets raises CAP_NET_RAW/CAP_NET_ADMIN for just that.
+    match crate::privs::drop_after_start() {
+        Ok(kept) => {
+            let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
+            names.sort();
+            info!(
+                permitted = %names.join(","),
+                "capabilities dropped: none effective, only these permitted (raised to re-open sockets)"
+            );
+        }
+        Err(e) => warn!(error = %e, "cannot drop capabilities after start; running with them"),
+    }
     let mut handles = Vec::new();
     for (i, (rx, tx, icmp)) in rings.into_iter().enumerate() {
         let (ingress, egress) = (cfg.ingress.clone(), cfg.egress.clone());

@@ -163,6 +163,9 @@ impl Prober {
         let mut s =
             Scheduler { entries: BTreeMap::new(), next_id: 0, generation: 0, jobs: job_tx, changes: changes_tx };
         s.set_targets(targets, Instant::now());
+        // The first view names every target (all unknown) before `start` returns: a caller that
+        // looks at once must not find them missing.
+        s.publish(&view);
         let view2 = Arc::clone(&view);
         let scheduler = std::thread::Builder::new().name("health".into()).spawn(move || {
             s.run(&rx, &view2);
@@ -350,5 +353,44 @@ impl Scheduler {
             info!("service {}: backend {} is up ({check} check, {} → up)", key.service, key.backend, t.from.name());
         }
         let _ = self.changes.send(Change { key, transition: t, error, generation: self.generation, at });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// The view names every target as soon as `start` returns (the scheduler thread used to
+    /// publish the first view itself, so a caller looking at once could find it empty: seen as
+    /// "no entry found for key" in tests/health_probes.rs on a loaded machine).
+    #[test]
+    fn the_first_view_names_every_target_before_start_returns() {
+        let egress = Egress { name: "lo".into(), mac: MacAddr([2, 0, 0, 0, 0, 1]), ip: Ipv4Addr::LOCALHOST };
+        let check = HealthCheck {
+            kind: CheckKind::Tcp,
+            port: 1,
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_millis(10),
+            rise: 2,
+            fall: 3,
+        };
+        for round in 0..20 {
+            let targets: Vec<Target> = (1..=3u8)
+                .map(|n| Target {
+                    key: TargetKey { service: "s".into(), backend: IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), port: 1 },
+                    vip: IpAddr::V4(Ipv4Addr::new(10, 201, 0, 1)),
+                    check: check.clone(),
+                    mac: None,
+                })
+                .collect();
+            let keys: Vec<TargetKey> = targets.iter().map(|t| t.key.clone()).collect();
+            let (prober, _changes) = Prober::start(egress.clone(), 1, targets).unwrap();
+            let view = prober.view();
+            for k in &keys {
+                assert!(view.targets.contains_key(k), "round {round}: {k:?} missing from the first view");
+            }
+        }
     }
 }

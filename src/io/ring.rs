@@ -353,6 +353,8 @@ impl RxRing {
     /// Opens the ring on interface `name` (see the module docs for the
     /// order of operations).
     pub fn open(name: &str, cfg: &RxConfig) -> Result<RxRing, IoError> {
+        // CAP_NET_RAW (and CAP_NET_ADMIN for SO_SNDBUFFORCE), raised for the opening only.
+        let _privs = crate::privs::raised();
         let iface = InterfaceInfo::lookup(name)?;
         let n = iface.name.as_str();
         let cfg_err = |reason: String| IoError::Config { iface: n.to_string(), reason };
@@ -766,6 +768,8 @@ impl TxRing {
     /// Opens the TX ring on interface `name`. The socket has protocol 0, so it
     /// receives nothing.
     pub fn open(name: &str, cfg: &TxConfig) -> Result<TxRing, IoError> {
+        // CAP_NET_RAW (and CAP_NET_ADMIN for SO_SNDBUFFORCE), raised for the opening only.
+        let _privs = crate::privs::raised();
         let iface = InterfaceInfo::lookup(name)?;
         let n = iface.name.as_str();
         let page = sys::page_size();
@@ -1109,6 +1113,8 @@ impl PacketSocket {
 
     /// Opens a socket receiving `ethertype` (e.g. 0x0806) on `name`.
     pub fn open(name: &str, ethertype: u16) -> Result<PacketSocket, IoError> {
+        // CAP_NET_RAW (and CAP_NET_ADMIN for SO_SNDBUFFORCE), raised for the opening only.
+        let _privs = crate::privs::raised();
         let iface = InterfaceInfo::lookup(name)?;
         let n = iface.name.as_str();
         let fd = sys::packet_socket(0).map_err(|e| IoError::sys(n, "socket(AF_PACKET)", e))?;

@@ -409,6 +409,8 @@ impl KernelDrop {
     /// Creates the `clsact` qdisc on `iface` if it has none and installs (or replaces) the drop
     /// filter for `vips`, in the calling thread's network namespace.
     pub fn install(iface: &str, vips: &[Ipv4Addr]) -> Result<KernelDrop, TcError> {
+        // CAP_NET_ADMIN, raised for this request only.
+        let _privs = crate::privs::raised();
         let rtnl = Rtnl::open().map_err(|source| TcError::Netlink {
             iface: iface.to_string(),
             what: "opening an rtnetlink socket",
@@ -445,6 +447,8 @@ impl KernelDrop {
     /// Replaces the filter's program with one for `vips` (nothing to do if they are the ones in
     /// place).
     pub fn set_vips(&mut self, vips: &[Ipv4Addr]) -> Result<(), TcError> {
+        // CAP_NET_ADMIN, raised for this request only.
+        let _privs = crate::privs::raised();
         let mut want = vips.to_vec();
         want.sort_unstable();
         want.dedup();
@@ -528,6 +532,8 @@ impl KernelDrop {
     }
 
     fn remove_inner(&mut self) -> Result<(), TcError> {
+        // CAP_NET_ADMIN, raised for this request only.
+        let _privs = crate::privs::raised();
         if self.removed {
             return Ok(());
         }
