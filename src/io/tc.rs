@@ -464,6 +464,8 @@ impl KernelDrop {
     /// Installs everything again on the interface as it is now (after it was re-created: a new
     /// index, and the old qdisc and filter went with the old interface).
     pub fn reinstall(&mut self) -> Result<(), TcError> {
+        // CAP_NET_ADMIN, raised for this request only.
+        let _privs = crate::privs::raised();
         let vips = self.vips.clone();
         self.reinstall_for(&vips)
     }
