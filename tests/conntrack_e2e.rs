@@ -724,6 +724,14 @@ fn reload_under_continuous_load() {
     }
     if lost > 0 {
         violations.push(format!("{lost} UDP datagrams got no echo"));
+        // Where they went: fe1's drops, passes and ring counters (rx_ring_drops: the ring was
+        // full; none of these: lost before fe1 or after its TX ring).
+        let m = lab.metrics("fe1");
+        let where_: Vec<_> = m
+            .iter()
+            .filter(|(k, v)| **v > 0.0 && ["drop", "pass", "rx_", "tx_"].iter().any(|w| k.contains(w)))
+            .collect();
+        eprintln!("  fe1 counters after the UDP loss: {where_:?}");
     }
 
     eprintln!(
