@@ -19,7 +19,6 @@ mod common;
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::lab::{Lab, VIP, http_get, text};
+use support::lab::{GetOptions, Lab, VIP, http_get, http_get_with, text};
 
 const INTERVAL: Duration = Duration::from_millis(500);
 const TIMEOUT_MS: u64 = 300;
@@ -132,31 +131,11 @@ fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Ins
 /// giving up on the connect after `connect_timeout`. Returns the name of the backend that
 /// answered, or the error. Runs in the caller's namespace (the client's).
 fn request(src_port: Option<u16>, connect_timeout: Duration) -> Result<String, String> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let dst = SocketAddr::from((VIP, 80));
-    let run = || -> std::io::Result<String> {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        if let Some(port) = src_port {
-            s.set_reuse_address(true)?;
-            s.bind(&SocketAddr::from((CLIENT, port)).into())?;
-        }
-        s.connect_timeout(&dst.into(), connect_timeout)?;
-        if src_port.is_some() {
-            // Closed with an RST: no TIME_WAIT, so the same flow can be sent again at once.
-            s.set_linger(Some(Duration::ZERO))?;
-        }
-        let mut s: TcpStream = s.into();
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(format!("GET / HTTP/1.0\r\nHost: {VIP}\r\n\r\n").as_bytes())?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp)?;
-        let resp = text(&resp);
-        match resp.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_string()),
-            _ => Err(std::io::Error::other(format!("bad response: {resp:.100}"))),
-        }
-    };
-    run().map_err(|e| format!("{:?}: {e}", e.kind()))
+    let o =
+        GetOptions { src: src_port.map(|p| SocketAddr::from((CLIENT, p))), reset: src_port.is_some(), connect_timeout };
+    http_get_with(SocketAddr::from((VIP, 80)), "/", &o)
+        .map(|b| b.trim().to_string())
+        .map_err(|e| format!("{:?}: {e}", e.kind()))
 }
 
 /// One request of a [`Load`].

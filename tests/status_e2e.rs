@@ -35,7 +35,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use maglevd::status::{FlowList, ServiceStatus, Status};
-use support::lab::{Lab, VIP, text};
+use support::lab::{GetOptions, Lab, VIP, http_get_with, text};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 const BACKENDS: [&str; 3] = ["be1", "be2", "be3"];
@@ -192,23 +192,14 @@ fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Ins
 /// One HTTP/1.0 GET through VIP:80 on a new connection from the client's `port` (closed
 /// normally: the server's FIN first, then the client's): the backend that answered.
 fn get_from(port: u16) -> Result<String, String> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let run = || -> std::io::Result<String> {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        s.bind(&SocketAddr::from((CLIENT, port)).into())?;
-        s.connect_timeout(&SocketAddr::from((VIP, 80)).into(), Duration::from_secs(2))?;
-        let mut s: TcpStream = s.into();
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(format!("GET / HTTP/1.0\r\nHost: {VIP}\r\n\r\n").as_bytes())?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp)?;
-        let resp = text(&resp);
-        match resp.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_string()),
-            _ => Err(std::io::Error::other(format!("bad response: {resp:.100}"))),
-        }
+    let o = GetOptions {
+        src: Some(SocketAddr::from((CLIENT, port))),
+        reset: false,
+        connect_timeout: Duration::from_secs(2),
     };
-    run().map_err(|e| format!("{:?}: {e}", e.kind()))
+    http_get_with(SocketAddr::from((VIP, 80)), "/", &o)
+        .map(|b| b.trim().to_string())
+        .map_err(|e| format!("{:?}: {e}", e.kind()))
 }
 
 /// One keep-alive HTTP/1.1 request on `r`: the body (the backend's name).

@@ -309,11 +309,32 @@ fn get_on(mut s: TcpStream, dst: SocketAddr, path: &str) -> std::io::Result<Stri
 /// than once. The socket is closed with an RST (SO_LINGER 0), which leaves no TIME_WAIT behind on
 /// either end, so the same 5-tuple can be used again at once. Runs in the caller's namespace.
 pub fn http_get_from(src: SocketAddr, dst: SocketAddr, path: &str) -> std::io::Result<String> {
+    http_get_with(dst, path, &GetOptions { src: Some(src), reset: true, connect_timeout: Duration::from_secs(2) })
+}
+
+/// How [`http_get_with`] connects and closes.
+#[derive(Debug, Clone, Copy)]
+pub struct GetOptions {
+    /// Bind to this source address and port first (`None`: an ephemeral port).
+    pub src: Option<SocketAddr>,
+    /// Close with an RST (SO_LINGER 0: no TIME_WAIT, the 5-tuple is free again at once); else
+    /// the usual close (the server's FIN first, then ours).
+    pub reset: bool,
+    pub connect_timeout: Duration,
+}
+
+/// One HTTP/1.0 GET on a new connection made as `o` says: the body of a 200 answer. Runs in the
+/// caller's namespace.
+pub fn http_get_with(dst: SocketAddr, path: &str, o: &GetOptions) -> std::io::Result<String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.bind(&src.into())?;
-    s.connect_timeout(&dst.into(), Duration::from_secs(2))?;
-    s.set_linger(Some(Duration::ZERO))?;
+    if let Some(src) = o.src {
+        s.set_reuse_address(o.reset)?;
+        s.bind(&src.into())?;
+    }
+    s.connect_timeout(&dst.into(), o.connect_timeout)?;
+    if o.reset {
+        s.set_linger(Some(Duration::ZERO))?;
+    }
     get_on(s.into(), dst, path)
 }
