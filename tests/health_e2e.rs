@@ -116,15 +116,8 @@ fn last_probe_error(m: &BTreeMap<String, f64>, ip: &str) -> Option<String> {
 }
 
 /// Polls `ok` every 10 ms until it holds; returns when it first held. Panics after `within`.
-fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Instant {
-    let deadline = Instant::now() + within;
-    loop {
-        if ok() {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(what: &str, within: Duration, ok: impl FnMut() -> bool) -> Instant {
+    support::lab::wait_until(what, within, Duration::from_millis(10), ok)
 }
 
 /// One HTTP/1.0 GET through the VIP on a new connection (from `src_port`, or an ephemeral port),

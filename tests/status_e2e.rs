@@ -175,15 +175,8 @@ fn text_row<'a>(report: &'a str, ip: &str) -> (&'a str, Option<&'a str>) {
 }
 
 /// Polls `ok` every 50 ms until it holds; returns when it first held. Panics after `within`.
-fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Instant {
-    let deadline = Instant::now() + within;
-    loop {
-        if ok() {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, within: Duration, ok: impl FnMut() -> bool) -> Instant {
+    support::lab::wait_until(what, within, Duration::from_millis(50), ok)
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -338,3 +338,15 @@ pub fn http_get_with(dst: SocketAddr, path: &str, o: &GetOptions) -> std::io::Re
     }
     get_on(s.into(), dst, path)
 }
+
+/// Polls `ok` every `every` until it holds; returns when it first held. Panics after `within`.
+pub fn wait_until(what: &str, within: Duration, every: Duration, mut ok: impl FnMut() -> bool) -> std::time::Instant {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if ok() {
+            return std::time::Instant::now();
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(every);
+    }
+}
