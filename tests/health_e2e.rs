@@ -533,6 +533,7 @@ fn when_all_down_drop_or_all() {
     });
     let (m1, m2) = (scrape(&lab, "fe1"), scrape(&lab, "fe2"));
     let (ready1, ready2) = (lab.http_local("fe1", "/ready"), lab.http_local("fe2", "/ready"));
+    let vip_ready1 = lab.http_local("fe1", &format!("/ready/{VIP}"));
 
     route_vip_via(&lab, FE1_NET1);
     let dropped_before = m1.get("maglevd_drop_total{reason=\"no_backend\"}").copied().unwrap_or(0.0);
@@ -590,6 +591,9 @@ fn when_all_down_drop_or_all() {
         }
     }
     assert_eq!(ready1.0, 503, "fe1 (drop) with every backend down must not be ready: {ready1:?}");
+    assert_eq!(vip_ready1.0, 503, "nor its VIP (what a BGP speaker would withdraw): {vip_ready1:?}");
+    let vip_ready_back = lab.http_local("fe1", &format!("/ready/{VIP}"));
+    assert_eq!(vip_ready_back.0, 200, "fe1's VIP ready again: {vip_ready_back:?}");
     assert!(ready1.1.contains("no usable backend") && ready1.1.contains("web"), "{ready1:?}");
     assert!(BACKENDS.iter().all(|b| backend_metric(&m1, "maglevd_backend_up", b) == 0.0), "fe1 forwards to none");
     assert!(via_fe1.iter().all(Result::is_err), "fe1 (drop) forwarded: {via_fe1:?}");

@@ -276,6 +276,16 @@ fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats, loopback:
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
             let json = "application/json";
             match (method, path) {
+                ("GET", p) if p.starts_with("/ready/") => {
+                    let (status, body) = match p["/ready/".len()..].parse::<std::net::Ipv4Addr>() {
+                        Ok(vip) => match shared.vip_readiness(vip, std::time::Instant::now()) {
+                            Some(r) => probe(r),
+                            None => ("404 Not Found", format!("{vip} is not a VIP of the running configuration\n")),
+                        },
+                        Err(_) => ("400 Bad Request", "want /ready/VIP with an IPv4 VIP\n".to_string()),
+                    };
+                    (status, text, body)
+                }
                 ("GET", "/status") => match serde_json::to_string(&super::status::collect(shared)) {
                     Ok(body) => ("200 OK", json, body),
                     Err(e) => ("500 Internal Server Error", text, format!("{e}\n")),
@@ -303,7 +313,7 @@ fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats, loopback:
                 ("GET", _) => (
                     "404 Not Found",
                     text,
-                    "not found: try /metrics, /live, /ready, /status or /status/flows\n".to_string(),
+                    "not found: try /metrics, /live, /ready, /ready/VIP, /status or /status/flows\n".to_string(),
                 ),
                 _ => ("405 Method Not Allowed", text, "only GET\n".to_string()),
             }
@@ -622,6 +632,41 @@ mod tests {
         let a = get("GET /status/flows?limit=3 HTTP/1.0", true);
         assert!(a.starts_with("HTTP/1.0 429 "), "a second listing within a second: {a}");
         let a = get("GET /status/flows?limit=zero HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 400 "), "{a}");
+    }
+
+    /// `/ready/VIP` is readiness for one VIP: only that VIP's services need a usable backend; an
+    /// address that is not a VIP is 404, a malformed one 400.
+    #[test]
+    fn readiness_per_vip() {
+        let text_cfg = "[interfaces]\ningress = \"in\"\negress = \"out\"\n\
+            [[service]]\nname = \"a\"\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.7\"\nmac = \"02:00:00:00:00:07\"\n\
+            [[service]]\nname = \"b\"\nvip = \"10.201.0.2\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.8\"\n\
+            [[service]]\nname = \"c\"\nvip = \"10.201.0.1\"\nprotocol = \"udp\"\nport = 53\n[[service.backend]]\nip = \"10.0.0.7\"\nmac = \"02:00:00:00:00:07\"\n";
+        let cfg = crate::config::parse(text_cfg, std::path::Path::new("t.toml")).unwrap();
+        let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
+        let shared =
+            Shared::new(Snapshot::build(&cfg, links, &|_| None, 1).unwrap(), 1, Arc::new(AtomicBool::new(false)));
+        shared
+            .control_heartbeat_ms
+            .store(shared.millis(std::time::Instant::now()), std::sync::atomic::Ordering::Relaxed);
+        shared
+            .counters
+            .worker(0)
+            .unwrap()
+            .heartbeat_ms
+            .store(shared.millis(std::time::Instant::now()), std::sync::atomic::Ordering::Relaxed);
+        let get =
+            |line: &str| String::from_utf8(answer(Some(line), &shared, ConnectionStats::default(), true)).unwrap();
+        let a = get("GET /ready/10.201.0.1 HTTP/1.0");
+        assert!(a.starts_with("HTTP/1.0 200 ") && a.ends_with("\r\n\r\nok\n"), "{a}");
+        let a = get("GET /ready/10.201.0.2 HTTP/1.0");
+        assert!(a.starts_with("HTTP/1.0 503 ") && a.ends_with("no usable backend: b\n"), "b has no MAC: {a}");
+        let a = get("GET /ready HTTP/1.0");
+        assert!(a.starts_with("HTTP/1.0 503 ") && a.ends_with("no usable backend: b\n"), "the whole daemon: {a}");
+        let a = get("GET /ready/10.9.9.9 HTTP/1.0");
+        assert!(a.starts_with("HTTP/1.0 404 ") && a.contains("10.9.9.9 is not a VIP"), "{a}");
+        let a = get("GET /ready/nope HTTP/1.0");
         assert!(a.starts_with("HTTP/1.0 400 "), "{a}");
     }
 

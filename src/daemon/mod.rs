@@ -192,6 +192,21 @@ impl Shared {
     /// Readiness: live, the interfaces there, every worker's rings open with the VIP filter on,
     /// and every service with a usable backend. `Err` says what is missing.
     pub fn readiness(&self, now: Instant) -> Result<(), String> {
+        self.serving(now, None)
+    }
+
+    /// Readiness of one VIP (`GET /ready/VIP`, what a BGP speaker announces by): as
+    /// [`Shared::readiness`], but only the services of `vip` need a usable backend. `Ok(None)`:
+    /// `vip` is not a VIP of the running configuration.
+    pub fn vip_readiness(&self, vip: Ipv4Addr, now: Instant) -> Option<Result<(), String>> {
+        if !self.snapshot.load().vip_addrs().any(|v| v == vip) {
+            return None;
+        }
+        Some(self.serving(now, Some(vip)))
+    }
+
+    /// Live, the data path in place, and every service (of `vip`, if given) with a usable backend.
+    fn serving(&self, now: Instant, vip: Option<Ipv4Addr>) -> Result<(), String> {
         self.liveness(now)?;
         if let Some(problem) = self.datapath_problem() {
             return Err(problem);
@@ -201,7 +216,12 @@ impl Shared {
             return Err(format!("the VIP filter is not installed on worker {unfiltered}"));
         }
         let snap = self.snapshot.load();
-        let empty: Vec<&str> = snap.services().iter().filter(|s| s.table.is_empty()).map(|s| s.name.as_str()).collect();
+        let empty: Vec<&str> = snap
+            .services()
+            .iter()
+            .filter(|s| vip.is_none_or(|v| s.vip == v) && s.table.is_empty())
+            .map(|s| s.name.as_str())
+            .collect();
         if empty.is_empty() { Ok(()) } else { Err(format!("no usable backend: {}", empty.join(", "))) }
     }
     /// Why forwarding cannot work now, if it cannot: an interface is missing or down, or a worker
