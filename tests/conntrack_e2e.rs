@@ -25,7 +25,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::BufReader;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -191,41 +191,6 @@ type Window = (usize, usize);
 // ------------------------------------------------------------------------------------------------
 // HTTP over keep-alive connections
 
-const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: 10.201.0.1\r\n\r\n";
-
-/// One keep-alive request; returns the body (the backend's name).
-fn request(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    r.get_mut().write_all(GET)?;
-    let mut line = String::new();
-    let mut len = None;
-    let mut status = None;
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if status.is_none() {
-            status = Some(l.to_string());
-        } else if let Some((k, v)) = l.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse::<usize>().ok();
-        }
-    }
-    let status = status.unwrap_or_default();
-    let len = len.filter(|_| status.starts_with("HTTP/1.1 200"));
-    let Some(len) = len.filter(|n| *n <= 64) else {
-        return Err(std::io::Error::other(format!("unexpected response: {status}")));
-    };
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    Ok(String::from_utf8_lossy(&body).trim().to_string())
-}
-
 /// How a request failed, for the summary.
 fn failure_kind(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind as K;
@@ -316,7 +281,7 @@ fn http_sessions(
         while !stop.load(Ordering::SeqCst) && per_conn.is_none_or(|m| n < m) && Instant::now() < deadline {
             let lo = progress.begin();
             conn.last.0 = lo;
-            let res = request(&mut r);
+            let res = support::lab::keepalive_get(&mut r);
             let hi = progress.end();
             let res = res.and_then(|body| {
                 backend_index(&body).ok_or_else(|| std::io::Error::other(format!("unknown backend {body:?}")))
@@ -879,7 +844,7 @@ fn fanout_keeps_each_flow_on_one_worker() {
         let mut answers: Vec<Vec<String>> = vec![Vec::new(); TCP_FLOWS];
         for _ in 0..10 {
             for (c, a) in conns.iter_mut().zip(&mut answers) {
-                a.push(request(c).expect("request on a keep-alive connection"));
+                a.push(support::lab::keepalive_get(c).expect("request on a keep-alive connection"));
             }
         }
         conns.iter().map(|c| c.get_ref().local_addr().unwrap().port()).zip(answers).collect()

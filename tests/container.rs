@@ -662,13 +662,7 @@ fn probe_ok(code: u16) -> bool {
 fn metrics(lab: &Lab, url: &str) -> BTreeMap<String, f64> {
     let (code, body) = curl(lab, "router", url, 2);
     assert_eq!(code, 200, "{url} answered {code}:\n{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
+    support::lab::parse_metrics(&body)
 }
 
 /// New connections from the client to the VIP; the backends' answers (nginx: its namespace's

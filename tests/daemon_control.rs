@@ -254,29 +254,7 @@ fn a_recreated_ingress_interface_is_followed() {
     assert!(body.contains("net1"), "{body}");
 
     // Re-plumb it as the lab (and a CNI plugin) does: a macvlan on the node's vlan100.
-    let fe1 = lab.ns("fe1");
-    lab.sh(
-        "w1",
-        &[
-            "ip",
-            "link",
-            "add",
-            "link",
-            "vlan100",
-            "name",
-            "fe1-net1",
-            "address",
-            "c2:b0:57:49:47:f1",
-            "type",
-            "macvlan",
-            "mode",
-            "bridge",
-        ],
-    );
-    lab.sh("w1", &["ip", "link", "set", "fe1-net1", "netns", &fe1]);
-    lab.sh("fe1", &["ip", "link", "set", "fe1-net1", "name", "net1"]);
-    lab.sh("fe1", &["ip", "addr", "add", "10.158.100.2/24", "dev", "net1"]);
-    lab.sh("fe1", &["ip", "link", "set", "net1", "up"]);
+    lab.recreate_fe1_net1();
     let t = Instant::now();
     wait_until("/healthz back", Duration::from_secs(10), || lab.http_local("fe1", "/healthz").0 == 200);
     eprintln!("net1 re-created: /healthz 200 after {:?}", t.elapsed());

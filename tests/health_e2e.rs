@@ -83,13 +83,7 @@ fn scrape(lab: &Lab, fe: &str) -> BTreeMap<String, f64> {
     let body = lab
         .in_ns(fe, || http_get(SocketAddr::from(([127, 0, 0, 1], 9100)), "/metrics"))
         .unwrap_or_else(|e| panic!("{fe}: /metrics: {e}"));
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
+    support::lab::parse_metrics(&body)
 }
 
 /// The labels of backend `ip` of service `web` with `extra` labels after them (a Maglev backend

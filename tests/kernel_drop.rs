@@ -224,29 +224,7 @@ fn the_daemon_installs_follows_and_removes_its_filter() {
 
     // A re-created ingress interface gets it again.
     lab.sh("fe1", &["ip", "link", "del", "net1"]);
-    lab.sh(
-        "w1",
-        &[
-            "ip",
-            "link",
-            "add",
-            "link",
-            "vlan100",
-            "name",
-            "fe1-net1",
-            "address",
-            "c2:b0:57:49:47:f1",
-            "type",
-            "macvlan",
-            "mode",
-            "bridge",
-        ],
-    );
-    let fe1 = lab.ns("fe1");
-    lab.sh("w1", &["ip", "link", "set", "fe1-net1", "netns", &fe1]);
-    lab.sh("fe1", &["ip", "link", "set", "fe1-net1", "name", "net1"]);
-    lab.sh("fe1", &["ip", "addr", "add", "10.158.100.2/24", "dev", "net1"]);
-    lab.sh("fe1", &["ip", "link", "set", "net1", "up"]);
+    lab.recreate_fe1_net1();
     wait_until("the filter on the re-created net1", Duration::from_secs(10), || {
         fe1_filter(&lab).contains("pref 19788")
     });

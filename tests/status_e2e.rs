@@ -28,14 +28,14 @@ mod common;
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use maglevd::status::{FlowList, ServiceStatus, Status};
-use support::lab::{GetOptions, Lab, VIP, http_get_with, text};
+use support::lab::{GetOptions, Lab, VIP, http_get_with, keepalive_get, text};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 const BACKENDS: [&str; 3] = ["be1", "be2", "be3"];
@@ -193,37 +193,6 @@ fn get_from(port: u16) -> Result<String, String> {
     http_get_with(SocketAddr::from((VIP, 80)), "/", &o)
         .map(|b| b.trim().to_string())
         .map_err(|e| format!("{:?}: {e}", e.kind()))
-}
-
-/// One keep-alive HTTP/1.1 request on `r`: the body (the backend's name).
-fn keepalive_request(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    r.get_mut().write_all(format!("GET / HTTP/1.1\r\nHost: {VIP}\r\n\r\n").as_bytes())?;
-    let mut line = String::new();
-    let mut len = None;
-    let mut status = String::new();
-    for _ in 0..50 {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if status.is_empty() {
-            status = l.to_string();
-        } else if let Some((k, v)) = l.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse::<usize>().ok();
-        }
-    }
-    let Some(len) = len.filter(|n| status.starts_with("HTTP/1.1 200") && *n <= 64) else {
-        return Err(std::io::Error::other(format!("unexpected response: {status}")));
-    };
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    Ok(String::from_utf8_lossy(&body).trim().to_string())
 }
 
 /// The client's TCP counters (`/proc/net/snmp`, its namespace): name → value.
@@ -651,7 +620,7 @@ fn flows_are_listed_to_local_clients() {
                 let s: TcpStream = s.into();
                 s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
                 let mut r = BufReader::new(s);
-                let b = keepalive_request(&mut r).unwrap_or_else(|e| panic!("request from port {port}: {e}"));
+                let b = keepalive_get(&mut r).unwrap_or_else(|e| panic!("request from port {port}: {e}"));
                 (port, r, b)
             })
             .collect()
@@ -699,7 +668,7 @@ fn flows_are_listed_to_local_clients() {
     let again: Vec<String> = conns
         .into_iter()
         .filter(|(port, _, _)| format!("{CLIENT}:{port}") != closed_client)
-        .map(|(port, mut r, _)| keepalive_request(&mut r).unwrap_or_else(|e| format!("port {port}: {e}")))
+        .map(|(port, mut r, _)| keepalive_get(&mut r).unwrap_or_else(|e| format!("port {port}: {e}")))
         .collect();
 
     eprintln!("keep-alive connections (client → backend): {expected:?}");

@@ -38,6 +38,9 @@ const INGRESS: [u8; 6] = [0xc2, 0xb0, 0x57, 0x49, 0x47, 0xf1];
 const EGRESS: [u8; 6] = [0xc2, 0xb0, 0x57, 0x49, 0x47, 0xf2];
 const ROUTER: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
 const SLICES: u32 = 10;
+/// The service's VIP and the frontend's own address in the mix.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+const OWN: Ipv4Addr = Ipv4Addr::new(10, 158, 100, 2);
 /// Largest `--flows` (about 70 bytes of frame each, plus the table).
 pub const MAX_FLOWS: usize = 16 << 20;
 
@@ -128,8 +131,6 @@ pub fn mix_of(flows: usize) -> Vec<Vec<u8>> {
         }
         return m;
     }
-    let vip = Ipv4Addr::new(10, 201, 0, 1);
-    let own = Ipv4Addr::new(10, 158, 100, 2);
     let total = flows.div_ceil(45) * 50;
     let mut next_flow = 0u64;
     (0..total)
@@ -145,19 +146,28 @@ pub fn mix_of(flows: usize) -> Vec<Vec<u8>> {
                     // Flow `next_flow`'s address and port come from a hash of it: random order.
                     let h = splitmix(next_flow ^ 0x5eed);
                     next_flow += 1;
-                    let e = Endpoints { src: Ipv4Addr::from((h >> 32) as u32 | 0x0100_0000), ..e(vip) };
+                    let e = Endpoints { src: Ipv4Addr::from((h >> 32) as u32 | 0x0100_0000), ..e(VIP) };
                     frames::tcp(&e, (h as u16) | 1024, 80, 0)
                 }
-                45..=47 => frames::tcp(&e(own), 40000, 22, 0),
-                48 => frames::arp_request(&e(own)),
-                _ => {
-                    let mut f = frames::tcp(&e(vip), 1, 80, 0);
-                    f[24] ^= 0xff; // bad IPv4 checksum
-                    f
-                }
+                n => other_frame(n, client),
             })
         })
         .collect()
+}
+
+/// The frame of slot `n` (45..50) of every 50 that is not VIP traffic, from `client`: 45–47 TCP to
+/// the frontend's own address (passed), 48 ARP (passed), 49 a bad IPv4 checksum (dropped).
+fn other_frame(n: usize, client: Ipv4Addr) -> Vec<u8> {
+    let e = |dst| Endpoints { src_mac: ROUTER, dst_mac: INGRESS, src: client, dst };
+    match n {
+        45..=47 => frames::tcp(&e(OWN), 40000, 22, 0),
+        48 => frames::arp_request(&e(OWN)),
+        _ => {
+            let mut f = frames::tcp(&e(VIP), 1, 80, 0);
+            f[24] ^= 0xff; // bad IPv4 checksum
+            f
+        }
+    }
 }
 
 /// splitmix64: a fixed pseudo-random sequence.
@@ -170,21 +180,13 @@ fn splitmix(mut z: u64) -> u64 {
 
 /// The 1000-frame mix (see the module docs).
 pub fn mix() -> Vec<Vec<u8>> {
-    let vip = Ipv4Addr::new(10, 201, 0, 1);
-    let own = Ipv4Addr::new(10, 158, 100, 2);
     (0..1000u32)
         .map(|i| {
             let client = Ipv4Addr::from(0xc0a8_6400 + (i * 7919) % 65000);
             let e = |dst| Endpoints { src_mac: ROUTER, dst_mac: INGRESS, src: client, dst };
             match i % 50 {
-                0..=44 => frames::tcp(&e(vip), 1024 + (i % 50000) as u16, 80, if i % 3 == 0 { 1400 } else { 0 }),
-                45..=47 => frames::tcp(&e(own), 40000, 22, 0),
-                48 => frames::arp_request(&e(own)),
-                _ => {
-                    let mut f = frames::tcp(&e(vip), 1, 80, 0);
-                    f[24] ^= 0xff; // bad IPv4 checksum
-                    f
-                }
+                0..=44 => frames::tcp(&e(VIP), 1024 + (i % 50000) as u16, 80, if i % 3 == 0 { 1400 } else { 0 }),
+                n => other_frame(n as usize, client),
             }
         })
         .collect()

@@ -203,13 +203,35 @@ impl Lab {
     pub fn metrics(&self, short: &str) -> BTreeMap<String, f64> {
         let (code, body) = self.http_local(short, "/metrics");
         assert_eq!(code, 200, "{short}: /metrics answered {code}:\n{body}");
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
+        parse_metrics(&body)
+    }
+
+    /// Plumb fe1's `net1` again as the lab (and a CNI plugin) does after it was deleted: a macvlan
+    /// on node w1's vlan100 with fe1's MAC and address, moved into fe1, renamed and up.
+    pub fn recreate_fe1_net1(&self) {
+        let fe1 = self.ns("fe1");
+        self.sh(
+            "w1",
+            &[
+                "ip",
+                "link",
+                "add",
+                "link",
+                "vlan100",
+                "name",
+                "fe1-net1",
+                "address",
+                "c2:b0:57:49:47:f1",
+                "type",
+                "macvlan",
+                "mode",
+                "bridge",
+            ],
+        );
+        self.sh("w1", &["ip", "link", "set", "fe1-net1", "netns", &fe1]);
+        self.sh("fe1", &["ip", "link", "set", "fe1-net1", "name", "net1"]);
+        self.sh("fe1", &["ip", "addr", "add", "10.158.100.2/24", "dev", "net1"]);
+        self.sh("fe1", &["ip", "link", "set", "net1", "up"]);
     }
 
     /// Wait until maglevd in `short` reports every backend usable (`/healthz` 200 and all
@@ -349,4 +371,48 @@ pub fn wait_until(what: &str, within: Duration, every: Duration, mut ok: impl Fn
         assert!(std::time::Instant::now() < deadline, "{what}: not within {within:?}");
         std::thread::sleep(every);
     }
+}
+
+/// A Prometheus text exposition as `name{labels}` → value (comments and blank lines skipped).
+pub fn parse_metrics(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One keep-alive HTTP/1.1 GET / to the VIP on `r`'s connection (at most 50 header lines): the
+/// body of a 200 answer (the backend's name, at most 64 bytes), trimmed.
+pub fn keepalive_get(r: &mut std::io::BufReader<TcpStream>) -> std::io::Result<String> {
+    use std::io::BufRead;
+    r.get_mut().write_all(format!("GET / HTTP/1.1\r\nHost: {VIP}\r\n\r\n").as_bytes())?;
+    let mut line = String::new();
+    let mut len = None;
+    let mut status = String::new();
+    for _ in 0..50 {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if status.is_empty() {
+            status = l.to_string();
+        } else if let Some((k, v)) = l.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse::<usize>().ok();
+        }
+    }
+    let Some(len) = len.filter(|n| status.starts_with("HTTP/1.1 200") && *n <= 64) else {
+        return Err(std::io::Error::other(format!("unexpected response: {status}")));
+    };
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).trim().to_string())
 }
