@@ -358,13 +358,10 @@ struct DaemonMetrics {
     all_down: Vec<(String, bool)>,
 }
 
-/// A backend in labels: its IP, and `IP:port` in an `ipvs-mh` service (`port` given: the port is
-/// part of its identity there, as in `ipvsadm -L`).
-pub fn backend_label(ip: std::net::Ipv4Addr, port: Option<u16>) -> String {
-    match port {
-        Some(port) => format!("{ip}:{port}"),
-        None => ip.to_string(),
-    }
+/// Backend `b` of service `s` in labels: its IP, and `IP:port` in an `ipvs-mh` service (where
+/// the port is part of its identity, as in `ipvsadm -L`).
+pub fn backend_label(s: &crate::dataplane::ServiceState, b: &crate::dataplane::BackendState) -> String {
+    if s.ipvs_mh() { format!("{}:{}", b.ip, b.port) } else { b.ip.to_string() }
 }
 
 #[derive(Debug)]
@@ -445,13 +442,12 @@ impl DaemonMetrics {
         for s in snap.services() {
             all_down.push((s.name.clone(), s.all_down));
             let shares = s.table.shares(s.backends.len());
-            let ipvs_mh = matches!(&*s.table, crate::table::ServiceTable::IpvsMh(_));
             for ((b, slots), counters) in s.backends.iter().zip(shares).zip(&s.counters) {
                 let key = crate::health::TargetKey { service: s.name.clone(), backend: b.ip.into(), port: b.port };
                 let checked = health.targets.get(&key).map(|t| &t.health);
                 backends.push(BackendState {
                     service: s.name.clone(),
-                    backend: backend_label(b.ip, ipvs_mh.then_some(b.port)),
+                    backend: backend_label(s, b),
                     up: b.usable(),
                     healthy: b.healthy,
                     slots,

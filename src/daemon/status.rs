@@ -10,7 +10,6 @@ use super::flows::{FlowQuery, MAX_LIMIT};
 use super::http::backend_label;
 use crate::config::{Protocol, WhenAllDown};
 use crate::status::{BackendStatus, FlowList, FlowRow, ReloadError, ServiceStatus, Status, WorkerStatus};
-use crate::table::ServiceTable;
 
 /// How long a flow listing waits for the workers.
 const FLOWS_WAIT: Duration = Duration::from_millis(500);
@@ -45,7 +44,6 @@ pub fn collect(shared: &Shared) -> Status {
         .services()
         .iter()
         .map(|s| {
-            let ipvs_mh = matches!(&*s.table, ServiceTable::IpvsMh(_));
             let shares = s.table.shares(s.backends.len());
             let total: u64 = shares.iter().sum();
             let backends = s
@@ -57,7 +55,7 @@ pub fn collect(shared: &Shared) -> Status {
                     let key = crate::health::TargetKey { service: s.name.clone(), backend: b.ip.into(), port: b.port };
                     let traffic = counters.totals();
                     BackendStatus {
-                        backend: backend_label(b.ip, ipvs_mh.then_some(b.port)),
+                        backend: backend_label(s, b),
                         mac: b.mac.map(|m| m.to_string()),
                         weight: b.weight,
                         state: b.state_name().to_string(),
@@ -73,7 +71,7 @@ pub fn collect(shared: &Shared) -> Status {
             ServiceStatus {
                 name: s.name.clone(),
                 endpoint: endpoint(s.vip, s.port, s.protocol),
-                algorithm: if ipvs_mh { "ipvs-mh" } else { "maglev" }.to_string(),
+                algorithm: if s.ipvs_mh() { "ipvs-mh" } else { "maglev" }.to_string(),
                 all_down: s.all_down,
                 when_all_down: match s.when_all_down {
                     WhenAllDown::Drop => "drop",
@@ -171,8 +169,7 @@ pub fn flows(shared: &Shared, q: &str) -> Result<FlowList, (&'static str, String
                 Some((si, bi)) => {
                     let s = &snap.services()[si as usize];
                     let b = &s.backends[bi as usize];
-                    let ipvs_mh = matches!(&*s.table, ServiceTable::IpvsMh(_));
-                    (s.name.clone(), backend_label(b.ip, ipvs_mh.then_some(b.port)))
+                    (s.name.clone(), backend_label(s, b))
                 }
                 None => ("-".to_string(), "-".to_string()),
             };

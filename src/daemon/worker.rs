@@ -317,9 +317,9 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
             };
             let (verdict, new_flow) = match tracker {
                 Some(t) => {
-                    let inserts = t.flows.stats().inserts;
+                    let inserts = t.flows.inserts();
                     let v = ahead.forward(i, frame.data, &meta, snap, t, tick);
-                    (v, t.flows.stats().inserts != inserts)
+                    (v, t.flows.inserts() != inserts)
                 }
                 None => (forward_frame(frame.data, &meta, snap), false),
             };

@@ -90,6 +90,13 @@ pub struct ServiceState {
     pub when_all_down: WhenAllDown,
 }
 
+impl ServiceState {
+    /// An `ipvs-mh` service (its backends are `IP:port`), not a `maglev` one.
+    pub fn ipvs_mh(&self) -> bool {
+        matches!(&*self.table, ServiceTable::IpvsMh(_))
+    }
+}
+
 /// Who a backend is, for [`BackendIds`]: its service's endpoint and its own address and port.
 type Identity = (IpAddr, u8, Option<u16>, IpAddr, u16);
 

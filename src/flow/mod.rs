@@ -673,6 +673,12 @@ impl FlowTable {
         self.sets.stats
     }
 
+    /// Entries inserted so far (the `inserts` of [`FlowTable::stats`], without copying them all).
+    #[inline]
+    pub fn inserts(&self) -> u64 {
+        self.sets.stats.inserts
+    }
+
     /// Start loading `key`'s bucket into the CPU caches, so that a [`FlowTable::lookup_hashed`] of
     /// it a little later (after the other packets of a batch have been prefetched) finds it
     /// there. Changes nothing in the table; costs the hash and one prefetch instruction per cache
