@@ -45,7 +45,57 @@ pub struct Config {
     pub kernel_drop: bool,
     pub daemon: Daemon,
     pub flows: Flows,
+    /// `[announce]`: VIP announcement for a BGP daemon; `None` when the section is absent.
+    pub announce: Option<Announce>,
     pub services: Vec<Service>,
+}
+
+/// VIP announcement settings (`[announce]`); see [`crate::announce`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// Kernel routing table of the announced VIPs' routes (for a BGP daemon to learn); `None`:
+    /// no routes (readiness per VIP and state files only).
+    pub table: Option<u32>,
+    /// The TUN device those routes go through.
+    pub device: String,
+    /// After start, nothing is announced for this long.
+    pub settle: std::time::Duration,
+    /// How often every VIP's readiness is evaluated.
+    pub interval: std::time::Duration,
+    /// Consecutive ready evaluations before a VIP is announced.
+    pub rise: u32,
+    /// Consecutive not-ready evaluations before it is withdrawn.
+    pub fall: u32,
+    /// On SIGTERM: every VIP withdrawn at once, forwarding goes on this long, then the stop.
+    pub drain: std::time::Duration,
+    /// A file per announced VIP appears here (named by the VIP) and disappears on withdrawal.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// While this file exists every VIP is withdrawn (maintenance).
+    pub drain_file: Option<std::path::PathBuf>,
+}
+
+/// Defaults of `[announce]`.
+pub const DEFAULT_ANNOUNCE_DEVICE: &str = "maglevd0";
+pub const DEFAULT_SETTLE_SECS: u64 = 5;
+pub const DEFAULT_ANNOUNCE_INTERVAL_MS: u64 = 500;
+pub const DEFAULT_ANNOUNCE_RISE: u32 = 2;
+pub const DEFAULT_ANNOUNCE_FALL: u32 = 2;
+pub const DEFAULT_DRAIN_SECS: u64 = 5;
+
+impl Default for Announce {
+    fn default() -> Self {
+        Announce {
+            table: None,
+            device: DEFAULT_ANNOUNCE_DEVICE.into(),
+            settle: std::time::Duration::from_secs(DEFAULT_SETTLE_SECS),
+            interval: std::time::Duration::from_millis(DEFAULT_ANNOUNCE_INTERVAL_MS),
+            rise: DEFAULT_ANNOUNCE_RISE,
+            fall: DEFAULT_ANNOUNCE_FALL,
+            drain: std::time::Duration::from_secs(DEFAULT_DRAIN_SECS),
+            state_dir: None,
+            drain_file: None,
+        }
+    }
 }
 
 /// Process settings (`[daemon]`).
@@ -428,6 +478,7 @@ struct FileConfig {
     interfaces: FileInterfaces,
     daemon: Option<FileDaemon>,
     flows: Option<FileFlows>,
+    announce: Option<FileAnnounce>,
     #[serde(rename = "service", default)]
     services: Vec<Spanned<FileService>>,
 }
@@ -460,6 +511,20 @@ struct FileFlows {
     tcp_fin_timeout_secs: Option<Spanned<i64>>,
     udp_timeout_secs: Option<Spanned<i64>>,
     fragment_timeout_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAnnounce {
+    table: Option<Spanned<i64>>,
+    device: Option<Spanned<String>>,
+    settle_secs: Option<Spanned<i64>>,
+    interval_ms: Option<Spanned<i64>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    drain_secs: Option<Spanned<i64>>,
+    state_dir: Option<Spanned<String>>,
+    drain_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -778,6 +843,7 @@ impl Validator<'_> {
             file.interfaces.egress_address.as_ref().and_then(|a| self.ipv4(a, "interfaces.egress_address"));
         let daemon = file.daemon.as_ref().map_or_else(Daemon::default, |d| self.daemon(d));
         let flows = file.flows.as_ref().map_or_else(Flows::default, |f| self.flows(f));
+        let announce = file.announce.as_ref().map(|a| self.announce(a));
         if file.services.is_empty() {
             self.problem(0..0, "service", "no [[service]] is configured; maglevd would forward nothing");
         }
@@ -797,7 +863,7 @@ impl Validator<'_> {
             );
         }
         let kernel_drop = file.interfaces.kernel_drop.unwrap_or(true);
-        Config { ingress, egress, ingress_address, egress_address, kernel_drop, daemon, flows, services }
+        Config { ingress, egress, ingress_address, egress_address, kernel_drop, daemon, flows, announce, services }
     }
 
     fn flows(&mut self, f: &FileFlows) -> Flows {
@@ -832,6 +898,67 @@ impl Validator<'_> {
         secs(&f.tcp_fin_timeout_secs, "tcp_fin_timeout_secs", MAX_FIN_TIMEOUT_SECS, &mut out.timeouts.tcp_fin);
         secs(&f.udp_timeout_secs, "udp_timeout_secs", MAX_FLOW_TIMEOUT_SECS, &mut out.timeouts.udp);
         secs(&f.fragment_timeout_secs, "fragment_timeout_secs", MAX_FRAGMENT_TIMEOUT_SECS, &mut out.fragment_timeout);
+        out
+    }
+
+    fn announce(&mut self, a: &FileAnnounce) -> Announce {
+        let mut out = Announce::default();
+        let key = |k: &str| format!("announce.{k}");
+        if let Some(t) = &a.table {
+            // 0 is "unspecified"; 253..=255 are the kernel's default, main and local tables.
+            match *t.get_ref() {
+                n @ (1..=252 | 256..=0xffff_fffe) => out.table = Some(n as u32),
+                n => self.problem(
+                    t.span(),
+                    key("table"),
+                    format!(
+                        "{n} is not a free routing table: want 1..=252 or 256..=4294967294 (not default 253, \
+                         main 254, local 255); a table no ip rule consults"
+                    ),
+                ),
+            }
+        }
+        if let Some(d) = &a.device {
+            let name = self.interface(d, "announce.device");
+            out.device = name;
+        }
+        if let Some(v) = &a.settle_secs
+            && let Some(n) = self.int_in(v, key("settle_secs"), 0..=3600, " (seconds)")
+        {
+            out.settle = std::time::Duration::from_secs(n as u64);
+        }
+        if let Some(v) = &a.interval_ms
+            && let Some(n) = self.int_in(v, key("interval_ms"), 100..=60_000, " (milliseconds)")
+        {
+            out.interval = std::time::Duration::from_millis(n as u64);
+        }
+        if let Some(v) = &a.rise
+            && let Some(n) = self.int_in(v, key("rise"), 1..=100, " (evaluations)")
+        {
+            out.rise = n as u32;
+        }
+        if let Some(v) = &a.fall
+            && let Some(n) = self.int_in(v, key("fall"), 1..=100, " (evaluations)")
+        {
+            out.fall = n as u32;
+        }
+        if let Some(v) = &a.drain_secs
+            && let Some(n) = self.int_in(v, key("drain_secs"), 0..=3600, " (seconds)")
+        {
+            out.drain = std::time::Duration::from_secs(n as u64);
+        }
+        let mut path = |v: &Option<Spanned<String>>, k: &str| -> Option<std::path::PathBuf> {
+            let v = v.as_ref()?;
+            let p = std::path::PathBuf::from(v.get_ref().trim());
+            if p.is_absolute() {
+                Some(p)
+            } else {
+                self.problem(v.span(), key(k), format!("`{}` is not an absolute path", v.get_ref()));
+                None
+            }
+        };
+        out.state_dir = path(&a.state_dir, "state_dir");
+        out.drain_file = path(&a.drain_file, "drain_file");
         out
     }
 

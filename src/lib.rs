@@ -30,6 +30,7 @@
 //! table permutations use SipHash-1-3 ([`maglev::K_OFFSET`], [`maglev::K_SKIP`]), the flow hash
 //! XXH3-64 ([`dataplane::FLOW_SEED`]). Frontends with the same configuration pick the same backend
 //! for the same packet, on every run, machine and build.
+pub mod announce;
 pub mod bench;
 pub mod config;
 pub mod daemon;

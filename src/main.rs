@@ -166,6 +166,13 @@ enum Command {
     /// two readings --interval apart. --flows lists tracked flows (like ipvsadm -Lnc). Exit 1 if
     /// the daemon cannot be read.
     Status(maglevd::status::StatusArgs),
+    /// Withdraw every VIP from the network without stopping (maintenance); --undo ends it.
+    ///
+    /// Needs [announce] in the daemon's configuration: the VIP routes a BGP daemon announces are
+    /// removed at once, /ready/VIP answers 503, and forwarding goes on for the traffic still
+    /// arriving while the routers converge. Not kept across a restart: for that, use
+    /// announce.drain_file. Exit 1 if the daemon cannot be reached or has no [announce].
+    Drain(maglevd::status::DrainArgs),
     /// Measure maglevd.
     ///
     /// Table builds, the packet path in memory, and live forwarding through real interfaces in
@@ -219,6 +226,7 @@ fn main() -> ExitCode {
         ),
         Command::Bench(args) => maglevd::bench::main(&args),
         Command::Status(args) => maglevd::status::main(&args),
+        Command::Drain(args) => maglevd::status::drain_main(&args),
     }
 }
 

@@ -38,6 +38,35 @@ pub struct Status {
     pub ready_problem: Option<String>,
     pub workers: Vec<WorkerStatus>,
     pub services: Vec<ServiceStatus>,
+    /// VIP announcement (`[announce]`), when configured.
+    #[serde(default)]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// What maglevd tells the network, per VIP ([`crate::announce`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// The routing table and device of the VIP routes, when `announce.table` is set.
+    pub table: Option<u32>,
+    pub device: Option<String>,
+    /// Why every VIP is withdrawn now, if one reason holds them all (drain, stop).
+    pub hold: Option<String>,
+    /// The last failure to change a route or state file, if the last attempt failed.
+    pub error: Option<String>,
+    pub vips: Vec<VipAnnounce>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipAnnounce {
+    pub vip: std::net::Ipv4Addr,
+    pub announced: bool,
+    /// Why it is (or is about to be) in that state: `ready`, `ready 1/2`, `settling: 3s left`,
+    /// `not ready 1/2: ...`, the readiness problem, or the hold.
+    pub reason: String,
+    /// When it last changed (Unix seconds; when maglevd started if it never did).
+    pub since_unix: u64,
+    /// Announcements and withdrawals since start.
+    pub changes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +120,45 @@ pub struct BackendStatus {
     pub flows: u64,
 }
 
+/// `maglevd drain`: withdraw every VIP from the network without stopping (maintenance), or end
+/// that with `--undo`. Needs `[announce]` in the daemon's configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrainArgs {
+    /// The daemon's configuration file: drain reaches the daemon at its daemon.metrics address.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// The daemon's HTTP listener (default: daemon.metrics of --config, else 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "config")]
+    pub address: Option<SocketAddr>,
+    /// End the drain: VIPs are announced again once ready.
+    #[arg(long)]
+    pub undo: bool,
+}
+
+/// `maglevd drain`: 0 when the daemon took it, 1 when it could not be reached or refused, 2 for
+/// bad arguments.
+pub fn drain_main(a: &DrainArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let addr = match daemon_address(a.address, a.config.as_deref()) {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = if a.undo { "/undrain" } else { "/drain" };
+    match request(addr, "POST", path, Duration::from_secs(5)) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `GET /status/flows`: the tracked flows (at most the limit asked).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowList {
@@ -135,11 +203,17 @@ pub enum StatusError {
 /// `GET path` from the daemon at `addr` (HTTP/1.0, bounded by `timeout` per step): the body of
 /// a 200 answer.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, StatusError> {
+    request(addr, "GET", path, timeout)
+}
+
+/// `METHOD path` to the daemon at `addr`, as [`get`].
+pub fn request(addr: SocketAddr, method: &str, path: &str, timeout: Duration) -> Result<String, StatusError> {
     let io = |source| StatusError::Io { addr, source };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|source| StatusError::Connect { addr, source })?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: maglevd\r\n\r\n").as_bytes()).map_err(io)?;
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: maglevd\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .map_err(io)?;
     let mut raw = Vec::new();
     s.take(64 << 20).read_to_end(&mut raw).map_err(io)?;
     let text = String::from_utf8_lossy(&raw);
@@ -252,6 +326,26 @@ pub fn render(s: &Status, r: Option<&Rates>, now_unix: u64) -> String {
         s.live_problem.as_deref().unwrap_or("yes"),
         s.ready_problem.as_deref().unwrap_or("yes")
     );
+    if let Some(a) = &s.announce {
+        let routes = match (a.table, &a.device) {
+            (Some(t), Some(d)) => format!("routes in table {t} via {d}"),
+            _ => "no routes (announce.table unset)".into(),
+        };
+        let _ = writeln!(o, "\nannounce: {routes}{}", a.hold.as_deref().map(|h| format!("; {h}")).unwrap_or_default());
+        if let Some(e) = &a.error {
+            let _ = writeln!(o, "  ERROR: {e}");
+        }
+        for v in &a.vips {
+            let _ = writeln!(
+                o,
+                "  {:<16} {:<10} since {:<12} {}",
+                v.vip.to_string(),
+                if v.announced { "announced" } else { "withdrawn" },
+                ago(v.since_unix),
+                v.reason
+            );
+        }
+    }
     for (si, svc) in s.services.iter().enumerate() {
         let _ = writeln!(
             o,
@@ -401,16 +495,22 @@ pub fn main(a: &StatusArgs) -> std::process::ExitCode {
 /// Where the daemon listens: --address, or the configuration's daemon.metrics (an unspecified
 /// address such as 0.0.0.0 is reached on loopback), or the default.
 fn address(a: &StatusArgs) -> Result<SocketAddr, String> {
-    if let Some(addr) = a.address {
+    daemon_address(a.address, a.config.as_deref())
+}
+
+/// The daemon's HTTP listener: `address`, else `daemon.metrics` of `config`, else the default;
+/// an unspecified IP becomes loopback.
+pub fn daemon_address(address: Option<SocketAddr>, config: Option<&std::path::Path>) -> Result<SocketAddr, String> {
+    if let Some(addr) = address {
         return Ok(addr);
     }
-    let mut addr = match &a.config {
+    let mut addr = match config {
         None => crate::config::DEFAULT_METRICS.parse().map_err(|e| format!("{e}"))?,
         Some(path) => match crate::config::load(path).map_err(|e| e.to_string())?.daemon.metrics {
             Some(addr) => addr,
             None => {
                 return Err(format!(
-                    "{}: daemon.metrics is off (\"\"): status reads the daemon through that listener",
+                    "{}: daemon.metrics is off (\"\"): maglevd reaches the daemon through that listener",
                     path.display()
                 ));
             }
@@ -499,6 +599,7 @@ mod tests {
                 flows: 5,
                 flow_capacity: 1024,
             }],
+            announce: None,
             services: vec![ServiceStatus {
                 name: "web".into(),
                 endpoint: "10.201.0.1:80/tcp".into(),

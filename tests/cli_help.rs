@@ -9,7 +9,7 @@ fn maglevd(args: &[&str]) -> (Option<i32>, String, String) {
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "check", "table", "import-ipvs", "lookup", "status", "bench"];
+const SUBCOMMANDS: &[&str] = &["run", "check", "table", "import-ipvs", "lookup", "status", "drain", "bench"];
 
 #[test]
 fn help_names_rust_log_exit_codes_and_every_subcommand() {

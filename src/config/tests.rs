@@ -654,3 +654,57 @@ fn flows_section_defaults_values_and_mistakes() {
     let e = error(&format!("{SEED}\n[flows]\ncapacity = \"big\"\n"));
     assert!(e.contains("invalid type"), "{e}");
 }
+
+fn announce(section: &str) -> String {
+    format!(
+        "{HEAD}[announce]\n{section}\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.1\"\n"
+    )
+}
+
+#[test]
+fn announce_is_off_without_its_section_and_defaults_with_it() {
+    assert_eq!(check(&one_service("port = 80\n[[service.backend]]\nip = \"10.0.0.1\"\n")).unwrap().announce, None);
+    let a = check(&announce("")).unwrap().announce.unwrap();
+    assert_eq!(a, Announce::default());
+    assert_eq!(a.table, None, "routes only when a table is named");
+    assert_eq!((a.device.as_str(), a.rise, a.fall), ("maglevd0", 2, 2));
+    assert_eq!(
+        (a.settle, a.interval, a.drain),
+        (Duration::from_secs(5), Duration::from_millis(500), Duration::from_secs(5))
+    );
+    let a = check(&announce(
+        "table = 4711\ndevice = \"vips0\"\nsettle_secs = 0\ninterval_ms = 200\nrise = 3\nfall = 1\ndrain_secs = 12\n\
+         state_dir = \"/run/maglevd/vips\"\ndrain_file = \"/etc/maglevd/drain\"",
+    ))
+    .unwrap()
+    .announce
+    .unwrap();
+    assert_eq!(a.table, Some(4711));
+    assert_eq!(a.device, "vips0");
+    assert_eq!((a.settle, a.interval, a.rise, a.fall), (Duration::ZERO, Duration::from_millis(200), 3, 1));
+    assert_eq!(a.drain, Duration::from_secs(12));
+    assert_eq!(a.state_dir.as_deref(), Some(Path::new("/run/maglevd/vips")));
+    assert_eq!(a.drain_file.as_deref(), Some(Path::new("/etc/maglevd/drain")));
+}
+
+#[test]
+fn announce_refuses_what_it_cannot_use_and_names_the_key() {
+    for (section, key, says) in [
+        ("table = 254", "announce.table", "not a free routing table"),
+        ("table = 0", "announce.table", "not a free routing table"),
+        ("table = 4294967295", "announce.table", "not a free routing table"),
+        ("device = \"a/b\"", "announce.device", "not a valid interface name"),
+        ("device = \"sixteen-chars-xx\"", "announce.device", "not a valid interface name"),
+        ("interval_ms = 50", "announce.interval_ms", "out of range 100..=60000"),
+        ("rise = 0", "announce.rise", "out of range 1..=100"),
+        ("fall = 101", "announce.fall", "out of range 1..=100"),
+        ("settle_secs = -1", "announce.settle_secs", "out of range 0..=3600"),
+        ("drain_secs = 3601", "announce.drain_secs", "out of range 0..=3600"),
+        ("state_dir = \"run/vips\"", "announce.state_dir", "not an absolute path"),
+        ("drain_file = \"drain\"", "announce.drain_file", "not an absolute path"),
+        ("tabel = 4711", "tabel", "unknown field"),
+    ] {
+        let e = error(&announce(section));
+        assert!(e.contains(key) && e.contains(says), "{section}: {e}");
+    }
+}

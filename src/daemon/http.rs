@@ -315,7 +315,14 @@ fn answer(line: Option<&str>, shared: &Shared, stats: ConnectionStats, loopback:
                     text,
                     "not found: try /metrics, /live, /ready, /ready/VIP, /status or /status/flows\n".to_string(),
                 ),
-                _ => ("405 Method Not Allowed", text, "only GET\n".to_string()),
+                ("POST", "/drain" | "/undrain") if !loopback => {
+                    ("403 Forbidden", text, "drains are asked by local clients only\n".to_string())
+                }
+                ("POST", "/drain" | "/undrain") => {
+                    let (status, body) = drain(shared, path == "/drain");
+                    (status, text, body)
+                }
+                _ => ("405 Method Not Allowed", text, "only GET, and POST to /drain or /undrain\n".to_string()),
             }
         }
     };
@@ -334,6 +341,27 @@ fn probe(result: Result<(), String>) -> (&'static str, String) {
         Ok(()) => ("200 OK", "ok\n".to_string()),
         Err(problem) => ("503 Service Unavailable", format!("{problem}\n")),
     }
+}
+
+/// `POST /drain` (`on`) or `/undrain`: withdraw every VIP without stopping, or end that.
+fn drain(shared: &Shared, on: bool) -> (&'static str, String) {
+    if shared.announce_cfg.load().is_none() {
+        return ("409 Conflict", "nothing to drain: the configuration has no [announce] section\n".into());
+    }
+    let was = shared.drain_requested.swap(on, Ordering::Relaxed);
+    let body = match (on, was) {
+        (true, false) => {
+            tracing::info!("drain asked (maglevd drain): every VIP withdrawn, forwarding goes on");
+            "drained: every VIP is withdrawn; forwarding goes on\n"
+        }
+        (true, true) => "already drained\n",
+        (false, true) => {
+            tracing::info!("drain ended (maglevd drain --undo): VIPs announced again as they are ready");
+            "drain ended: VIPs are announced again once ready (rise)\n"
+        }
+        (false, false) => "not drained\n",
+    };
+    ("200 OK", body.into())
 }
 
 /// Every metric of the daemon, in the 0.0.4 text format ([`metrics::CONTENT_TYPE`]).
@@ -356,6 +384,9 @@ struct DaemonMetrics {
     backends: Vec<BackendState>,
     /// (service, every backend down).
     all_down: Vec<(String, bool)>,
+    /// (VIP, announced, announcements and withdrawals) with `[announce]`.
+    announce: Vec<(String, bool, u64)>,
+    draining: bool,
 }
 
 /// Backend `b` of service `s` in labels: its IP, and `IP:port` in an `ipvs-mh` service (where
@@ -460,7 +491,21 @@ impl DaemonMetrics {
         }
         let live = shared.counters.workers() - shared.stalled_workers(std::time::Instant::now()).len();
         let kernel_drop = shared.kernel_drop.load(std::sync::atomic::Ordering::Relaxed);
-        DaemonMetrics { counters, generation: snap.generation(), workers: live, kernel_drop, backends, all_down }
+        let view = shared.announce.load_full();
+        let announce = view
+            .as_ref()
+            .map_or_else(Vec::new, |a| a.vips.iter().map(|v| (v.vip.to_string(), v.announced, v.changes)).collect());
+        let draining = view.as_ref().is_some_and(|a| a.hold.is_some());
+        DaemonMetrics {
+            counters,
+            generation: snap.generation(),
+            workers: live,
+            kernel_drop,
+            backends,
+            all_down,
+            announce,
+            draining,
+        }
     }
 }
 
@@ -551,7 +596,28 @@ impl Collector for DaemonMetrics {
             "maglevd_backend_slots",
             "Lookup-table slots owned by the backend.",
             self.backends.iter().map(|b| (b.labels(), b.slots)),
-        )
+        )?;
+        metrics::gauge_family(
+            &mut enc,
+            "maglevd_vip_announced",
+            "1 while the VIP is announced ([announce]: its route is in the table a BGP daemon learns).",
+            self.announce.iter().map(|(v, a, _)| ([("vip", v.as_str())], u64::from(*a))),
+        )?;
+        metrics::counter_family(
+            &mut enc,
+            "maglevd_vip_announce_changes",
+            "Announcements and withdrawals of the VIP since start.",
+            self.announce.iter().map(|(v, _, n)| ([("vip", v.as_str())], *n)),
+        )?;
+        if !self.announce.is_empty() {
+            metrics::gauge(
+                &mut enc,
+                "maglevd_announce_held",
+                "1 while every VIP is withdrawn by a drain or the stop.",
+                u64::from(self.draining),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -664,6 +730,54 @@ mod tests {
         assert!(a.starts_with("HTTP/1.0 404 ") && a.contains("10.9.9.9 is not a VIP"), "{a}");
         let a = get("GET /ready/nope HTTP/1.0");
         assert!(a.starts_with("HTTP/1.0 400 "), "{a}");
+    }
+
+    #[test]
+    fn with_announce_ready_per_vip_is_the_announcement_and_drain_is_local_only() {
+        let text_cfg = "[interfaces]\ningress = \"in\"\negress = \"out\"\n\
+            [[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.7\"\nmac = \"02:00:00:00:00:07\"\n";
+        let cfg = crate::config::parse(text_cfg, std::path::Path::new("t.toml")).unwrap();
+        let links = Links { ingress_mac: MacAddr([2, 0, 0, 0, 0, 1]), egress_mac: MacAddr([2, 0, 0, 0, 0, 2]) };
+        let shared =
+            Shared::new(Snapshot::build(&cfg, links, &|_| None, 1).unwrap(), 1, Arc::new(AtomicBool::new(false)));
+        let ask = |line: &str, local: bool| {
+            String::from_utf8(answer(Some(line), &shared, ConnectionStats::default(), local)).unwrap()
+        };
+        let a = ask("POST /drain HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 409 ") && a.contains("no [announce] section"), "{a}");
+        shared.announce_cfg.store(Some(Arc::new(crate::config::Announce::default())));
+        let a = ask("GET /ready/10.201.0.1 HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 503 ") && a.ends_with("withdrawn: not evaluated yet\n"), "{a}");
+        let vip = |announced: bool, reason: &str| crate::status::AnnounceStatus {
+            table: None,
+            device: None,
+            hold: None,
+            error: None,
+            vips: vec![crate::status::VipAnnounce {
+                vip: "10.201.0.1".parse().unwrap(),
+                announced,
+                reason: reason.into(),
+                since_unix: 0,
+                changes: 0,
+            }],
+        };
+        shared.announce.store(Some(Arc::new(vip(false, "settling: 2.0s left"))));
+        let a = ask("GET /ready/10.201.0.1 HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 503 ") && a.ends_with("withdrawn: settling: 2.0s left\n"), "{a}");
+        shared.announce.store(Some(Arc::new(vip(true, "ready"))));
+        let a = ask("GET /ready/10.201.0.1 HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 200 "), "{a}");
+        let a = ask("POST /drain HTTP/1.0", false);
+        assert!(a.starts_with("HTTP/1.0 403 "), "{a}");
+        assert!(!shared.drain_requested.load(Ordering::Relaxed));
+        let a = ask("POST /drain HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 200 ") && a.contains("every VIP is withdrawn"), "{a}");
+        assert!(shared.drain_requested.load(Ordering::Relaxed));
+        let a = ask("POST /undrain HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 200 ") && a.contains("drain ended"), "{a}");
+        assert!(!shared.drain_requested.load(Ordering::Relaxed));
+        let a = ask("POST /status HTTP/1.0", true);
+        assert!(a.starts_with("HTTP/1.0 405 "), "{a}");
     }
 
     /// A `maglev` backend is its IP in the labels (its port is the service's); an `ipvs-mh`

@@ -32,6 +32,7 @@
 //! running configuration stays in force. Table builds run on the builder thread ([`builder`]), so
 //! ARP refresh, signals and the file check never wait for them.
 
+pub mod announce;
 mod builder;
 pub mod flows;
 pub mod http;
@@ -55,7 +56,7 @@ use crate::flow::{self, Tracker};
 use crate::health::{self, HealthView};
 use crate::io::{
     BpfProgram, Capabilities, Fanout, InterfaceInfo, IoError, KernelDrop, PacketSocket, RxConfig, RxRing, TxConfig,
-    TxRing, VipFilter, tc,
+    TxRing, VipFilter, VipRoutes, tc,
 };
 use crate::metrics::Counters;
 use crate::neigh::{self, Answer, NeighStats, NeighTable, NeighTimers, Responder};
@@ -96,6 +97,15 @@ pub struct Shared {
     pub config_path: std::sync::OnceLock<PathBuf>,
     /// When the running configuration was applied, and the last refused reload.
     pub reloads: ReloadLog,
+    /// Set by the first SIGTERM/SIGINT when `[announce]` asks for a drain period: every VIP is
+    /// withdrawn and readiness fails, while forwarding goes on until `stop`.
+    pub stopping: AtomicBool,
+    /// `maglevd drain` (`POST /drain`) asked to withdraw every VIP; `POST /undrain` clears it.
+    pub drain_requested: AtomicBool,
+    /// The running `[announce]` settings (none: the section is absent).
+    pub announce_cfg: arc_swap::ArcSwapOption<config::Announce>,
+    /// The announce thread's latest decision (none: `[announce]` is absent).
+    pub announce: arc_swap::ArcSwapOption<crate::status::AnnounceStatus>,
 }
 
 /// When the running configuration was applied (Unix seconds; 0: not yet) and the last reload
@@ -153,6 +163,10 @@ impl Shared {
             flow_dump: flows::FlowDump::new(workers),
             config_path: std::sync::OnceLock::new(),
             reloads: ReloadLog::default(),
+            stopping: AtomicBool::new(false),
+            drain_requested: AtomicBool::new(false),
+            announce_cfg: arc_swap::ArcSwapOption::empty(),
+            announce: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -195,18 +209,37 @@ impl Shared {
         self.serving(now, None)
     }
 
-    /// Readiness of one VIP (`GET /ready/VIP`, what a BGP speaker announces by): as
-    /// [`Shared::readiness`], but only the services of `vip` need a usable backend. `Ok(None)`:
-    /// `vip` is not a VIP of the running configuration.
+    /// Readiness of one VIP (`GET /ready/VIP`, what a BGP speaker announces by). With
+    /// `[announce]`, whether the VIP is announced ([`crate::announce`]: hysteresis, settle time,
+    /// drain); without, as [`Shared::readiness`] but only the services of `vip` need a usable
+    /// backend. `None`: `vip` is not a VIP of the running configuration.
     pub fn vip_readiness(&self, vip: Ipv4Addr, now: Instant) -> Option<Result<(), String>> {
         if !self.snapshot.load().vip_addrs().any(|v| v == vip) {
             return None;
         }
+        if self.announce_cfg.load().is_some() {
+            let view = self.announce.load_full();
+            let state = view.as_ref().and_then(|a| a.vips.iter().find(|v| v.vip == vip));
+            return Some(match state {
+                Some(v) if v.announced => Ok(()),
+                Some(v) => Err(format!("withdrawn: {}", v.reason)),
+                None => Err("withdrawn: not evaluated yet".into()),
+            });
+        }
         Some(self.serving(now, Some(vip)))
+    }
+
+    /// The raw readiness of one VIP, before [`crate::announce`]'s hysteresis: live, the data
+    /// path in place, and every service of `vip` with a usable backend.
+    pub fn vip_serving(&self, vip: Ipv4Addr, now: Instant) -> Result<(), String> {
+        self.serving(now, Some(vip))
     }
 
     /// Live, the data path in place, and every service (of `vip`, if given) with a usable backend.
     fn serving(&self, now: Instant, vip: Option<Ipv4Addr>) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("stopping: draining before exit".into());
+        }
         self.liveness(now)?;
         if let Some(problem) = self.datapath_problem() {
             return Err(problem);
@@ -476,6 +509,21 @@ fn answer_for(configured: Option<Ipv4Addr>, iface: &InterfaceInfo) -> Vec<Ipv4Ad
     }
 }
 
+/// What a reload from `old` to `new` changes in `[announce]` that only a restart can: the
+/// section itself (the announce thread runs or not), or the routes' table or device (created
+/// while privileged, at start).
+fn announce_restart(old: &Config, new: &Config) -> Option<String> {
+    match (&old.announce, &new.announce) {
+        (None, None) => None,
+        (None, Some(_)) => Some("an [announce] section was added".into()),
+        (Some(_), None) => Some("the [announce] section was removed".into()),
+        (Some(a), Some(b)) if a.table != b.table || (a.table.is_some() && a.device != b.device) => {
+            Some(format!("announce.table/device changed ({:?} {} → {:?} {})", a.table, a.device, b.table, b.device))
+        }
+        _ => None,
+    }
+}
+
 /// The forwarding state of a configuration: what [`prepare`] builds.
 #[derive(Debug)]
 pub struct Prepared {
@@ -602,12 +650,15 @@ const LINK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(opts: &Options) -> Result<(), DaemonError> {
     // Signals first: a SIGTERM during start-up (e.g. to PID 1 of a pod) must not be lost.
+    // `term` is the signal; `stop` is what every thread stops on, set by the control thread at
+    // once or, with an [announce] drain period, once it has passed.
     let stop = Arc::new(AtomicBool::new(false));
+    let term = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // The first signal asks for a clean stop; a second one while stopping exits at once.
-        let set = signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)));
+        let set = signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&term))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&term)));
         set.map_err(|e| DaemonError::Setup(format!("installing the signal handlers: {e}")))?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
@@ -669,10 +720,21 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         None => None,
     };
     info!(ring_memory_mib = memory >> 20, tx_sndbuf_kib = sndbuf >> 10, "rings open");
+    // The VIP routes' device, while privileged; a start that cannot announce as configured fails.
+    let vip_routes = match cfg.announce.as_ref().and_then(|a| Some((a.table?, a.device.as_str()))) {
+        Some((table, device)) => {
+            let r = VipRoutes::open(device, table)
+                .map_err(|e| DaemonError::Setup(format!("announce: {e} (announce.table = {table})")))?;
+            info!(device, table, "VIP route device up: announced VIPs get a route in this table");
+            Some(r)
+        }
+        None => None,
+    };
 
     let shared = Arc::new(Shared::new(snapshot, workers, stop));
     let _ = shared.config_path.set(opts.config.clone());
     shared.reloads.applied();
+    shared.announce_cfg.store(cfg.announce.clone().map(Arc::new));
     // After the rings are bound: from here on VIP frames are the rings' alone.
     let kernel_drop = if cfg.kernel_drop {
         install_kernel_drop(&cfg.ingress, &vips(&cfg), &shared)
@@ -726,6 +788,14 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
             .spawn(move || http::serve(listener, &http_shared))
             .map_err(|e| DaemonError::Setup(format!("spawning the metrics thread: {e}")))?;
     }
+    let announcer = if cfg.announce.is_some() {
+        Some(
+            announce::spawn(Arc::clone(&shared), vip_routes)
+                .map_err(|e| DaemonError::Setup(format!("spawning the announce thread: {e}")))?,
+        )
+    } else {
+        None
+    };
     // Health checks: their own threads, never a worker; probes leave through the egress.
     let egress = health::Egress { name: cfg.egress.clone(), mac: MacAddr(ifs.egress.mac), ip: ifs.egress_ip };
     let (prober, health_changes) =
@@ -755,9 +825,12 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     // systemd (Type=notify): started; the control loop feeds the watchdog while every thread
     // makes progress. Outside systemd (no NOTIFY_SOCKET) these do nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("forwarding")]);
-    control.run(egress_arp, &reload);
+    control.run(egress_arp, &reload, &term);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     for h in handles {
+        let _ = h.join();
+    }
+    if let Some(h) = announcer {
         let _ = h.join();
     }
     // The workers are gone: VIP frames are nobody's now, the kernel drops them as before.
@@ -808,7 +881,7 @@ fn ingress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
 impl Control<'_> {
     /// The control loop: reloads (SIGHUP or a changed file), ARP on the egress interface, backend
     /// resolution, snapshot publication; until the stop flag is set.
-    fn run(&mut self, mut sock: PacketSocket, reload: &AtomicBool) {
+    fn run(&mut self, mut sock: PacketSocket, reload: &AtomicBool, term: &AtomicBool) {
         let mut buf = [0u8; 256];
         // The file as last loaded or tried: the periodic check reloads only when it changed
         // (Kubernetes updates a mounted ConfigMap by swapping a symlink, without any signal).
@@ -819,8 +892,17 @@ impl Control<'_> {
         // or stuck worker gets the service restarted.
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut next_watchdog = Instant::now();
+        // With an [announce] drain period: when the stop is due.
+        let mut stop_at: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            if term.load(Ordering::Relaxed) && stop_at.is_none() {
+                stop_at = Some(self.begin_stop(now));
+            }
+            if stop_at.is_some_and(|t| now >= t) {
+                self.shared.stop.store(true, Ordering::Relaxed);
+                break;
+            }
             self.shared.control_heartbeat_ms.store(self.shared.millis(now), Ordering::Relaxed);
             if let Some(every) = watchdog
                 && now >= next_watchdog
@@ -881,6 +963,24 @@ impl Control<'_> {
             }
             self.follow_health();
         }
+    }
+
+    /// The first SIGTERM/SIGINT: with `[announce]` and a drain period, withdraw every VIP and
+    /// go on forwarding for `drain_secs` while the routers converge; otherwise stop now. When the
+    /// stop is due.
+    fn begin_stop(&self, now: Instant) -> Instant {
+        let drain = self.shared.announce_cfg.load().as_ref().map_or(Duration::ZERO, |a| a.drain);
+        if drain.is_zero() {
+            info!("stopping");
+            return now;
+        }
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("draining before stop")]);
+        info!(
+            drain_secs = drain.as_secs(),
+            "stopping: every VIP withdrawn; forwarding goes on for the drain period (a second signal stops at once)"
+        );
+        now + drain
     }
 
     /// Hand the health checks' verdicts to the builder when one changed, and to the metrics.
@@ -999,6 +1099,9 @@ impl Control<'_> {
                     new.egress
                 ),
             );
+        }
+        if let Some(problem) = announce_restart(&self.cfg, &new) {
+            return refuse(self.shared, format!("{}: {problem}; that needs a restart", path.display()));
         }
         match vip_held_locally(&new) {
             Ok(None) => {}
@@ -1126,6 +1229,7 @@ impl Control<'_> {
         }
         self.prober.set_targets(health::targets(&cfg, mac_lookup(&macs_of(&self.neigh))));
         self.follow_kernel_drop(&cfg);
+        self.shared.announce_cfg.store(cfg.announce.clone().map(Arc::new));
         self.cfg = cfg;
         self.refresh_responders();
         if lost {
@@ -1180,6 +1284,24 @@ fn ingress_arp_loop(mut sock: PacketSocket, responder: &ArcSwap<Responder>, shar
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_reload_changing_what_the_announce_thread_was_started_with_needs_a_restart() {
+        let base = "[interfaces]\ningress = \"in\"\negress = \"out\"\n[[service]]\nvip = \"10.201.0.1\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\nip = \"10.0.0.7\"\n";
+        let cfg = |announce: &str| config::parse(&format!("{base}{announce}"), Path::new("t.toml")).unwrap();
+        let (none, routes) = (cfg(""), cfg("[announce]\ntable = 4711\n"));
+        assert_eq!(announce_restart(&none, &none), None);
+        assert!(announce_restart(&none, &routes).unwrap().contains("added"));
+        assert!(announce_restart(&routes, &none).unwrap().contains("removed"));
+        assert!(announce_restart(&routes, &cfg("[announce]\ntable = 4712\n")).unwrap().contains("table"));
+        assert!(announce_restart(&routes, &cfg("[announce]\ntable = 4711\ndevice = \"x0\"\n")).is_some());
+        // Timings, hysteresis, files: taken by a reload.
+        let tuned = cfg("[announce]\ntable = 4711\nrise = 5\nsettle_secs = 1\nstate_dir = \"/run/v\"\n");
+        assert_eq!(announce_restart(&routes, &tuned), None);
+        let no_routes = cfg("[announce]\n");
+        assert_eq!(announce_restart(&no_routes, &cfg("[announce]\ndevice = \"x0\"\n")), None, "no device in use");
+    }
+
     use std::path::Path;
     use std::time::Duration;
 

@@ -95,6 +95,7 @@ pub fn collect(shared: &Shared) -> Status {
         ready_problem: shared.readiness(now).err(),
         workers,
         services,
+        announce: shared.announce.load_full().map(|a| (*a).clone()),
     }
 }
 

@@ -82,7 +82,9 @@ pub mod bpf;
 pub mod iface;
 #[cfg(test)]
 pub mod mem;
+mod netlink;
 pub mod ring;
+pub mod route;
 mod sys;
 pub mod tc;
 
@@ -93,6 +95,7 @@ pub use iface::InterfaceInfo;
 #[cfg(test)]
 pub use mem::{MemFrame, MemRx, MemTx};
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
+pub use route::{RouteError, VipRoutes};
 pub(crate) use sys::{advise_hugepages, allowed_cpus, prefetch};
 pub use sys::{enter_netns, pin_current_thread};
 pub use tc::{KernelDrop, TcError};

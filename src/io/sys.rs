@@ -559,6 +559,31 @@ impl Drop for Mmap {
     }
 }
 
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (the rest of the union unused).
+#[repr(C)]
+struct TunReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _rest: [u8; 22],
+}
+
+/// Creates the TUN device `name` (IFF_TUN, no packet information) and returns the descriptor
+/// that holds it: the kernel deletes the device, and every route through it, when the last copy
+/// of this descriptor is closed, whether the process exits or is killed. Needs CAP_NET_ADMIN and
+/// `/dev/net/tun`.
+pub(crate) fn open_tun(name: &str) -> io::Result<OwnedFd> {
+    let c = c_name(name)?;
+    let path = c"/dev/net/tun";
+    // SAFETY: `path` is NUL-terminated; the descriptor returned is ours alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC))?) };
+    let mut req =
+        TunReq { name: [0; libc::IFNAMSIZ], flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short, _rest: [0; 22] };
+    req.name[..c.as_bytes().len()].copy_from_slice(c.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `TunReq` lays out (40 bytes).
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut TunReq) })?;
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
