@@ -820,6 +820,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         arp_warnings: throttle::Throttle::default(),
         prober,
         health_changes,
+        health_due: None,
         kernel_drop,
     };
     // systemd (Type=notify): started; the control loop feeds the watchdog while every thread
@@ -859,6 +860,9 @@ struct Control<'a> {
     prober: health::Prober,
     /// The prober's transitions: each one gets a new snapshot.
     health_changes: std::sync::mpsc::Receiver<health::Change>,
+    /// The generation of the newest transition that changes forwarding and has not reached the
+    /// builder yet.
+    health_due: Option<u64>,
     /// The kernel drop filter, when installed.
     kernel_drop: Option<KernelDrop>,
 }
@@ -985,12 +989,16 @@ impl Control<'_> {
 
     /// Hand the health checks' verdicts to the builder when one changed, and to the metrics.
     fn follow_health(&mut self) {
-        let mut changed = false;
         while let Ok(change) = self.health_changes.try_recv() {
-            changed |= change.transition.changes_forwarding();
+            if change.transition.changes_forwarding() {
+                self.health_due = self.health_due.max(Some(change.generation));
+            }
         }
         let view = self.prober.view();
-        if changed {
+        // The prober sends a change before it publishes the view that holds it: hand the builder
+        // a view only once it is at least as new as the changes seen (else at the next turn).
+        if self.health_due.is_some_and(|g| view.generation >= g) {
+            self.health_due = None;
             self.builder.health(Arc::clone(&view));
         }
         self.shared.health.store(view);

@@ -256,12 +256,28 @@ impl Scheduler {
         let mut old = std::mem::take(&mut self.entries);
         let n = targets.len().max(1) as u32;
         for (i, t) in targets.into_iter().enumerate() {
-            let entry = match old.remove(&t.key) {
+            let was = old.remove(&t.key);
+            let entry = match was {
                 Some(mut e) if e.target.check == t.check && e.target.vip == t.vip => {
                     e.target = t;
                     e
                 }
-                _ => {
+                was => {
+                    // A changed check starts over (unknown, which forwards): a backend that was
+                    // down gets traffic again, and the control thread must hear of it (unknown →
+                    // up later is no transition that changes forwarding).
+                    if let Some(was) = was.filter(|e| !e.health.health.is_up()) {
+                        self.generation += 1;
+                        let transition = Transition { from: was.health.health, to: Health::Unknown };
+                        let change = Change {
+                            key: t.key.clone(),
+                            transition,
+                            error: None,
+                            generation: self.generation,
+                            at: now,
+                        };
+                        let _ = self.changes.send(change);
+                    }
                     self.next_id += 1;
                     // Spread the first probes over one interval.
                     let offset = t.check.interval / n * i as u32;
@@ -392,5 +408,51 @@ mod tests {
                 assert!(view.targets.contains_key(k), "round {round}: {k:?} missing from the first view");
             }
         }
+    }
+
+    /// A reload that changes a down backend's check (here its port) starts the check over as
+    /// unknown, which forwards: the scheduler must say so. It used to stay silent, the control
+    /// thread kept its view with the backend down, and unknown → up is no forwarding change, so
+    /// the backend stayed out of the table for good (found by tests/announce_e2e.rs: a reload
+    /// fixing every check never announced the VIP).
+    #[test]
+    fn a_changed_check_of_a_down_backend_is_a_change_that_forwards_again() {
+        let (jobs, _jobs_rx) = mpsc::channel();
+        let (changes, changes_rx) = mpsc::channel();
+        let mut s = Scheduler { entries: BTreeMap::new(), next_id: 0, generation: 0, jobs, changes };
+        let check = |port| HealthCheck {
+            kind: CheckKind::Tcp,
+            port,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(100),
+            rise: 1,
+            fall: 1,
+        };
+        let key = TargetKey { service: "web".into(), backend: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port: 80 };
+        let target = |port| Target {
+            key: key.clone(),
+            vip: IpAddr::V4(Ipv4Addr::new(10, 201, 0, 1)),
+            check: check(port),
+            mac: None,
+        };
+        let t0 = Instant::now();
+        s.set_targets(vec![target(81)], t0);
+        let id = s.entries[&key].id;
+        s.record(key.clone(), id, Err("connection refused".into()), t0);
+        let down = changes_rx.try_recv().expect("unknown → down");
+        assert!(down.transition.changes_forwarding());
+        // Same check again: nothing changes.
+        s.set_targets(vec![target(81)], t0);
+        assert!(changes_rx.try_recv().is_err());
+        // The check's port changes: down → unknown, which forwards.
+        s.set_targets(vec![target(80)], t0);
+        let c = changes_rx.try_recv().expect("a change for the reset check");
+        assert_eq!(c.transition, Transition { from: Health::Down, to: Health::Unknown });
+        assert!(c.transition.changes_forwarding());
+        assert_eq!(c.generation, s.generation);
+        assert!(s.entries[&key].health.health.is_up());
+        // An up backend whose check changes: unknown forwards as up did, no change.
+        s.set_targets(vec![target(82)], t0);
+        assert!(changes_rx.try_recv().is_err());
     }
 }
