@@ -178,6 +178,13 @@ impl Lab {
         }
     }
 
+    /// Send `signal` (`"TERM"`, `"KILL"`, ...) to the maglevd in `short`, without waiting.
+    pub fn signal_maglevd(&mut self, short: &str, signal: &str) {
+        let (_, child) = self.daemons.iter().find(|(s, _)| s == short).expect("a maglevd runs there");
+        let ok = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{signal} maglevd in {short}");
+    }
+
     /// Send SIGHUP (reload) to the maglevd in `short`.
     pub fn reload_maglevd(&mut self, short: &str) {
         let (_, child) = self.daemons.iter().find(|(s, _)| s == short).expect("a maglevd runs there");
