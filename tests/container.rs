@@ -229,6 +229,15 @@ struct VolumeMount {
 struct Volume {
     name: String,
     config_map: Option<ConfigMapVolumeSource>,
+    host_path: Option<HostPathVolumeSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HostPathVolumeSource {
+    path: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,7 +288,11 @@ impl Pod {
         });
         assert_eq!(deployments.len(), 1, "docker/k8s/frontend.yaml: one Deployment with {FRONTEND_LABEL}: {frontend}");
         let template = deployments.remove(0).spec.template;
-        assert_eq!(template.spec.containers.len(), 1, "the frontend pod runs one container");
+        // maglevd first; the others are sidecars (BIRD), which this test does not run: the BGP
+        // lab runs the same bird.conf with Debian's bird2 (tests/bgp_e2e.rs).
+        assert_eq!(template.spec.containers[0].name, "maglevd", "the frontend pod's first container is maglevd");
+        let sidecars: Vec<&str> = template.spec.containers[1..].iter().map(|c| c.name.as_str()).collect();
+        assert!(sidecars.iter().all(|n| *n == "bird"), "unexpected containers in the frontend pod: {sidecars:?}");
         let cm_names: Vec<&str> =
             template.spec.volumes.iter().filter_map(|v| v.config_map.as_ref()).map(|c| c.name.as_str()).collect();
         let mut maps = documents::<ConfigMap>("configmap.yaml", |c| cm_names.contains(&c.metadata.name.as_str()));
@@ -289,6 +302,11 @@ impl Pod {
 
     fn container(&self) -> &Container {
         &self.spec.containers[0]
+    }
+
+    /// Is volume `name` a device from the host (a CharDevice hostPath)?
+    fn is_device(&self, name: &str) -> bool {
+        self.spec.volumes.iter().any(|v| v.name == name && v.host_path.is_some())
     }
 
     fn user(&self) -> (u32, u32) {
@@ -398,6 +416,12 @@ impl Pod {
         for m in &c.volume_mounts {
             assert!(m.sub_path.is_none(), "volumeMount {} uses subPath, which never sees ConfigMap updates", m.name);
             let v = self.spec.volumes.iter().find(|v| v.name == m.name).expect("the mount's volume");
+            if let Some(h) = &v.host_path {
+                // A device from the host (/dev/net/tun): the runtime creates the node and allows it.
+                assert_eq!(h.kind.as_deref(), Some("CharDevice"), "volume {}: only CharDevice hostPaths", v.name);
+                add(&["--device", &format!("{}:{}", h.path, m.mount_path)]);
+                continue;
+            }
             let cm =
                 v.config_map.as_ref().unwrap_or_else(|| panic!("volume {}: only ConfigMaps are reproduced", v.name));
             assert!(cm.items.is_none(), "volume {}: items are not reproduced", v.name);
@@ -828,7 +852,7 @@ fn the_image_runs_as_the_frontend_pod_runs_it() {
     if c.security_context.read_only_root_filesystem == Some(true) {
         assert!(root_opts.split(',').any(|o| o == "ro"), "readOnlyRootFilesystem, but / is mounted {root_opts}");
     }
-    for m in &c.volume_mounts {
+    for m in c.volume_mounts.iter().filter(|m| !pod.is_device(&m.name)) {
         let opts = mount_options(&mountinfo, &m.mount_path);
         eprintln!("mounts: {} {opts}", m.mount_path);
         assert!(opts.split(',').any(|o| o == "ro"), "{} is mounted {opts}", m.mount_path);
@@ -962,7 +986,18 @@ fn the_image_runs_as_the_frontend_pod_runs_it() {
         assert_eq!(healthy, Some(1.0), "backend {ip} is not healthy:\n{}{}", backend_lines(&m), running.log());
     }
 
-    // 5g. SIGTERM (the image's STOPSIGNAL) from podman stop, SIGKILL after the grace period.
+    // 5g. The ConfigMap's [announce]: the VIP announced, its route on maglevd0 in the pod's table
+    // (what the BIRD sidecar learns): the TUN device from the hostPath works in the container.
+    let table = cfg["announce"]["table"].as_integer().expect("announce.table in the ConfigMap");
+    let announced = format!("maglevd_vip_announced{{vip=\"{}\"}}", vip.ip());
+    let ((), took) = wait_for("the VIP announced", Duration::from_secs(20), || {
+        (metrics(&lab, &metrics_url).get(&announced) == Some(&1.0)).then_some(())
+    });
+    let routes = lab.sh(FRONTEND, &["ip", "route", "show", "table", &table.to_string()]);
+    eprintln!("announced (after {:.1} s more); table {table}: {}", took.as_secs_f64(), routes.trim());
+    assert!(routes.contains(&format!("{} dev maglevd0 proto 240", vip.ip())), "table {table}: {routes}");
+
+    // 5h. SIGTERM (the image's STOPSIGNAL) from podman stop, SIGKILL after the grace period.
     let grace = pod.grace();
     let t0 = Instant::now();
     let sent = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() % 86_400.0;
@@ -979,6 +1014,9 @@ fn the_image_runs_as_the_frontend_pod_runs_it() {
     let log = running.log();
     let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
     assert!(last.contains("stopped"), "the log does not end with maglevd's stop line:\n{log}");
+    assert!(log.contains("VIP withdrawn"), "SIGTERM withdraws the VIP first:\n{log}");
+    let link = lab.exec(FRONTEND, &["ip", "link", "show", "maglevd0"]);
+    assert!(!link.status.success(), "maglevd0 outlived the container");
     eprintln!("last log line: {last}");
     // maglevd's own part of the stop (podman's includes tearing the container down).
     if let Some(at) = log_seconds_of_day(last) {
