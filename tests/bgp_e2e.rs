@@ -16,7 +16,9 @@
 //! * kill -9 of fe1's maglevd: its TUN device goes with it and so does the route, in well under a
 //!   second, and no request is lost (a SYN sent to fe1 before that is retransmitted through fe2);
 //!   fe1 dying whole (net1 down, then maglevd and BIRD killed, so no TCP FIN reaches the router):
-//!   requests hashed to fe1 fail until the router's BGP hold timer expires.
+//!   requests hashed to fe1 fail until the router's BGP hold timer expires;
+//! * `maglevd drain` on fe1: withdrawn while maglevd keeps running and forwarding, no request
+//!   lost; `maglevd drain --undo` announces again.
 //!
 //! Each scenario is its own test with its own lab (prefix `bg<letter><pid>`); they run one at a
 //! time. Every test prints what it measured. Runs as root with BIRD 2 installed (tests/setup.sh
@@ -146,6 +148,26 @@ fn hold_time(lab: &Lab, fe: &str) -> Duration {
     Duration::from_secs(secs)
 }
 
+/// Waits (at most 20 s) until the router routes the VIP to fe1 and fe2 at or after `since`;
+/// fails at once, with its log, if a maglevd exits meanwhile.
+fn wait_both(lab: &mut Lab, watch: &RouteWatch, since: Instant) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(t) = watch.first(since, both) {
+            return t;
+        }
+        for fe in ["fe1", "fe2"] {
+            assert!(lab.maglevd_alive(fe), "maglevd in {fe} exited:\n{}", lab.maglevd_log(fe));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router does not route the VIP to fe1 and fe2 within 20 s; seen: {:?}",
+            watch.changes(since)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Starts maglevd on both frontends and waits until the router routes the VIP to both; returns
 /// when each frontend's next hop first appeared, after the start.
 fn start_both(lab: &mut Lab, watch: &RouteWatch, fe1_check_port: u16) -> (Duration, Duration) {
@@ -153,7 +175,7 @@ fn start_both(lab: &mut Lab, watch: &RouteWatch, fe1_check_port: u16) -> (Durati
     let t0 = Instant::now();
     lab.start_maglevd("fe1", &c1, &[]);
     lab.start_maglevd("fe2", &c2, &[]);
-    watch.wait_for("the router routes the VIP to fe1 and fe2", t0, Duration::from_secs(20), both);
+    wait_both(lab, watch, t0);
     let seen = |hop| watch.first(t0, |h| h.contains(&hop)).expect("seen") - t0;
     (seen(FE1), seen(FE2))
 }
@@ -308,7 +330,7 @@ fn graceful_restart_loses_no_request() {
     let started = Instant::now();
     let cfg = lab.dir().join("maglevd-fe1.toml");
     lab.start_maglevd("fe1", &cfg, &[]);
-    let back = watch.wait_for("the router routes to fe1 again", started, Duration::from_secs(20), both);
+    let back = wait_both(&mut lab, &watch, started);
     let fe1_before = forwarded(&lab, "fe1");
     std::thread::sleep(Duration::from_millis(1500)); // both again
     let reqs = load.finish();
@@ -391,7 +413,7 @@ fn killed_maglevd_withdraws_at_once_a_dead_frontend_after_the_hold_time() {
     let cfg = lab.dir().join("maglevd-fe1.toml");
     let restarted = Instant::now();
     lab.start_maglevd("fe1", &cfg, &[]);
-    watch.wait_for("the router routes to fe1 again", restarted, Duration::from_secs(20), both);
+    wait_both(&mut lab, &watch, restarted);
     let hold = hold_time(&lab, "fe1");
     let load = Load::start(&lab, Duration::from_secs(1));
     std::thread::sleep(Duration::from_secs(1));
@@ -453,4 +475,55 @@ fn killed_maglevd_withdraws_at_once_a_dead_frontend_after_the_hold_time() {
         summary(&dead)
     );
     assert!(failed(&after_expiry).is_empty(), "requests failed after the drop: {:?}", failed(&after_expiry));
+}
+
+/// `maglevd drain` on fe1 under a request loop: fe1 withdraws the VIP but keeps running and
+/// forwarding, so the router moves fe1's share to fe2 and no request is lost; `/ready/VIP` answers
+/// 503 meanwhile. `maglevd drain --undo` announces it again.
+#[test]
+fn drain_command_withdraws_without_stopping() {
+    let _serial = common::ns::serial();
+    let mut lab = bgp_lab("bge");
+    let watch = RouteWatch::start(&lab);
+    start_both(&mut lab, &watch, 80);
+    let cfg = lab.dir().join("maglevd-fe1.toml").display().to_string();
+    let load = Load::start(&lab, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let drained = Instant::now();
+    let out = lab.sh("fe1", &[env!("CARGO_BIN_EXE_maglevd"), "drain", "-c", &cfg]);
+    let withdrawn = watch.wait_for("the router drops drained fe1", drained, Duration::from_secs(5), fe2_only);
+    let ready = vip_ready(&lab, "fe1");
+    std::thread::sleep(Duration::from_secs(1));
+    let alive = lab.maglevd_alive("fe1");
+
+    let undone = Instant::now();
+    let out_undo = lab.sh("fe1", &[env!("CARGO_BIN_EXE_maglevd"), "drain", "--undo", "-c", &cfg]);
+    let back = wait_both(&mut lab, &watch, undone);
+    let fe1_before = forwarded(&lab, "fe1");
+    std::thread::sleep(Duration::from_secs(1));
+    let reqs = load.finish();
+    let fe1_after = forwarded(&lab, "fe1");
+    let all: Vec<&Req> = reqs.iter().collect();
+
+    eprintln!(
+        "maglevd drain: {:?}; fe1's next hop left the router's route after {}",
+        out.trim(),
+        ms(withdrawn - drained)
+    );
+    eprintln!("  fe1 /ready/{VIP} {ready} while drained; maglevd still running: {alive}");
+    eprintln!(
+        "maglevd drain --undo: {:?}; fe1's next hop back after {}; fe1 forwarded {} frames in the next second",
+        out_undo.trim(),
+        ms(back - undone),
+        fe1_after - fe1_before
+    );
+    eprintln!("requests: {}", summary(&all));
+
+    assert!(withdrawn - drained < Duration::from_secs(1), "withdrawn {:?} after maglevd drain", withdrawn - drained);
+    assert_eq!(ready, 503, "/ready/{VIP} of drained fe1");
+    assert!(alive, "maglevd on fe1 stopped on drain");
+    assert!(back - undone <= ANNOUNCE_INTERVAL * (ANNOUNCE_RISE + 1) + SLACK, "back {:?} after --undo", back - undone);
+    assert!(failed(&all).is_empty(), "requests lost across drain and undo: {:?}", failed(&all));
+    assert!(fe1_after > fe1_before, "no traffic through fe1 after drain --undo");
 }
