@@ -527,3 +527,15 @@ fn drain_command_withdraws_without_stopping() {
     assert!(failed(&all).is_empty(), "requests lost across drain and undo: {:?}", failed(&all));
     assert!(fe1_after > fe1_before, "no traffic through fe1 after drain --undo");
 }
+
+/// The shipped BIRD configuration parses (`bird -p`) and learns the kernel table these tests'
+/// maglevd announces in.
+#[test]
+fn shipped_bird_conf_parses_and_learns_the_announce_table() {
+    require_bird();
+    let path = support::lab::repo().join("config/bird.conf");
+    let out = std::process::Command::new("bird").arg("-p").arg("-c").arg(&path).output().expect("run bird -p");
+    assert!(out.status.success(), "bird -p -c {}: {}", path.display(), support::lab::text(&out.stderr));
+    let conf = std::fs::read_to_string(&path).expect("read config/bird.conf");
+    assert!(conf.contains(&format!("kernel table {TABLE};")), "config/bird.conf does not learn table {TABLE}");
+}

@@ -567,6 +567,9 @@ cmd_info() {
         if [[ "$s" == be* && -s "$LAB_DIR/$s/nginx.pid" ]]; then
             echo "   nginx pid $(cat "$LAB_DIR/$s/nginx.pid"), conf $LAB_DIR/$s/nginx.conf"
         fi
+        if [[ -s "$BIRD_DIR/$s.pid" ]]; then
+            echo "   bird pid $(cat "$BIRD_DIR/$s.pid"), socket $(bird_sock "$s"), log $BIRD_DIR/$s.log"
+        fi
     done
 }
 
