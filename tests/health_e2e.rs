@@ -19,15 +19,14 @@ mod common;
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::lab::{GetOptions, Lab, VIP, http_get, http_get_with, text};
+use support::lab::{CLIENT, Lab, Load, Req, VIP, backend_listeners, http_get, tally, text, vip_request as request};
 
 const INTERVAL: Duration = Duration::from_millis(500);
 const TIMEOUT_MS: u64 = 300;
@@ -38,7 +37,6 @@ const SLACK: Duration = Duration::from_secs(1);
 
 const BACKENDS: [&str; 3] = ["10.158.200.251", "10.158.200.252", "10.158.200.253"];
 const BE2: &str = "10.158.200.252";
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 const FE1_NET1: &str = "10.158.100.2";
 const FE2_NET1: &str = "10.158.100.3";
 
@@ -112,64 +110,6 @@ fn last_probe_error(m: &BTreeMap<String, f64>, ip: &str) -> Option<String> {
 /// Polls `ok` every 10 ms until it holds; returns when it first held. Panics after `within`.
 fn wait_until(what: &str, within: Duration, ok: impl FnMut() -> bool) -> Instant {
     support::lab::wait_until(what, within, Duration::from_millis(10), ok)
-}
-
-/// One HTTP/1.0 GET through the VIP on a new connection (from `src_port`, or an ephemeral port),
-/// giving up on the connect after `connect_timeout`. Returns the name of the backend that
-/// answered, or the error. Runs in the caller's namespace (the client's).
-fn request(src_port: Option<u16>, connect_timeout: Duration) -> Result<String, String> {
-    let o =
-        GetOptions { src: src_port.map(|p| SocketAddr::from((CLIENT, p))), reset: src_port.is_some(), connect_timeout };
-    http_get_with(SocketAddr::from((VIP, 80)), "/", &o)
-        .map(|b| b.trim().to_string())
-        .map_err(|e| format!("{:?}: {e}", e.kind()))
-}
-
-/// One request of a [`Load`].
-#[derive(Debug)]
-struct Req {
-    start: Instant,
-    outcome: Result<String, String>,
-}
-
-/// New connections through the VIP from the client, one after another, until stopped (at most
-/// 60 s).
-struct Load {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<Vec<Req>>,
-}
-
-impl Load {
-    fn start(lab: &Lab, connect_timeout: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let handle = lab.spawn_in_ns("client", move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut reqs = Vec::new();
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let start = Instant::now();
-                let outcome = request(None, connect_timeout);
-                reqs.push(Req { start, outcome });
-                std::thread::sleep(Duration::from_millis(3));
-            }
-            reqs
-        });
-        Load { stop, handle }
-    }
-
-    fn finish(self) -> Vec<Req> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().expect("client load thread")
-    }
-}
-
-/// Requests by the backend that served them (or `failed`).
-fn tally<'a>(outcomes: impl IntoIterator<Item = &'a Result<String, String>>) -> BTreeMap<String, u32> {
-    let mut t = BTreeMap::new();
-    for o in outcomes {
-        *t.entry(o.clone().unwrap_or_else(|_| "failed".into())).or_default() += 1;
-    }
-    t
 }
 
 fn outcomes<'a>(reqs: &'a [&Req]) -> impl Iterator<Item = &'a Result<String, String>> {
@@ -480,30 +420,6 @@ fn only_the_dsr_check_sees_a_backend_without_the_vip() {
     assert!(via_fe1_again.iter().all(|(_, o)| o.as_deref() == Ok("be2")), "be2 back: {via_fe1_again:?}");
 }
 
-/// A listener on `port` of each backend's real IP, accepting (and closing) connections until
-/// `stop` is set or 30 s passed.
-fn listeners(lab: &Lab, port: u16, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
-    ["be1", "be2", "be3"]
-        .iter()
-        .zip(BACKENDS)
-        .map(|(be, ip)| {
-            let stop = Arc::clone(stop);
-            let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-            lab.spawn_in_ns(be, move || {
-                let l = std::net::TcpListener::bind(addr).expect("bind the check port");
-                l.set_nonblocking(true).unwrap();
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match l.accept() {
-                        Ok((c, _)) => drop(c),
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
 /// Every check fails (they probe port 8080, where nobody listens; nginx still serves port 80):
 /// fe1 (`when_all_down = "drop"`) drops the traffic and is not ready, naming the service; fe2
 /// (`"all"`) forwards it to every backend. A listener on 8080 brings the backends back.
@@ -540,7 +456,7 @@ fn when_all_down_drop_or_all() {
 
     // Something listens on the check port again: the backends come back, fe1 is ready.
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = listeners(&lab, 8080, &stop);
+    let servers = backend_listeners(&lab, 8080, &stop, Duration::from_secs(30));
     let t1 = Instant::now();
     let back = wait_until("a backend of fe1 back", Duration::from_secs(10), || all_down("fe1") == Some(0.0)) - t1;
     let ready_back =

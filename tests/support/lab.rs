@@ -12,11 +12,15 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use maglevd::netns::Netns;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+/// The client namespace's address.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -178,11 +182,58 @@ impl Lab {
         }
     }
 
-    /// Send `signal` (`"TERM"`, `"KILL"`, ...) to the maglevd in `short`, without waiting.
-    pub fn signal_maglevd(&mut self, short: &str, signal: &str) {
-        let (_, child) = self.daemons.iter().find(|(s, _)| s == short).expect("a maglevd runs there");
-        let ok = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "kill -{signal} maglevd in {short}");
+    /// The pid of the maglevd started last in `short`.
+    pub fn maglevd_pid(&self, short: &str) -> u32 {
+        self.daemons.iter().rev().find(|(s, _)| s == short).expect("a maglevd runs there").1.id()
+    }
+
+    /// Send `signal` (a `kill` name: TERM, KILL, ...) to the maglevd in `short`; returns at once
+    /// ([`Lab::wait_maglevd_exit`] waits for it).
+    pub fn signal_maglevd(&self, short: &str, signal: &str) {
+        let pid = self.maglevd_pid(short).to_string();
+        let ok = Command::new("kill").args([&format!("-{signal}"), &pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} maglevd {pid} in {short}");
+    }
+
+    /// Write `text` into the lab dir as `name` (a configuration); returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// `lab.sh bgp on` or `off`: BIRD in router, fe1 and fe2, the router's VIP route from BGP
+    /// (see tests/lab/README.md, *BGP mode*); panics with its output if it fails.
+    pub fn bgp(&self, on: bool) {
+        let out = self.script(&["bgp", if on { "on" } else { "off" }]);
+        assert!(out.status.success(), "lab.sh bgp failed:\n{}{}", text(&out.stdout), text(&out.stderr));
+        eprintln!("{}", text(&out.stdout).trim());
+    }
+
+    /// `birdc CMD...` on the BIRD in `short` (router, fe1, fe2); panics if birdc fails.
+    pub fn birdc(&self, short: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["birdc", short];
+        args.extend_from_slice(cmd);
+        let out = self.script(&args);
+        assert!(out.status.success(), "lab.sh birdc {short} {cmd:?}:\n{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// The pid of the BIRD in `short` (from its pid file in the lab dir).
+    pub fn bird_pid(&self, short: &str) -> u32 {
+        let f = self.dir().join("bird").join(format!("{short}.pid"));
+        let pid = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        pid.trim().parse().unwrap_or_else(|_| panic!("{}: no pid: {pid:?}", f.display()))
+    }
+
+    /// The BIRD log of `short`.
+    pub fn bird_log(&self, short: &str) -> String {
+        std::fs::read_to_string(self.dir().join("bird").join(format!("{short}.log"))).unwrap_or_default()
+    }
+
+    /// The next hops of the router's route for the VIP (empty: no route).
+    pub fn vip_next_hops(&self) -> Vec<Ipv4Addr> {
+        vip_next_hops_in(&self.ns("router"))
     }
 
     /// Send SIGHUP (reload) to the maglevd in `short`.
@@ -304,10 +355,217 @@ impl Drop for Lab {
                 eprintln!("--- maglevd log of {short}:\n{}", self.maglevd_log(&short));
             }
         }
+        if std::thread::panicking() && self.dir().join("bird").is_dir() {
+            for short in ["router", "fe1", "fe2"] {
+                eprintln!("--- BIRD log of {short}:\n{}", self.bird_log(short));
+            }
+            let out = self.script(&["birdc", "router", "show", "protocols", "all"]);
+            eprintln!("--- birdc router show protocols all:\n{}", text(&out.stdout));
+        }
         let _ = self.script(&["down"]);
         // What the tests wrote there (configurations, daemon logs; printed above on a failure).
         let _ = std::fs::remove_dir_all(self.dir());
     }
+}
+
+/// Fails (never skips) without BIRD 2's `bird` and `birdc` (tests/setup.sh installs bird2).
+pub fn require_bird() {
+    for c in ["bird", "birdc"] {
+        let found =
+            Command::new("sh").args(["-c", &format!("command -v {c}")]).output().is_ok_and(|o| o.status.success());
+        assert!(found, "{c} not found: these tests need BIRD 2 (apt-get install bird2, or tests/setup.sh)");
+    }
+}
+
+/// The gateways (`via ADDR`) of an `ip route show` listing, in order.
+pub fn next_hops(listing: &str) -> Vec<Ipv4Addr> {
+    let words: Vec<&str> = listing.split_whitespace().collect();
+    words.windows(2).filter(|w| w[0] == "via").filter_map(|w| w[1].parse().ok()).collect()
+}
+
+/// Watches the router's route for the VIP: `ip monitor route` in the router's namespace wakes a
+/// thread at each route change there, which reads the VIP's route (`ip route show`) and records
+/// its next hops when they changed, with the time of the change's notification.
+pub struct RouteWatch {
+    seen: Arc<Mutex<Vec<RouteSeen>>>,
+    monitor: Child,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// When a route's next hops were seen, and the next hops.
+type RouteSeen = (Instant, Vec<Ipv4Addr>);
+
+/// The next hops of the VIP's route in namespace `ns` (empty: no route).
+fn vip_next_hops_in(ns: &str) -> Vec<Ipv4Addr> {
+    let out =
+        Command::new("ip").args(["-n", ns, "route", "show", &format!("{VIP}/32")]).output().expect("ip route show");
+    assert!(out.status.success(), "ip route show in {ns}: {}", text(&out.stderr));
+    next_hops(&text(&out.stdout))
+}
+
+impl RouteWatch {
+    pub fn start(lab: &Lab) -> RouteWatch {
+        use std::io::BufRead;
+        let ns = lab.ns("router");
+        let mut monitor = Command::new("ip")
+            .args(["-n", &ns, "-o", "monitor", "route"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ip monitor route");
+        let lines = std::io::BufReader::new(monitor.stdout.take().expect("piped"));
+        // Read once the monitor runs, so no change falls between the two.
+        std::thread::sleep(Duration::from_millis(50));
+        let seen = Arc::new(Mutex::new(vec![(Instant::now(), vip_next_hops_in(&ns))]));
+        let s = Arc::clone(&seen);
+        let handle = std::thread::spawn(move || {
+            // Ends when the monitor is killed (end of its output).
+            for line in lines.lines() {
+                if line.is_err() {
+                    break;
+                }
+                let at = Instant::now();
+                let hops = vip_next_hops_in(&ns);
+                let mut seen = s.lock().unwrap();
+                if seen.last().map(|(_, h)| h) != Some(&hops) {
+                    seen.push((at, hops));
+                }
+            }
+        });
+        RouteWatch { seen, monitor, handle: Some(handle) }
+    }
+
+    /// The first time at or after `since` the next hops were seen to satisfy `ok`, if any.
+    pub fn first(&self, since: Instant, ok: impl Fn(&[Ipv4Addr]) -> bool) -> Option<Instant> {
+        let seen = self.seen.lock().unwrap();
+        // The state in force at `since` counts too (seen before it, still current).
+        let current = seen.iter().rposition(|(t, _)| *t <= since);
+        let from = current.unwrap_or(0);
+        seen[from..].iter().find(|(_, h)| ok(h)).map(|(t, _)| (*t).max(since))
+    }
+
+    /// Waits (bounded) until the next hops satisfy `ok` at or after `since`; returns when they
+    /// were first seen to.
+    pub fn wait_for(&self, what: &str, since: Instant, within: Duration, ok: impl Fn(&[Ipv4Addr]) -> bool) -> Instant {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(t) = self.first(since, &ok) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}; seen: {:?}", self.changes(since));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The next hops now (as last seen).
+    pub fn now(&self) -> Vec<Ipv4Addr> {
+        self.seen.lock().unwrap().last().map(|(_, h)| h.clone()).unwrap_or_default()
+    }
+
+    /// Every change seen from `since` on, as (ms after `since`, next hops).
+    pub fn changes(&self, since: Instant) -> Vec<(u128, Vec<Ipv4Addr>)> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|(t, _)| *t >= since).map(|(t, h)| ((*t - since).as_millis(), h.clone())).collect()
+    }
+}
+
+impl Drop for RouteWatch {
+    fn drop(&mut self) {
+        let _ = self.monitor.kill();
+        let _ = self.monitor.wait();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One request of a [`Load`]: when it started, how long it took, and the backend that answered
+/// (or the error).
+#[derive(Debug)]
+pub struct Req {
+    pub start: Instant,
+    pub took: Duration,
+    pub outcome: Result<String, String>,
+}
+
+/// One HTTP/1.0 GET / through the VIP on a new connection from the client (from `src_port`, or an
+/// ephemeral port), giving up on the connect after `connect_timeout`: the name of the backend
+/// that answered, or the error. Runs in the caller's namespace (the client's).
+pub fn vip_request(src_port: Option<u16>, connect_timeout: Duration) -> Result<String, String> {
+    let o =
+        GetOptions { src: src_port.map(|p| SocketAddr::from((CLIENT, p))), reset: src_port.is_some(), connect_timeout };
+    http_get_with(SocketAddr::from((VIP, 80)), "/", &o)
+        .map(|b| b.trim().to_string())
+        .map_err(|e| format!("{:?}: {e}", e.kind()))
+}
+
+/// New connections through the VIP from the client, one after another (3 ms apart), until
+/// stopped (at most 20,000 requests and 60 s).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Req>>,
+}
+
+impl Load {
+    pub fn start(lab: &Lab, connect_timeout: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = lab.spawn_in_ns("client", move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut reqs = Vec::new();
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline && reqs.len() < 20_000 {
+                let start = Instant::now();
+                let outcome = vip_request(None, connect_timeout);
+                reqs.push(Req { start, took: start.elapsed(), outcome });
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            reqs
+        });
+        Load { stop, handle }
+    }
+
+    pub fn finish(self) -> Vec<Req> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("client load thread")
+    }
+}
+
+/// A listener on `port` of each backend's real IP (be1..be3), accepting (and closing) connections
+/// until `stop` is set or `within` passed: something for a health check of that port to find.
+pub fn backend_listeners(
+    lab: &Lab,
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    within: Duration,
+) -> Vec<std::thread::JoinHandle<()>> {
+    [("be1", "10.158.200.251"), ("be2", "10.158.200.252"), ("be3", "10.158.200.253")]
+        .into_iter()
+        .map(|(be, ip)| {
+            let stop = Arc::clone(stop);
+            let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            lab.spawn_in_ns(be, move || {
+                let l = std::net::TcpListener::bind(addr).expect("bind the check port");
+                l.set_nonblocking(true).unwrap();
+                let deadline = Instant::now() + within;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match l.accept() {
+                        Ok((c, _)) => drop(c),
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Requests by the backend that served them (or `failed`).
+pub fn tally<'a>(outcomes: impl IntoIterator<Item = &'a Result<String, String>>) -> BTreeMap<String, u32> {
+    let mut t = BTreeMap::new();
+    for o in outcomes {
+        *t.entry(o.clone().unwrap_or_else(|_| "failed".into())).or_default() += 1;
+    }
+    t
 }
 
 pub fn text(b: &[u8]) -> String {
