@@ -6,7 +6,8 @@
 #      parse and agree (network names, interface names net1/net2 = the config's ingress/egress,
 #      backend addresses = the config's backends, frontends' net2 on the backends' subnet), the
 #      ConfigMap's maglevd.toml is config/maglevd.toml except for the metrics address, and
-#      `maglevd check` accepts it;
+#      `maglevd check` accepts it; its bird.conf is config/bird.conf, BIRD parses it, and its
+#      kernel table is maglevd's announce.table;
 #   4. systemd-analyze verify and security --offline on docker/maglevd.service;
 #   5. with --syscalls (root, strace): runs maglevd as the unit would (uid 65532, ambient
 #      NET_RAW+NET_ADMIN, no_new_privs) with config/maglevd.toml on fe1 of the namespace lab
@@ -33,8 +34,8 @@ if [[ ! -x "$VENV/bin/kubernetes-validate" || ! -x "$VENV/bin/hadolint" || ! -x 
 fi
 [[ -x "$BIN" ]] || cargo build --release --locked
 
-echo "== hadolint docker/Dockerfile"
-"$VENV/bin/hadolint" docker/Dockerfile
+echo "== hadolint docker/Dockerfile docker/bird/Dockerfile"
+"$VENV/bin/hadolint" docker/Dockerfile docker/bird/Dockerfile
 
 echo "== shellcheck docker/*.sh"
 "$VENV/bin/shellcheck" docker/*.sh
@@ -86,6 +87,9 @@ cfg = tomllib.loads(text)
 orig = open("config/maglevd.toml").read()
 strip = lambda t: [l for l in t.splitlines() if not l.startswith(("metrics", "# "))]
 assert strip(text) == strip(orig), "configmap.yaml drifted from config/maglevd.toml"
+assert cm["data"]["bird.conf"] == open("config/bird.conf").read(), "configmap.yaml's bird.conf drifted from config/bird.conf"
+assert str(cfg["announce"]["table"]) in open("config/bird.conf").read(), "announce.table is not bird.conf's kernel table"
+open(f"{tmp}/bird.conf", "w").write(cm["data"]["bird.conf"])
 assert cfg["daemon"]["metrics"] == "0.0.0.0:9100"
 open(f"{tmp}/maglevd.toml", "w").write(text)
 backends = {b["ip"] for s in cfg["service"] for b in s["backend"]}
@@ -122,6 +126,12 @@ assert len(seen_macs) == 7 and len(seen_ips) == 7, "duplicate MAC or address"
 print(f"ok: {len(docs['frontend'])} frontends, {len(pods)} backends, networks {sorted(nads)}")
 EOF
 "$BIN" check -c "$tmp/maglevd.toml" | tail -1
+if command -v bird >/dev/null; then
+    bird -p -c "$tmp/bird.conf" && echo "bird -p: the ConfigMap's bird.conf parses"
+else
+    echo "bird is missing: apt-get install bird2 (tests/setup.sh)" >&2
+    exit 1
+fi
 
 echo "== systemd-analyze verify / security docker/maglevd.service"
 root="$tmp/root"

@@ -38,3 +38,11 @@ if ! "$venv/bin/python3" -c 'import prometheus_client.parser' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q 'prometheus-client>=0.20,<1'
 fi
+# /dev/net/tun as distributions ship it: mode 0666 (Debian's udev rule 50-udev-default.rules sets
+# it; the TUNSETIFF that creates a device still needs CAP_NET_ADMIN). This VM has no udev and
+# leaves it 0600, which no unprivileged maglevd ([announce], as the unit, the container and
+# docker/validate.sh run it) could open.
+if [[ -c /dev/net/tun && "$(stat -c %a /dev/net/tun)" != 666 ]]; then
+    echo "tests/setup.sh: chmod 0666 /dev/net/tun (as udev sets it on Debian)" >&2
+    chmod 0666 /dev/net/tun
+fi

@@ -139,7 +139,14 @@ impl VipRoutes {
                     Some("another process holds it: another maglevd in this network namespace?".into())
                 }
                 Some(libc::EINVAL) => Some("an interface of another kind has this name".into()),
-                Some(libc::EPERM | libc::EACCES) => Some("needs CAP_NET_ADMIN".into()),
+                // open() of the device node: file permissions (distributions make it 0666).
+                Some(libc::EACCES) => Some(
+                    "cannot open /dev/net/tun: it must be readable and writable by maglevd's user \
+                     (distributions make it mode 0666)"
+                        .into(),
+                ),
+                // TUNSETIFF: the capability.
+                Some(libc::EPERM) => Some("needs CAP_NET_ADMIN".into()),
                 _ => None,
             };
             RouteError::new(format!("creating the TUN device {}", self.device), (e, hint))
