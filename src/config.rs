@@ -79,7 +79,7 @@ pub const DEFAULT_ANNOUNCE_DEVICE: &str = "maglevd0";
 pub const DEFAULT_SETTLE_SECS: u64 = 5;
 pub const DEFAULT_ANNOUNCE_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_ANNOUNCE_RISE: u32 = 2;
-pub const DEFAULT_ANNOUNCE_FALL: u32 = 2;
+pub const DEFAULT_ANNOUNCE_FALL: u32 = 1;
 pub const DEFAULT_DRAIN_SECS: u64 = 5;
 
 impl Default for Announce {

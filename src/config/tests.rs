@@ -667,7 +667,7 @@ fn announce_is_off_without_its_section_and_defaults_with_it() {
     let a = check(&announce("")).unwrap().announce.unwrap();
     assert_eq!(a, Announce::default());
     assert_eq!(a.table, None, "routes only when a table is named");
-    assert_eq!((a.device.as_str(), a.rise, a.fall), ("maglevd0", 2, 2));
+    assert_eq!((a.device.as_str(), a.rise, a.fall), ("maglevd0", 2, 1));
     assert_eq!(
         (a.settle, a.interval, a.drain),
         (Duration::from_secs(5), Duration::from_millis(500), Duration::from_secs(5))
