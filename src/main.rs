@@ -166,7 +166,7 @@ enum Command {
     /// two readings --interval apart. --flows lists tracked flows (like ipvsadm -Lnc). Exit 1 if
     /// the daemon cannot be read.
     Status(maglevd::status::StatusArgs),
-    /// Withdraw every VIP from the network without stopping (maintenance); --undo ends it.
+    /// Withdraw every VIP from BGP without stopping (--undo ends it).
     ///
     /// Needs [announce] in the daemon's configuration: the VIP routes a BGP daemon announces are
     /// removed at once, /ready/VIP answers 503, and forwarding goes on for the traffic still
