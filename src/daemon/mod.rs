@@ -106,6 +106,8 @@ pub struct Shared {
     pub announce_cfg: arc_swap::ArcSwapOption<config::Announce>,
     /// The announce thread's latest decision (none: `[announce]` is absent).
     pub announce: arc_swap::ArcSwapOption<crate::status::AnnounceStatus>,
+    /// `daemon.busy_poll_us`: how long an idle worker spins on its ring before sleeping.
+    pub busy_poll_us: AtomicU64,
 }
 
 /// When the running configuration was applied (Unix seconds; 0: not yet) and the last reload
@@ -167,6 +169,7 @@ impl Shared {
             drain_requested: AtomicBool::new(false),
             announce_cfg: arc_swap::ArcSwapOption::empty(),
             announce: arc_swap::ArcSwapOption::empty(),
+            busy_poll_us: AtomicU64::new(0),
         }
     }
 
@@ -735,6 +738,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let _ = shared.config_path.set(opts.config.clone());
     shared.reloads.applied();
     shared.announce_cfg.store(cfg.announce.clone().map(Arc::new));
+    shared.busy_poll_us.store(cfg.daemon.busy_poll.as_micros() as u64, Ordering::Relaxed);
     // After the rings are bound: from here on VIP frames are the rings' alone.
     let kernel_drop = if cfg.kernel_drop {
         install_kernel_drop(&cfg.ingress, &vips(&cfg), &shared)
@@ -1238,6 +1242,7 @@ impl Control<'_> {
         self.prober.set_targets(health::targets(&cfg, mac_lookup(&macs_of(&self.neigh))));
         self.follow_kernel_drop(&cfg);
         self.shared.announce_cfg.store(cfg.announce.clone().map(Arc::new));
+        self.shared.busy_poll_us.store(cfg.daemon.busy_poll.as_micros() as u64, Ordering::Relaxed);
         self.cfg = cfg;
         self.refresh_responders();
         if lost {

@@ -21,7 +21,7 @@
 //!   ingress interface (see [`crate::dataplane::pmtu`]): one send per message, at most
 //!   [`TokenBucket::ICMP_RATE`] per second and worker (bursts of [`TokenBucket::ICMP_BURST`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use std::net::Ipv4Addr;
@@ -36,6 +36,23 @@ use super::Shared;
 
 /// Frames handled per batch before the TX ring is flushed.
 pub const BATCH: usize = 256;
+/// Spins on `rx` for up to `budget` (or until `stop`): true as soon as a frame is ready. No
+/// system call; the clock and the stop flag are read every 256 turns (a few µs).
+pub fn spin_until_ready<R: RxDevice + ?Sized>(rx: &R, budget: Duration, stop: &AtomicBool) -> bool {
+    let t0 = Instant::now();
+    let mut turns = 0u32;
+    loop {
+        if rx.ready() {
+            return true;
+        }
+        turns = turns.wrapping_add(1);
+        if turns.is_multiple_of(256) && (t0.elapsed() >= budget || stop.load(Ordering::Relaxed)) {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// How long an idle worker sleeps in `poll()` before it checks for shutdown.
 pub const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// The kernel's RX drop count is read at least this often (and at once on `TP_STATUS_LOSING`).
@@ -261,6 +278,12 @@ impl<'a, R: RxDevice, T: TxDevice, S: FrameSender> Worker<'a, R, T, S> {
                 self.read_rx_drops(now);
             }
             if n == 0 {
+                // Busy polling (`daemon.busy_poll_us`): spin on the ring before sleeping, so a
+                // frame arriving meanwhile costs no wake-up.
+                let spin = shared.busy_poll_us.load(Ordering::Relaxed);
+                if backlog == 0 && spin > 0 && spin_until_ready(&*self.rx, Duration::from_micros(spin), &shared.stop) {
+                    continue;
+                }
                 // Frames still queued after EAGAIN/ENOBUFS: retry soon rather than sleep long.
                 let wait = if backlog > 0 { Duration::from_millis(1) } else { IDLE_WAIT };
                 if self.rx.wait(wait).is_err() {

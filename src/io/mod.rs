@@ -435,6 +435,12 @@ pub trait RxDevice {
     /// Sleeps until a frame is ready or `timeout` passes (`poll`); `Ok(true)`
     /// when frames are ready. Call it only when `recv_batch` returned 0.
     fn wait(&mut self, timeout: Duration) -> Result<bool, IoError>;
+    /// True if a frame is ready, without a system call (a busy-polling worker spins on it).
+    /// A device that cannot tell says false (the default): the worker then sleeps in
+    /// [`RxDevice::wait`].
+    fn ready(&self) -> bool {
+        false
+    }
     /// Frames the kernel could not put in the ring since it was opened
     /// (cumulative). A system call on a real ring: call it rarely (when a
     /// frame is marked [`RxStatus::losing`], and periodically), never per

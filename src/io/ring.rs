@@ -740,6 +740,9 @@ impl RxDevice for RxRing {
     fn wait(&mut self, timeout: Duration) -> Result<bool, IoError> {
         RxRing::wait(self, timeout)
     }
+    fn ready(&self) -> bool {
+        RxRing::ready(self)
+    }
     fn kernel_drops(&mut self) -> Result<u64, IoError> {
         Ok(self.stats()?.drops)
     }
