@@ -182,6 +182,13 @@ mod tests {
         let BenchCommand::Live(l) = b.command else { panic!() };
         assert_eq!((l.seconds, l.repeat, l.probes, l.rx_slots, l.tx_slots), (1.0, 1, 100, 64, 256));
         assert!(parse(&["live", "--flows", "x"]).is_err());
+        let b = parse(&["live", "--traffic", "tcp", "--streams", "4"]).unwrap();
+        let BenchCommand::Live(l) = b.command else { panic!() };
+        assert_eq!((l.traffic, l.streams, l.connections), (live::Traffic::Tcp, 4, 32));
+        let b = parse(&["live", "--traffic", "http", "--connections", "64"]).unwrap();
+        let BenchCommand::Live(l) = b.command else { panic!() };
+        assert_eq!((l.traffic, l.connections), (live::Traffic::Http, 64));
+        assert!(parse(&["live", "--traffic", "sctp"]).is_err());
         assert!(parse(&[]).is_err());
     }
 
