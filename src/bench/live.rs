@@ -1,12 +1,30 @@
 //! `maglevd bench live`: forwarding through real interfaces, maglevd against the kernel's own IPv4
 //! forwarding, on the same topology ([`super::netns`]) and in the same run.
 //!
+//! # Traffic
+//! `--traffic` chooses what crosses the two forwarders:
+//! * **udp** (default): small UDP frames from an in-process generator: packet rate, loss and
+//!   one-way latency (*Throughput*, *Latency* below). The sink only receives.
+//! * **tcp**: iperf3, one stream (`--streams N`), default offloads (TSO/GSO on: the stream crosses
+//!   `lb` as super-frames of up to 64 KiB, docs/lab.md pitfall 6).
+//! * **http**: wrk against nginx: keep-alive (`wrk -t1 -c32`, `--connections`), then one TCP
+//!   connection per request (`Connection: close`).
+//!
+//! For tcp and http the sink is a real DSR backend (server bound to the VIP on its `lo`,
+//! `arp_ignore=1`, `arp_announce=2`) and its replies go back to `gen` on a return path that does
+//! not cross `lb` ([`Topology::create_with_return`]); maglevd's service is TCP on the server's port
+//! (5201, 80). Client and server are pinned to `--gen-cpu` (the endpoints' CPU), the forwarder
+//! to `--fwd-cpu`; RPS on `lbin` puts `lb`'s receive on the forwarder's CPU in *both* modes
+//! (in the udp mode only for the kernel): kernel forwarding and maglevd's ring copy then cost the
+//! forwarder's CPU, and the endpoints' CPU does the same work in both modes, so the ratio
+//! measures the forwarder. The programs, their bounds and their output: [`app`].
+//!
 //! # Modes
 //! * **kernel**: `lb` has `ip_forward=1` and a route for the VIP via the sink's address; RPS on
 //!   `lbin` moves the forwarding (softirq) to the forwarder CPU.
 //! * **maglevd**: `lb` has `ip_forward=0` and no VIP route; maglevd's real datapath runs in this
-//!   process: a [`Snapshot`] from a configuration with one service (VIP, UDP, all ports, one
-//!   backend = the sink with its MAC), a [`Shared`], and `--workers` threads running
+//!   process: a [`Snapshot`] from a configuration with one service (VIP, UDP and all ports, or TCP
+//!   and the server's port; one backend = the sink with its MAC), a [`Shared`], and `--workers` threads running
 //!   [`worker::run`], each with an RX ring on `lbin` opened as the daemon opens it (fanout hash
 //!   group, VIP filter, vnet header, slots for 64 KiB super-frames) and a TX ring on `lbout`
 //!   (vnet header, qdisc bypass), pinned to the forwarder CPU. Each worker tracks connections with
@@ -28,8 +46,8 @@
 //! 9). Runs alternate kernel / maglevd, `--repeat` times each; medians are reported.
 //!
 //! # Load
-//! The CPU time of other processes ("foreign") is `/proc/stat` busy time minus this process's,
-//! ksoftirqd's and irq/softirq time. Before each run (and each latency measurement) the machine
+//! The CPU time of other processes ("foreign") is `/proc/stat` busy time minus this process's
+//! (with its children: iperf3, wrk, nginx), ksoftirqd's and irq/softirq time. Before each run (and each latency measurement) the machine
 //! is sampled in 300 ms steps while the benchmark is idle, waiting up to `--load-wait` seconds for
 //! the foreign share to fall to 15 %; a throughput run with more than 15 % foreign load before or
 //! during its window is repeated (up to twice) and flagged `*` if still loaded (pitfall 12).
@@ -40,6 +58,30 @@
 //! this process: the difference is the one-way delay on one clock. Measured for the kernel, for
 //! maglevd with its default V2 RX ring, and for maglevd with a TPACKET_V3 RX ring (block timeout
 //! `--v3-timeout-ms`), which shows why V2 is the default.
+//!
+//! # JSON (`--json`)
+//! One object: `bench` = `"live"`, `traffic` (`"udp"`, `"tcp"`, `"http"`), `config` (the options),
+//! `placement` (the lines of the text report), `runs` and `summary`. Rates are per second; `null`
+//! where a figure does not apply or could not be read; `foreign_load*`, `*_cpu_busy`, `steal` and
+//! `loss` are shares 0..=1.
+//!
+//! * **udp**: each of `runs`: `mode` (`kernel`, `maglevd`), `run`, `seconds`, `offered_pps`,
+//!   `at_lb_pps`, `delivered_pps`, `loss`, `foreign_load_before`, `foreign_load`,
+//!   `gen_cpu_busy`, `fwd_cpu_busy`, `steal`, `attempts`, `flagged`, `maglevd_forwarded_pps`,
+//!   `rx_ring_drops`, `flows_tracked`, `kernel_drop`, `gen_eagain`. `summary`: `kernel` and
+//!   `maglevd` (medians: `offered_pps`, `at_lb_pps`, `delivered_pps`, `loss`; `runs`, `flagged`)
+//!   and `ratio_maglevd_kernel` (median delivered pps). `latency`: per mode (`kernel`,
+//!   `maglevd_v2`, `maglevd_v3`) `label`, `sent`, `received`, `median_us`, `p99_us`, `min_us`,
+//!   `max_us`, `foreign_load`, `added_us` (median minus the kernel's).
+//! * **tcp**, **http**: each of `runs`: `test` (`tcp_bulk`; `http_keepalive`, `http_close`),
+//!   `mode`, `run`, `seconds` (the client's window), the rate — `bits_per_second` (tcp: received)
+//!   or `requests_per_second` (http) — then tcp: `retransmits`; http: `requests`, `errors` (wrk's
+//!   connect, read, write, timeout and status errors), `latency_p50_us`, `latency_p99_us`; then
+//!   `foreign_load_before` … `kernel_drop` as for udp (`maglevd_forwarded_pps` counts a
+//!   super-frame once). `summary`: one object per test, `{"unit": "bits_per_second" |
+//!   "requests_per_second", "kernel": {"median", "min", "max", "runs", "flagged"}, "maglevd":
+//!   {…}, "ratio_maglevd_kernel"}` (median over median). `config` has `streams` (tcp) or
+//!   `connections` and `wrk_threads` (http), and `warmup` in whole seconds.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -65,7 +107,7 @@ use crate::io::{
 };
 use crate::wire::MacAddr;
 
-mod app;
+pub mod app;
 pub use app::{AppRun, AppSummary, AppTest};
 
 /// Destination UDP port of the generated traffic (the service covers all ports).

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `bench table` | build time of the Maglev table and of the kernel-compatible `ip_vs_mh` table per backend count ([`table`]) | nothing |
 //! | `bench forward` | `dataplane::forward` ns/frame and Mpps over a realistic in-memory mix ([`forward`]) | nothing |
-//! | `bench live` | live forwarding through veths in three network namespaces, maglevd's real datapath against the kernel's forwarding in the same run: throughput, loss, and one-way latency ([`live`]) | root, iproute2, 2 CPUs |
+//! | `bench live` | live forwarding through veths in three network namespaces, maglevd's real datapath against the kernel's forwarding in the same run: UDP throughput, loss and one-way latency; `--traffic tcp`: iperf3 bulk TCP; `--traffic http`: wrk against nginx, keep-alive and a connection per request ([`live`]) | root, iproute2, 2 CPUs; iperf3, wrk, nginx for tcp/http |
 //!
 //! Every command prints a readable report, or one JSON document with `--json`. Pure parts
 //! (argument validation, statistics, frames, JSON) are unit-tested; `tests/bench_live.rs` runs
@@ -47,8 +47,9 @@ pub enum BenchCommand {
     /// dataplane::forward ns/frame and Mpps over a realistic in-memory mix.
     Forward(ForwardArgs),
     /// Live forwarding through veths in network namespaces (gen -> lb -> sink): maglevd's
-    /// datapath vs kernel forwarding on the same topology, throughput, loss and one-way latency.
-    /// Needs root and iproute2; removes everything it creates.
+    /// datapath vs kernel forwarding on the same topology: UDP throughput, loss and one-way
+    /// latency, or (--traffic tcp|http) iperf3 and wrk against nginx. Needs root and iproute2;
+    /// removes everything it creates.
     Live(LiveArgs),
 }
 

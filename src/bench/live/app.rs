@@ -6,7 +6,7 @@
 //! figures; the server is stopped after it. Every program runs as
 //! `ip netns exec NS timeout -k 2 BOUND taskset -c CPU PROGRAM …` in a process group of its own:
 //! `timeout` bounds it even if the benchmark dies, the group is killed when its handle
-//! ([`Proc`]) is dropped (on success, on error, on SIGINT/SIGTERM), and `taskset` pins it. The
+//! (`Proc`) is dropped (on success, on error, on SIGINT/SIGTERM), and `taskset` pins it. The
 //! configuration files and outputs live in a temporary directory removed at the end.
 //!
 //! * **tcp**: `iperf3 -s -B VIP -p 5201 -1` in `sink`; `iperf3 -c VIP -t SECONDS -O WARMUP -P
@@ -406,7 +406,7 @@ pub fn parse_iperf3(text: &str) -> Result<IperfResult, String> {
     })
 }
 
-/// What wrk reported (through [`WRK_LUA`]).
+/// What wrk reported (through its `done` hook, `WRK_LUA`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WrkResult {
     pub requests: u64,
