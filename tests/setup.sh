@@ -6,7 +6,9 @@ set -euo pipefail
 # podman, runc and debootstrap: the container image, built by docker/build-local.sh and run by
 # tests/container.rs (runc, not crun: crun fails on this machine's cgroup layout).
 # bird2 (bird, birdc): the lab's BGP mode (tests/lab/lab.sh bgp) and tests/bgp_e2e.rs.
-pkgs=(iproute2 procps nginx-light curl wrk tcpdump ethtool openssl coreutils iputils-ping arping util-linux libcap2-bin systemd strace python3-venv podman runc debootstrap bird2)
+# iperf3, wrk and nginx (with coreutils' timeout, util-linux's taskset, procps' kill):
+# `maglevd bench live --traffic tcp|http` and tests/bench_live.rs.
+pkgs=(iproute2 procps nginx-light curl wrk iperf3 tcpdump ethtool openssl coreutils iputils-ping arping util-linux libcap2-bin systemd strace python3-venv podman runc debootstrap bird2)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

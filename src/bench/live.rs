@@ -1,12 +1,30 @@
 //! `maglevd bench live`: forwarding through real interfaces, maglevd against the kernel's own IPv4
 //! forwarding, on the same topology ([`super::netns`]) and in the same run.
 //!
+//! # Traffic
+//! `--traffic` chooses what crosses the two forwarders:
+//! * **udp** (default): small UDP frames from an in-process generator: packet rate, loss and
+//!   one-way latency (*Throughput*, *Latency* below). The sink only receives.
+//! * **tcp**: iperf3, one stream (`--streams N`), default offloads (TSO/GSO on: the stream crosses
+//!   `lb` as super-frames of up to 64 KiB, docs/lab.md pitfall 6).
+//! * **http**: wrk against nginx: keep-alive (`wrk -t1 -c32`, `--connections`), then one TCP
+//!   connection per request (`Connection: close`).
+//!
+//! For tcp and http the sink is a real DSR backend (server bound to the VIP on its `lo`,
+//! `arp_ignore=1`, `arp_announce=2`) and its replies go back to `gen` on a return path that does
+//! not cross `lb` ([`Topology::create_with_return`]); maglevd's service is TCP on the server's port
+//! (5201, 80). Client and server are pinned to `--gen-cpu` (the endpoints' CPU), the forwarder
+//! to `--fwd-cpu`; RPS on `lbin` puts `lb`'s receive on the forwarder's CPU in *both* modes
+//! (in the udp mode only for the kernel): kernel forwarding and maglevd's ring copy then cost the
+//! forwarder's CPU, and the endpoints' CPU does the same work in both modes, so the ratio
+//! measures the forwarder. The programs, their bounds and their output: [`app`].
+//!
 //! # Modes
 //! * **kernel**: `lb` has `ip_forward=1` and a route for the VIP via the sink's address; RPS on
 //!   `lbin` moves the forwarding (softirq) to the forwarder CPU.
 //! * **maglevd**: `lb` has `ip_forward=0` and no VIP route; maglevd's real datapath runs in this
-//!   process: a [`Snapshot`] from a configuration with one service (VIP, UDP, all ports, one
-//!   backend = the sink with its MAC), a [`Shared`], and `--workers` threads running
+//!   process: a [`Snapshot`] from a configuration with one service (VIP, UDP and all ports, or TCP
+//!   and the server's port; one backend = the sink with its MAC), a [`Shared`], and `--workers` threads running
 //!   [`worker::run`], each with an RX ring on `lbin` opened as the daemon opens it (fanout hash
 //!   group, VIP filter, vnet header, slots for 64 KiB super-frames) and a TX ring on `lbout`
 //!   (vnet header, qdisc bypass), pinned to the forwarder CPU. Each worker tracks connections with
@@ -28,8 +46,8 @@
 //! 9). Runs alternate kernel / maglevd, `--repeat` times each; medians are reported.
 //!
 //! # Load
-//! The CPU time of other processes ("foreign") is `/proc/stat` busy time minus this process's,
-//! ksoftirqd's and irq/softirq time. Before each run (and each latency measurement) the machine
+//! The CPU time of other processes ("foreign") is `/proc/stat` busy time minus this process's
+//! (with its children: iperf3, wrk, nginx), ksoftirqd's and irq/softirq time. Before each run (and each latency measurement) the machine
 //! is sampled in 300 ms steps while the benchmark is idle, waiting up to `--load-wait` seconds for
 //! the foreign share to fall to 15 %; a throughput run with more than 15 % foreign load before or
 //! during its window is repeated (up to twice) and flagged `*` if still loaded (pitfall 12).
@@ -40,6 +58,30 @@
 //! this process: the difference is the one-way delay on one clock. Measured for the kernel, for
 //! maglevd with its default V2 RX ring, and for maglevd with a TPACKET_V3 RX ring (block timeout
 //! `--v3-timeout-ms`), which shows why V2 is the default.
+//!
+//! # JSON (`--json`)
+//! One object: `bench` = `"live"`, `traffic` (`"udp"`, `"tcp"`, `"http"`), `config` (the options),
+//! `placement` (the lines of the text report), `runs` and `summary`. Rates are per second; `null`
+//! where a figure does not apply or could not be read; `foreign_load*`, `*_cpu_busy`, `steal` and
+//! `loss` are shares 0..=1.
+//!
+//! * **udp**: each of `runs`: `mode` (`kernel`, `maglevd`), `run`, `seconds`, `offered_pps`,
+//!   `at_lb_pps`, `delivered_pps`, `loss`, `foreign_load_before`, `foreign_load`,
+//!   `gen_cpu_busy`, `fwd_cpu_busy`, `steal`, `attempts`, `flagged`, `maglevd_forwarded_pps`,
+//!   `rx_ring_drops`, `flows_tracked`, `kernel_drop`, `gen_eagain`. `summary`: `kernel` and
+//!   `maglevd` (medians: `offered_pps`, `at_lb_pps`, `delivered_pps`, `loss`; `runs`, `flagged`)
+//!   and `ratio_maglevd_kernel` (median delivered pps). `latency`: per mode (`kernel`,
+//!   `maglevd_v2`, `maglevd_v3`) `label`, `sent`, `received`, `median_us`, `p99_us`, `min_us`,
+//!   `max_us`, `foreign_load`, `added_us` (median minus the kernel's).
+//! * **tcp**, **http**: each of `runs`: `test` (`tcp_bulk`; `http_keepalive`, `http_close`),
+//!   `mode`, `run`, `seconds` (the client's window), the rate — `bits_per_second` (tcp: received)
+//!   or `requests_per_second` (http) — then tcp: `retransmits`; http: `requests`, `errors` (wrk's
+//!   connect, read, write, timeout and status errors), `latency_p50_us`, `latency_p99_us`; then
+//!   `foreign_load_before` … `kernel_drop` as for udp (`maglevd_forwarded_pps` counts a
+//!   super-frame once). `summary`: one object per test, `{"unit": "bits_per_second" |
+//!   "requests_per_second", "kernel": {"median", "min", "max", "runs", "flagged"}, "maglevd":
+//!   {…}, "ratio_maglevd_kernel"}` (median over median). `config` has `streams` (tcp) or
+//!   `connections` and `wrk_threads` (http), and `warmup` in whole seconds.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -49,7 +91,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::frames::{self, Endpoints, MAX_FRAME, MIN_FRAME};
 use super::json::Json;
@@ -64,6 +106,9 @@ use crate::io::{
     pin_current_thread,
 };
 use crate::wire::MacAddr;
+
+pub mod app;
+pub use app::{AppRun, AppSummary, AppTest};
 
 /// Destination UDP port of the generated traffic (the service covers all ports).
 const DPORT: u16 = 9;
@@ -82,19 +127,51 @@ const GEN_BATCH: usize = 256;
 /// Probes sent before the measured ones (not counted).
 const WARMUP_PROBES: u32 = 10;
 
+/// What `bench live` sends through the two forwarders.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Traffic {
+    /// Small UDP frames from an in-process generator: packet rate, loss and one-way latency.
+    #[default]
+    Udp,
+    /// Bulk TCP: iperf3 through the VIP, default offloads, replies by the return path.
+    Tcp,
+    /// HTTP: wrk against nginx through the VIP, keep-alive and one connection per request.
+    Http,
+}
+
+impl Traffic {
+    pub fn name(self) -> &'static str {
+        match self {
+            Traffic::Udp => "udp",
+            Traffic::Tcp => "tcp",
+            Traffic::Http => "http",
+        }
+    }
+}
+
 /// Options of `maglevd bench live`.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct LiveArgs {
-    /// Measurement window per run, in seconds.
+    /// What to send: udp (generated frames), tcp (iperf3 bulk transfer) or http (wrk against
+    /// nginx, keep-alive and a connection per request). tcp and http need iperf3, wrk and nginx.
+    #[arg(long, value_enum, default_value_t = Traffic::Udp)]
+    pub traffic: Traffic,
+    /// Measurement window per run, in seconds (tcp, http: whole seconds).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// Warm-up before each window, in seconds.
+    /// Warm-up before each window, in seconds (tcp, http: rounded up to whole seconds).
     #[arg(long, default_value_t = 0.5)]
     pub warmup: f64,
-    /// Distinct flows (UDP source ports).
+    /// tcp: parallel iperf3 streams.
+    #[arg(long, default_value_t = 1)]
+    pub streams: u32,
+    /// http: wrk connections (one wrk thread).
+    #[arg(long, default_value_t = 32)]
+    pub connections: u32,
+    /// udp: distinct flows (UDP source ports).
     #[arg(long, default_value_t = 4096)]
     pub flows: u32,
-    /// Frame size in bytes (Ethernet header included, FCS excluded).
+    /// udp: frame size in bytes (Ethernet header included, FCS excluded).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
     /// maglevd forwarding threads (all pinned to --fwd-cpu).
@@ -103,7 +180,7 @@ pub struct LiveArgs {
     /// Runs per mode (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub repeat: u32,
-    /// Latency probes per mode (0 skips the latency measurement).
+    /// udp: latency probes per mode (0 skips the latency measurement).
     #[arg(long, default_value_t = 500)]
     pub probes: u32,
     /// maglevd RX ring slots per worker (as `maglevd run --rx-slots`).
@@ -112,19 +189,20 @@ pub struct LiveArgs {
     /// maglevd TX ring slots per worker (as `maglevd run --tx-slots`).
     #[arg(long, default_value_t = 256)]
     pub tx_slots: usize,
-    /// Generator TX ring slots: small = near loss-free rate, large = overload (docs/lab.md pitfall 5).
+    /// udp: generator TX ring slots: small = near loss-free rate, large = overload (docs/lab.md
+    /// pitfall 5).
     #[arg(long, default_value_t = 256)]
     pub gen_slots: usize,
-    /// Generator rate in frames per second (0: as fast as it can).
+    /// udp: generator rate in frames per second (0: as fast as it can).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// CPU of the generator (and of the latency receiver).
+    /// CPU of the generator (and of the latency receiver); tcp, http: of the clients and servers.
     #[arg(long, default_value_t = 0)]
     pub gen_cpu: usize,
     /// CPU of the forwarder: maglevd's workers, or the kernel's forwarding through RPS.
     #[arg(long, default_value_t = 1)]
     pub fwd_cpu: usize,
-    /// TPACKET_V3 block timeout for the V3 latency comparison (ms).
+    /// udp: TPACKET_V3 block timeout for the V3 latency comparison (ms).
     #[arg(long, default_value_t = 1)]
     pub v3_timeout_ms: u32,
     /// Forward without connection tracking (default: each worker tracks flows as the daemon's
@@ -143,8 +221,11 @@ pub struct LiveArgs {
 impl Default for LiveArgs {
     fn default() -> Self {
         LiveArgs {
+            traffic: Traffic::Udp,
             seconds: 5.0,
             warmup: 0.5,
+            streams: 1,
+            connections: 32,
             flows: 4096,
             size: 64,
             workers: 1,
@@ -173,6 +254,18 @@ impl LiveArgs {
         }
         if !(self.warmup.is_finite() && (0.0..=60.0).contains(&self.warmup)) {
             p.push("--warmup must be between 0 and 60".into());
+        }
+        if self.traffic != Traffic::Udp && self.seconds.fract() != 0.0 {
+            p.push(format!(
+                "--seconds must be whole with --traffic {} (iperf3 and wrk count whole seconds)",
+                self.traffic.name()
+            ));
+        }
+        if !(1..=128).contains(&self.streams) {
+            p.push("--streams must be between 1 and 128".into());
+        }
+        if !(1..=10_000).contains(&self.connections) {
+            p.push("--connections must be between 1 and 10000".into());
         }
         if !(1..=MAX_FLOWS).contains(&self.flows) {
             p.push(format!("--flows must be between 1 and {MAX_FLOWS}"));
@@ -362,8 +455,12 @@ pub struct LiveReport {
     pub args: LiveArgs,
     pub placement: Vec<String>,
     pub gen_sndbuf: usize,
+    /// udp: the throughput runs.
     pub runs: Vec<RunResult>,
+    /// udp: the latency measurements.
     pub latency: Vec<LatencyResult>,
+    /// tcp, http: the runs of the real programs.
+    pub app_runs: Vec<app::AppRun>,
 }
 
 impl LiveReport {
@@ -681,14 +778,23 @@ struct Lab {
 
 impl Lab {
     fn setup(args: &LiveArgs) -> Result<Lab, BenchError> {
-        let topo = Topology::create()?;
+        let topo = match args.traffic {
+            Traffic::Udp => Topology::create()?,
+            Traffic::Tcp | Traffic::Http => Topology::create_with_return()?,
+        };
         let gen_mac = topo.mac("gen", GEN_IF)?;
         let lbin_mac = topo.mac("lb", LB_IN)?;
         let lbout_mac = topo.mac("lb", LB_OUT)?;
         let sink_mac = topo.mac("sink", SINK_IF)?;
+        // UDP: all ports; TCP and HTTP: the server's port, as a real service is configured.
+        let (protocol, port) = match args.traffic {
+            Traffic::Udp => ("udp", "\"all\"".to_string()),
+            Traffic::Tcp => ("tcp", app::IPERF_PORT.to_string()),
+            Traffic::Http => ("tcp", app::HTTP_PORT.to_string()),
+        };
         let cfg_text = format!(
             "[interfaces]\ningress = \"{LB_IN}\"\negress = \"{LB_OUT}\"\n[daemon]\nmetrics = \"\"\n\
-             [[service]]\nname = \"bench\"\nvip = \"{VIP}\"\nprotocol = \"udp\"\nport = \"all\"\ntable_size = 65537\n\
+             [[service]]\nname = \"bench\"\nvip = \"{VIP}\"\nprotocol = \"{protocol}\"\nport = {port}\ntable_size = 65537\n\
              [[service.backend]]\nip = \"{SINK_IP}\"\nmac = \"{}\"\n",
             MacAddr(sink_mac)
         );
@@ -742,7 +848,10 @@ impl Lab {
                 t.sysctl("lb", "net.ipv4.ip_forward", "0").map_err(e)?;
                 let _ = t.ip("lb", &["route", "del", &format!("{VIP}/32")]);
                 if self.rps {
-                    self.set_rps(0).map_err(e)?;
+                    // tcp, http: lbin's receive (the rings' copy) on the forwarder's CPU too, so
+                    // that the endpoints' CPU does the same work in both modes (module docs).
+                    let mask = if args.traffic == Traffic::Udp { 0 } else { 1 << args.fwd_cpu };
+                    self.set_rps(mask).map_err(e)?;
                 }
             }
         }
@@ -999,8 +1108,24 @@ pub fn measure(args: &LiveArgs) -> Result<LiveReport, BenchError> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     args.validate(cpus)?;
     netns::preflight()?;
+    if args.traffic != Traffic::Udp {
+        app::preflight(args.traffic)?;
+    }
     let intr = install_interrupt_flag()?;
     let lab = Lab::setup(args)?;
+    if args.traffic != Traffic::Udp {
+        let app_runs = app::measure(&lab, args, &intr)?;
+        let placement = app::placement(args, lab.rps);
+        drop(lab);
+        return Ok(LiveReport {
+            args: args.clone(),
+            placement,
+            gen_sndbuf: 0,
+            runs: Vec::new(),
+            latency: Vec::new(),
+            app_runs,
+        });
+    }
     let mut runs = Vec::new();
     for run in 1..=args.repeat {
         for mode in [Mode::Kernel, Mode::Maglevd] {
@@ -1035,7 +1160,7 @@ pub fn measure(args: &LiveArgs) -> Result<LiveReport, BenchError> {
     let placement = placement(args, lab.rps);
     drop(lab);
     let gen_sndbuf = runs.first().map_or(0, |r| r.gen_sndbuf);
-    Ok(LiveReport { args: args.clone(), placement, gen_sndbuf, runs, latency })
+    Ok(LiveReport { args: args.clone(), placement, gen_sndbuf, runs, latency, app_runs: Vec::new() })
 }
 
 fn fmt_us(v: Option<f64>) -> String {
@@ -1048,6 +1173,9 @@ fn fmt_pps(v: f64) -> String {
 
 /// Text report.
 pub fn render(r: &LiveReport) -> String {
+    if r.args.traffic != Traffic::Udp {
+        return app::render(r);
+    }
     let a = &r.args;
     let mut s = String::new();
     let _ = writeln!(
@@ -1188,8 +1316,11 @@ pub fn render(r: &LiveReport) -> String {
     s
 }
 
-/// JSON document.
+/// JSON document (schema in the module docs).
 pub fn to_json(r: &LiveReport) -> Json {
+    if r.args.traffic != Traffic::Udp {
+        return app::to_json(r);
+    }
     let a = &r.args;
     let cfg = Json::obj()
         .with("seconds", a.seconds)
@@ -1270,6 +1401,7 @@ pub fn to_json(r: &LiveReport) -> Json {
         .collect();
     Json::obj()
         .with("bench", "live")
+        .with("traffic", a.traffic.name())
         .with("config", cfg)
         .with("placement", r.placement.clone())
         .with("runs", Json::Arr(runs))
@@ -1308,6 +1440,16 @@ mod tests {
         let e = LiveArgs::default().validate(1).unwrap_err().to_string();
         assert!(e.contains("--fwd-cpu 1: this machine has 1 CPU"), "{e}");
         assert!(LiveArgs { flows: MAX_FLOWS + 1, ..LiveArgs::default() }.validate(2).is_err());
+        // tcp and http: whole seconds (iperf3, wrk), streams and connections in range.
+        let e = LiveArgs { traffic: Traffic::Tcp, seconds: 1.5, streams: 0, connections: 0, ..LiveArgs::default() }
+            .validate(2)
+            .unwrap_err()
+            .to_string();
+        for key in ["--seconds must be whole with --traffic tcp", "--streams", "--connections"] {
+            assert!(e.contains(key), "{key} missing in:\n{e}");
+        }
+        assert!(LiveArgs { seconds: 1.5, ..LiveArgs::default() }.validate(2).is_ok(), "udp takes fractions");
+        assert!(LiveArgs { traffic: Traffic::Http, seconds: 1.0, ..LiveArgs::default() }.validate(2).is_ok());
         assert!(LiveArgs { flows: MAX_FLOWS, size: MAX_FRAME, ..LiveArgs::default() }.validate(2).is_ok());
     }
 
@@ -1356,6 +1498,7 @@ mod tests {
                 LatencyResult::from_samples(LatencyMode::Kernel, 4, &[10_000.0, 12_000.0, 11_000.0]),
                 LatencyResult::from_samples(LatencyMode::MaglevdV2, 4, &[30_000.0, 31_000.0, 29_000.0, 30_000.0]),
             ],
+            app_runs: Vec::new(),
         };
         assert_eq!(report.ratio(), Some(2.0));
         assert_eq!(report.added_latency_us(LatencyMode::MaglevdV2), Some(19.0));

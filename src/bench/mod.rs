@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `bench table` | build time of the Maglev table and of the kernel-compatible `ip_vs_mh` table per backend count ([`table`]) | nothing |
 //! | `bench forward` | `dataplane::forward` ns/frame and Mpps over a realistic in-memory mix ([`forward`]) | nothing |
-//! | `bench live` | live forwarding through veths in three network namespaces, maglevd's real datapath against the kernel's forwarding in the same run: throughput, loss, and one-way latency ([`live`]) | root, iproute2, 2 CPUs |
+//! | `bench live` | live forwarding through veths in three network namespaces, maglevd's real datapath against the kernel's forwarding in the same run: UDP throughput, loss and one-way latency; `--traffic tcp`: iperf3 bulk TCP; `--traffic http`: wrk against nginx, keep-alive and a connection per request ([`live`]) | root, iproute2, 2 CPUs; iperf3, wrk, nginx for tcp/http |
 //!
 //! Every command prints a readable report, or one JSON document with `--json`. Pure parts
 //! (argument validation, statistics, frames, JSON) are unit-tested; `tests/bench_live.rs` runs
@@ -47,8 +47,9 @@ pub enum BenchCommand {
     /// dataplane::forward ns/frame and Mpps over a realistic in-memory mix.
     Forward(ForwardArgs),
     /// Live forwarding through veths in network namespaces (gen -> lb -> sink): maglevd's
-    /// datapath vs kernel forwarding on the same topology, throughput, loss and one-way latency.
-    /// Needs root and iproute2; removes everything it creates.
+    /// datapath vs kernel forwarding on the same topology: UDP throughput, loss and one-way
+    /// latency, or (--traffic tcp|http) iperf3 and wrk against nginx. Needs root and iproute2;
+    /// removes everything it creates.
     Live(LiveArgs),
 }
 
@@ -182,6 +183,13 @@ mod tests {
         let BenchCommand::Live(l) = b.command else { panic!() };
         assert_eq!((l.seconds, l.repeat, l.probes, l.rx_slots, l.tx_slots), (1.0, 1, 100, 64, 256));
         assert!(parse(&["live", "--flows", "x"]).is_err());
+        let b = parse(&["live", "--traffic", "tcp", "--streams", "4"]).unwrap();
+        let BenchCommand::Live(l) = b.command else { panic!() };
+        assert_eq!((l.traffic, l.streams, l.connections), (live::Traffic::Tcp, 4, 32));
+        let b = parse(&["live", "--traffic", "http", "--connections", "64"]).unwrap();
+        let BenchCommand::Live(l) = b.command else { panic!() };
+        assert_eq!((l.traffic, l.connections), (live::Traffic::Http, 64));
+        assert!(parse(&["live", "--traffic", "sctp"]).is_err());
         assert!(parse(&[]).is_err());
     }
 

@@ -5,6 +5,22 @@
 //!        10.203.1.1   10.203.1.2  10.203.2.1   10.203.2.2
 //! ```
 //!
+//! and, for the TCP and HTTP traffic ([`Topology::create_with_return`]), a third pair that
+//! carries the replies straight back, as a DSR backend's replies bypass the balancer:
+//!
+//! ```text
+//!   gen ── genr ════════════════════════════ sinkr ── sink
+//!        10.203.3.1                        10.203.3.2
+//! ```
+//!
+//! `gen` reaches the VIP through `lb` (route `VIP via 10.203.1.2 dev gen0`); `sink` answers from
+//! the VIP on its `lo` to `gen`'s address 10.203.1.1 through `sinkr` (route `10.203.1.1 via
+//! 10.203.3.1`), so no reply crosses `lb`, and `gen` accepts them on `genr` (rp_filter 0). The
+//! hops that carry traffic one way only (`gen` → `lbin`, `sink` → `genr`) get permanent neighbour
+//! entries so that no ARP exchange runs during a measurement. `gen` also sets
+//! `net.ipv4.tcp_tw_reuse=1` and `ip_local_port_range` 1024–65535 for connection-per-request load
+//! (docs/lab.md pitfall 8).
+//!
 //! built with iproute2 (`ip netns add`, `ip -n NS link add … netns OTHER`): every interface is
 //! created inside a namespace, so nothing outside them is touched. [`Topology`] removes the
 //! namespaces (and with them the veths) when dropped — on success, on error and on panic.
@@ -30,6 +46,11 @@ pub const GEN_IF: &str = "gen0";
 pub const LB_IN: &str = "lbin";
 pub const LB_OUT: &str = "lbout";
 pub const SINK_IF: &str = "sink0";
+/// The return path (TCP and HTTP traffic only): `gen`'s end and `sink`'s end.
+pub const GEN_RET: &str = "genr";
+pub const SINK_RET: &str = "sinkr";
+pub const GEN_RET_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 3, 1);
+pub const SINK_RET_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 3, 2);
 
 /// The three namespaces; removed on drop.
 #[derive(Debug)]
@@ -59,10 +80,19 @@ impl Topology {
         format!("mlvb{pid}")
     }
 
-    /// Builds the topology (see the module docs).
+    /// Builds the topology (see the module docs), without the return path.
     pub fn create() -> Result<Topology, BenchError> {
         let mut t = Topology { prefix: Self::prefix_for_pid(std::process::id()), namespaces: Vec::new() };
         t.build()?;
+        Ok(t)
+    }
+
+    /// Builds the topology with the return path `sink` → `gen` for traffic that has replies
+    /// (see the module docs).
+    pub fn create_with_return() -> Result<Topology, BenchError> {
+        let mut t = Topology { prefix: Self::prefix_for_pid(std::process::id()), namespaces: Vec::new() };
+        t.build()?;
+        t.build_return()?;
         Ok(t)
     }
 
@@ -129,6 +159,52 @@ impl Topology {
             ("net.ipv4.conf.lo.rp_filter", "0"),
             ("net.ipv4.conf.all.arp_ignore", "1"),
             ("net.ipv4.conf.all.arp_announce", "2"),
+        ])?;
+        Ok(())
+    }
+
+    /// The return path and the routes and neighbours around it (see the module docs).
+    fn build_return(&mut self) -> Result<(), BenchError> {
+        let (gen_ns, lb, sink) = (self.netns("gen")?, self.netns("lb")?, self.netns("sink")?);
+        sink.veth(SINK_RET, gen_ns, GEN_RET)?;
+        for (ns, ifname, ip) in [(sink, SINK_RET, SINK_RET_IP), (gen_ns, GEN_RET, GEN_RET_IP)] {
+            ns.addr(ifname, &format!("{ip}/24"))?;
+            let _ = ns.sh(&format!("ethtool -K {ifname} gro off >/dev/null 2>&1 || true"));
+        }
+        sink.sysctl(&format!("net.ipv4.conf.{SINK_RET}.rp_filter"), "0")?;
+        gen_ns.sysctls(&[
+            (&format!("net.ipv4.conf.{GEN_IF}.rp_filter"), "0"),
+            (&format!("net.ipv4.conf.{GEN_RET}.rp_filter"), "0"),
+            ("net.ipv4.tcp_tw_reuse", "1"),
+            ("net.ipv4.ip_local_port_range", "1024 65535"),
+        ])?;
+        sink.ip(&["route", "add", &format!("{GEN_IP}/32"), "via", &GEN_RET_IP.to_string(), "dev", SINK_RET])?;
+        gen_ns.ip(&["route", "add", &format!("{VIP}/32"), "via", &LB_IN_IP.to_string(), "dev", GEN_IF])?;
+        // One-way hops: permanent neighbours (no ARP during a measurement, docs/lab.md pitfall 9).
+        let lbin_mac = lb.mac(LB_IN)?;
+        let genr_mac = gen_ns.mac(GEN_RET)?;
+        let mac = |m: [u8; 6]| crate::wire::MacAddr(m).to_string();
+        gen_ns.ip(&[
+            "neigh",
+            "replace",
+            &LB_IN_IP.to_string(),
+            "lladdr",
+            &mac(lbin_mac),
+            "dev",
+            GEN_IF,
+            "nud",
+            "permanent",
+        ])?;
+        sink.ip(&[
+            "neigh",
+            "replace",
+            &GEN_RET_IP.to_string(),
+            "lladdr",
+            &mac(genr_mac),
+            "dev",
+            SINK_RET,
+            "nud",
+            "permanent",
         ])?;
         Ok(())
     }

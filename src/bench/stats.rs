@@ -109,33 +109,62 @@ impl CpuTimes {
 /// utime + stime of this process (all threads), in USER_HZ ticks, from a `/proc/self/stat` text.
 pub fn parse_self_ticks(text: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces; fields after the last ')' are fixed.
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime 15.
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    parse_stat(text).map(|(_, _, ticks, _)| ticks)
 }
 
-/// CPU ticks of this process plus those of the `ksoftirqd/N` kernel threads: softirq work
-/// (packet forwarding) deferred to them is work of the benchmark, not foreign load.
+/// `(ppid, utime + stime, cutime + cstime)` from a `/proc/PID/stat` text, and the command name.
+pub fn parse_stat(text: &str) -> Option<(&str, u32, u64, u64)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?;
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // f[0] is field 3 (state): ppid is field 4, utime 14, stime 15, cutime 16, cstime 17.
+    let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+    let ppid = u32::try_from(num(1)?).ok()?;
+    Some((comm, ppid, num(11)? + num(12)?, num(13)? + num(14)?))
+}
+
+/// CPU ticks of this process, of its children (alive, or exited and waited for), and of the
+/// `ksoftirqd/N` kernel threads: softirq work (packet forwarding) deferred to them, and the
+/// programs the benchmark runs (iperf3, wrk, nginx), are work of the benchmark, not foreign load.
 fn self_ticks() -> Option<u64> {
-    let own = parse_self_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let me = std::process::id();
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, _, own, reaped) = parse_stat(&text)?;
+    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
     let mut softirqd = 0;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let name = e.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
-            let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            if pid == me {
+                continue;
+            }
+            let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some((comm, ppid, ticks, _)) = parse_stat(&t) else { continue };
             if comm.starts_with("ksoftirqd/") {
-                softirqd += std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|t| parse_self_ticks(&t))
-                    .unwrap_or(0);
+                softirqd += ticks;
+            } else {
+                procs.push((pid, ppid, ticks));
             }
         }
     }
-    Some(own + softirqd)
+    Some(own + reaped + softirqd + descendant_ticks(me, &procs))
+}
+
+/// Ticks of every descendant of `root` among `(pid, ppid, ticks)`.
+pub fn descendant_ticks(root: u32, procs: &[(u32, u32, u64)]) -> u64 {
+    let mut parents = vec![root];
+    let mut total = 0;
+    while let Some(p) = parents.pop() {
+        for &(pid, ppid, ticks) in procs {
+            if ppid == p && pid != root {
+                total += ticks;
+                parents.push(pid);
+            }
+        }
+    }
+    total
 }
 
 /// CPU use over an interval, split into this process, interrupt/softirq work, and the rest.
@@ -266,9 +295,14 @@ mod tests {
 
     #[test]
     fn self_stat() {
-        let text = "1234 (my (odd) prog) S 1 2 3 4 5 6 7 8 9 10 11 22 0 0 20 0";
+        let text = "1234 (my (odd) prog) S 1 2 3 4 5 6 7 8 9 10 11 22 3 4 20 0";
         assert_eq!(parse_self_ticks(text), Some(33));
+        assert_eq!(parse_stat(text), Some(("my (odd) prog", 1, 33, 7)));
         assert!(parse_self_ticks("garbage").is_none());
+        // 10 -> 11 -> 12, 10 -> 13; 20 is someone else's.
+        let procs = [(11, 10, 5), (12, 11, 7), (13, 10, 1), (20, 1, 100), (14, 20, 50)];
+        assert_eq!(descendant_ticks(10, &procs), 13);
+        assert_eq!(descendant_ticks(99, &procs), 0);
         assert!(LoadMeter::start().finish().is_some() || CpuTimes::now().is_some());
     }
 
