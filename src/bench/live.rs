@@ -213,6 +213,10 @@ pub struct LiveArgs {
     /// lb's IPv4 stack after the rings' copy (default: the filter is on, as `maglevd run` puts it).
     #[arg(long)]
     pub no_kernel_drop: bool,
+    /// maglevd's workers busy-poll (`daemon.busy_poll_us`): spin this many µs on the ring before
+    /// sleeping in poll() (0: sleep at once, the default).
+    #[arg(long, default_value_t = 0)]
+    pub busy_poll_us: u64,
     /// Before each run, wait up to this many seconds for foreign CPU load to pass.
     #[arg(long, default_value_t = 30.0)]
     pub load_wait: f64,
@@ -240,6 +244,7 @@ impl Default for LiveArgs {
             v3_timeout_ms: 1,
             no_tracking: false,
             no_kernel_drop: false,
+            busy_poll_us: 0,
             load_wait: 30.0,
         }
     }
@@ -655,6 +660,7 @@ struct Workers {
 impl Workers {
     fn start(topo: &Topology, snap: &Snapshot, args: &LiveArgs, version: RingVersion) -> Result<Workers, BenchError> {
         let shared = Arc::new(Shared::new(snap.clone(), args.workers, Arc::new(AtomicBool::new(false))));
+        shared.busy_poll_us.store(args.busy_poll_us, Ordering::Relaxed);
         // The daemon's own ring configuration; only the RX ring version may differ (V3 run).
         let (rx_cfg, tx_cfg) = daemon::worker_rings(&[VIP], daemon::fanout_group(), args.rx_slots, args.tx_slots)?;
         let rx_cfg = RxConfig { version, ..rx_cfg };
@@ -1203,6 +1209,9 @@ pub fn render(r: &LiveReport) -> String {
             "kernel drop filter on lbin (tc ingress, as maglevd run): VIP frames end after the rings' copy"
         }
     );
+    if a.busy_poll_us > 0 {
+        let _ = writeln!(s, "maglevd: busy polling, {} µs per idle spin (--busy-poll-us)", a.busy_poll_us);
+    }
     let _ = writeln!(s, "placement (2 cores: generator and forwarder apart, docs/lab.md pitfall 10):");
     for p in &r.placement {
         let _ = writeln!(s, "  {p}");
@@ -1336,6 +1345,7 @@ pub fn to_json(r: &LiveReport) -> Json {
         .with("rate", a.rate)
         .with("tracking", !a.no_tracking)
         .with("kernel_drop", !a.no_kernel_drop)
+        .with("busy_poll_us", a.busy_poll_us)
         .with("gen_cpu", a.gen_cpu)
         .with("fwd_cpu", a.fwd_cpu)
         .with("load_wait", a.load_wait)
