@@ -173,6 +173,13 @@ impl Shared {
         }
     }
 
+    /// Takes the settings of `cfg` that other threads read while running (`[announce]`,
+    /// `daemon.busy_poll_us`): at start and at every applied reload.
+    pub fn follow_settings(&self, cfg: &Config) {
+        self.announce_cfg.store(cfg.announce.clone().map(Arc::new));
+        self.busy_poll_us.store(cfg.daemon.busy_poll.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// Milliseconds since the daemon started (the heartbeat clock).
     pub fn millis(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.started).as_millis() as u64
@@ -737,8 +744,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let shared = Arc::new(Shared::new(snapshot, workers, stop));
     let _ = shared.config_path.set(opts.config.clone());
     shared.reloads.applied();
-    shared.announce_cfg.store(cfg.announce.clone().map(Arc::new));
-    shared.busy_poll_us.store(cfg.daemon.busy_poll.as_micros() as u64, Ordering::Relaxed);
+    shared.follow_settings(&cfg);
     // After the rings are bound: from here on VIP frames are the rings' alone.
     let kernel_drop = if cfg.kernel_drop {
         install_kernel_drop(&cfg.ingress, &vips(&cfg), &shared)
@@ -1241,8 +1247,7 @@ impl Control<'_> {
         }
         self.prober.set_targets(health::targets(&cfg, mac_lookup(&macs_of(&self.neigh))));
         self.follow_kernel_drop(&cfg);
-        self.shared.announce_cfg.store(cfg.announce.clone().map(Arc::new));
-        self.shared.busy_poll_us.store(cfg.daemon.busy_poll.as_micros() as u64, Ordering::Relaxed);
+        self.shared.follow_settings(&cfg);
         self.cfg = cfg;
         self.refresh_responders();
         if lost {
