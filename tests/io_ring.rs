@@ -117,6 +117,48 @@ fn rx_ring_receives_only_what_the_bpf_filter_passes() {
     .expect("run in the namespace");
 }
 
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+#[test]
+fn rx_ring_frames_carry_the_kernels_receive_time() {
+    let _g = serial();
+    require_lab("tests/io_ring.rs");
+    let ns = pair();
+    let (m0, m1) = (ns.mac("v0").unwrap(), ns.mac("v1").unwrap());
+    ns.run(|| {
+        for version in [RingVersion::V2, RingVersion::V3 { block_timeout_ms: 1 }] {
+            let cfg = RxConfig { version, frame_count: 256, ..RxConfig::default() };
+            let mut rx = RxRing::open("v1", &cfg).unwrap();
+            let mut tx = PacketSocket::open("v0", 0x0800).unwrap();
+            let before = realtime_ns();
+            tx.send(&udp_frame(m0, m1, CLIENT, VIP, 1000, b"MLV:time")).unwrap();
+            let sent = realtime_ns();
+            // Received later than the kernel stamped it: the stamp is the receive path's.
+            std::thread::sleep(Duration::from_millis(20));
+            let mut stamps = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while stamps.is_empty() && Instant::now() < deadline {
+                rx.recv_batch(64, |f| {
+                    if marker(f.data) == Some(b"MLV:time") {
+                        stamps.push(f.stamp_ns);
+                    }
+                });
+                rx.wait(Duration::from_millis(10)).unwrap();
+            }
+            let read = realtime_ns();
+            assert_eq!(stamps.len(), 1, "{version:?}");
+            let t = stamps[0];
+            assert!(
+                t >= before && t <= sent,
+                "{version:?}: stamp {t} outside the send call [{before}, {sent}] (read at {read})"
+            );
+        }
+    })
+    .expect("run in the namespace");
+}
+
 #[test]
 fn rx_ring_v3_receives() {
     let _g = serial();

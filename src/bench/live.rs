@@ -53,11 +53,17 @@
 //! during its window is repeated (up to twice) and flagged `*` if still loaded (pitfall 12).
 //!
 //! # Latency
-//! At light load, `--probes` lone frames 1 ms apart, each carrying a sequence number and its send
-//! time ([`Instant`] since a common base), are received in `sink` on a TPACKET_V2 [`RxRing`] in
-//! this process: the difference is the one-way delay on one clock. Measured for the kernel, for
-//! maglevd with its default V2 RX ring, and for maglevd with a TPACKET_V3 RX ring (block timeout
-//! `--v3-timeout-ms`), which shows why V2 is the default.
+//! `--probes` frames 1 ms apart, each carrying a sequence number and its send time
+//! (`CLOCK_REALTIME`), to their own UDP port ([`PROBE_DPORT`]), are received in `sink` on a
+//! TPACKET_V2 [`RxRing`] in this process whose socket filter takes nothing else: the one-way
+//! delay is the kernel's receive timestamp of the probe in that ring ([`crate::io::RxFrame::stamp_ns`],
+//! same clock) minus its send time, so the receiving thread's own wake-up is not counted.
+//! Alone by default (an idle path); with `--latency-load F` the generator sends background
+//! traffic meanwhile at F times the lower of the two modes' median delivered rates of this run
+//! (the same rate in every mode): the probes then wait behind it in queues and rings, as real
+//! traffic does at that load. Measured for the kernel, for maglevd with its default V2 RX ring,
+//! and for maglevd with a TPACKET_V3 RX ring (block timeout `--v3-timeout-ms`), which shows why
+//! V2 is the default; `--busy-poll-us` applies to both maglevd rings.
 //!
 //! # JSON (`--json`)
 //! One object: `bench` = `"live"`, `traffic` (`"udp"`, `"tcp"`, `"http"`), `config` (the options),
@@ -72,7 +78,8 @@
 //!   `maglevd` (medians: `offered_pps`, `at_lb_pps`, `delivered_pps`, `loss`; `runs`, `flagged`)
 //!   and `ratio_maglevd_kernel` (median delivered pps). `latency`: per mode (`kernel`,
 //!   `maglevd_v2`, `maglevd_v3`) `label`, `sent`, `received`, `median_us`, `p99_us`, `min_us`,
-//!   `max_us`, `foreign_load`, `added_us` (median minus the kernel's).
+//!   `max_us`, `foreign_load`, `added_us` (median minus the kernel's), `added_p99_us`;
+//!   `config.latency_background_pps`: the background rate during the probes (0: none).
 //! * **tcp**, **http**: each of `runs`: `test` (`tcp_bulk`; `http_keepalive`, `http_close`),
 //!   `mode`, `run`, `seconds` (the client's window), the rate — `bits_per_second` (tcp: received)
 //!   or `requests_per_second` (http) — then tcp: `retransmits`; http: `requests`, `errors` (wrk's
@@ -102,7 +109,7 @@ use crate::config::{self, MAX_WORKERS};
 use crate::daemon::{self, Shared, worker};
 use crate::dataplane::{Links, Snapshot};
 use crate::io::{
-    KernelDrop, PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, VipFilter, enter_netns,
+    BpfProgram, KernelDrop, PacketSocket, RingVersion, RxConfig, RxRing, TxConfig, TxRing, TxStats, enter_netns,
     pin_current_thread,
 };
 use crate::wire::MacAddr;
@@ -112,6 +119,9 @@ pub use app::{AppRun, AppSummary, AppTest};
 
 /// Destination UDP port of the generated traffic (the service covers all ports).
 const DPORT: u16 = 9;
+/// Destination UDP port of the latency probes: the receiver's filter takes only these, so that
+/// background traffic (`--latency-load`) costs the sink no copy into its ring.
+const PROBE_DPORT: u16 = 10;
 /// First source port; flow `i` uses `SPORT0 + i`.
 const SPORT0: u16 = 1024;
 /// Most flows (distinct source ports).
@@ -202,6 +212,11 @@ pub struct LiveArgs {
     /// CPU of the forwarder: maglevd's workers, or the kernel's forwarding through RPS.
     #[arg(long, default_value_t = 1)]
     pub fwd_cpu: usize,
+    /// udp: background traffic while the latency probes run, as a share of the lower of the two
+    /// modes' median delivered rates measured in this run (0: lone probes on an idle path; 0.5:
+    /// the probes cross a forwarder at half load). The same rate for every mode.
+    #[arg(long, default_value_t = 0.0)]
+    pub latency_load: f64,
     /// udp: TPACKET_V3 block timeout for the V3 latency comparison (ms).
     #[arg(long, default_value_t = 1)]
     pub v3_timeout_ms: u32,
@@ -241,6 +256,7 @@ impl Default for LiveArgs {
             rate: 0,
             gen_cpu: 0,
             fwd_cpu: 1,
+            latency_load: 0.0,
             v3_timeout_ms: 1,
             no_tracking: false,
             no_kernel_drop: false,
@@ -303,6 +319,9 @@ impl LiveArgs {
         }
         if !(self.load_wait.is_finite() && (0.0..=3600.0).contains(&self.load_wait)) {
             p.push("--load-wait must be between 0 and 3600".into());
+        }
+        if !(self.latency_load.is_finite() && (0.0..=0.95).contains(&self.latency_load)) {
+            p.push("--latency-load must be between 0 and 0.95".into());
         }
         if !(1..=1000).contains(&self.v3_timeout_ms) {
             p.push("--v3-timeout-ms must be between 1 and 1000".into());
@@ -464,6 +483,8 @@ pub struct LiveReport {
     pub runs: Vec<RunResult>,
     /// udp: the latency measurements.
     pub latency: Vec<LatencyResult>,
+    /// udp: the background rate (frames/s) during the latency probes (`--latency-load`); 0: none.
+    pub latency_background_pps: u64,
     /// tcp, http: the runs of the real programs.
     pub app_runs: Vec<app::AppRun>,
 }
@@ -474,6 +495,12 @@ impl LiveReport {
         let k = summarize(&self.runs, Mode::Kernel)?;
         let m = summarize(&self.runs, Mode::Maglevd)?;
         (k.delivered_pps > 0.0).then(|| m.delivered_pps / k.delivered_pps)
+    }
+
+    /// 99th percentile one-way latency of `mode` minus the kernel's, µs.
+    pub fn added_p99_us(&self, mode: LatencyMode) -> Option<f64> {
+        let get = |m: LatencyMode| self.latency.iter().find(|l| l.mode == m).and_then(|l| l.p99_us);
+        Some(get(mode)? - get(LatencyMode::Kernel)?)
     }
 
     /// Median one-way latency of `mode` minus the kernel's, µs.
@@ -537,6 +564,30 @@ fn wait_quiet(max_wait: f64, what: &str, intr: &AtomicBool) -> Result<Option<f64
 }
 
 // ---------------------------------------------------------------------------------------------
+/// The probe receiver's socket filter: IPv4 UDP to the VIP's [`PROBE_DPORT`] (the generated
+/// frames have no IP options), nothing else.
+fn probe_filter() -> Result<BpfProgram, crate::io::bpf::BpfError> {
+    use crate::io::bpf::{ACCEPT, DROP, Insn, OP_JEQ_K, OP_LD_B_ABS, OP_LD_H_ABS, OP_LD_W_ABS, OP_RET_K};
+    let i = |code, jt, jf, k| Insn { code, jt, jf, k };
+    BpfProgram::from_insns(vec![
+        i(OP_LD_H_ABS, 0, 0, 12),
+        i(OP_JEQ_K, 0, 7, 0x0800),
+        i(OP_LD_W_ABS, 0, 0, 30),
+        i(OP_JEQ_K, 0, 5, u32::from(VIP)),
+        i(OP_LD_B_ABS, 0, 0, 23),
+        i(OP_JEQ_K, 0, 3, 17),
+        i(OP_LD_H_ABS, 0, 0, 36),
+        i(OP_JEQ_K, 0, 1, u32::from(PROBE_DPORT)),
+        i(OP_RET_K, 0, 0, ACCEPT),
+        i(OP_RET_K, 0, 0, DROP),
+    ])
+}
+
+/// Nanoseconds since the Unix epoch on `CLOCK_REALTIME`, the clock of the rings' timestamps.
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 // Threads
 
 /// Waits for a thread's "ready" message (rings open) or its error.
@@ -810,7 +861,7 @@ impl Lab {
         let ep = Endpoints { src_mac: gen_mac, dst_mac: lbin_mac, src: netns::GEN_IP, dst: VIP };
         let frames: Vec<Vec<u8>> =
             (0..args.flows).map(|i| frames::udp(&ep, SPORT0 + i as u16, DPORT, args.size)).collect();
-        let probe_template = frames::udp(&ep, SPORT0, DPORT, args.size);
+        let probe_template = frames::udp(&ep, SPORT0, PROBE_DPORT, args.size);
         let mut lab = Lab { topo, snap, sink_mac, frames: Arc::new(frames), probe_template, rps: false };
         // Is RPS available (CONFIG_RPS) on lbin? Probe once; the kernel mode needs it.
         lab.rps = lab.set_rps(1 << args.fwd_cpu).is_ok();
@@ -950,8 +1001,15 @@ impl Lab {
         })
     }
 
-    /// The one-way latency of lone probes through `mode`.
-    fn latency(&self, mode: LatencyMode, args: &LiveArgs, intr: &AtomicBool) -> Result<LatencyResult, BenchError> {
+    /// The one-way latency of probes through `mode`, alone or over `background` frames/s of the
+    /// generator's traffic.
+    fn latency(
+        &self,
+        mode: LatencyMode,
+        args: &LiveArgs,
+        background: u64,
+        intr: &AtomicBool,
+    ) -> Result<LatencyResult, BenchError> {
         let (fwd_mode, version) = match mode {
             LatencyMode::Kernel => (Mode::Kernel, None),
             LatencyMode::MaglevdV2 => (Mode::Maglevd, Some(RingVersion::V2)),
@@ -965,8 +1023,9 @@ impl Lab {
             Some(v) => Some(Workers::start(&self.topo, &self.snap, args, v)?),
             None => None,
         };
-        let base = Instant::now();
-        // Receiver in the sink: a V2 ring filtered to the VIP, collecting (seq, delay).
+        // Receiver in the sink: a V2 ring filtered to the VIP, collecting (seq, delay). The delay
+        // is the kernel's receive timestamp of the probe in the sink's ring minus its send time,
+        // both on the realtime clock: what the receiving thread's own wake-up adds is not counted.
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (path, cpu, s) = (self.topo.ns_path("sink"), args.gen_cpu, Arc::clone(&stop));
@@ -976,7 +1035,7 @@ impl Lab {
                 let setup = || -> Result<RxRing, String> {
                     enter_netns(&path).map_err(|e| format!("setns: {e}"))?;
                     pin_current_thread(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
-                    let filter = VipFilter::new(&[VIP], false).build().map_err(|e| e.to_string())?;
+                    let filter = probe_filter().map_err(|e| e.to_string())?;
                     let cfg = RxConfig { frame_count: 256, filter: Some(filter), ..RxConfig::default() };
                     RxRing::open(SINK_IF, &cfg).map_err(|e| e.to_string())
                 };
@@ -993,7 +1052,7 @@ impl Lab {
                 let mut got = Vec::new();
                 while !s.load(Ordering::Relaxed) {
                     let n = rx.recv_batch(64, |f| {
-                        let now = base.elapsed().as_nanos() as u64;
+                        let now = if f.stamp_ns != 0 { f.stamp_ns } else { realtime_ns() };
                         if let Some((seq, sent)) = frames::read_probe(f.data) {
                             got.push((seq, now.saturating_sub(sent) as f64));
                         }
@@ -1006,17 +1065,27 @@ impl Lab {
             })
             .map_err(|e| BenchError::Setup(format!("spawning the probe receiver: {e}")))?;
         let load = LoadMeter::start();
+        let mut generator = None;
         let result = (|| {
             await_ready(&ready_rx, "probe receiver")?;
-            self.send_probes(args, base, intr)
+            if background > 0 {
+                let bg = LiveArgs { rate: background, ..args.clone() };
+                generator = Some(Generator::start(&self.topo, Arc::clone(&self.frames), &bg)?);
+                sleep_checked(Duration::from_secs_f64(args.warmup), intr)?;
+            }
+            self.send_probes(args, intr)
         })();
         let foreign = load.finish().map(|l| l.foreign);
+        let generated = generator.map(Generator::finish);
         stop.store(true, Ordering::Relaxed);
         let got = receiver.join().map_err(|_| BenchError::Setup("the probe receiver panicked".into()))?;
         if let Some(w) = workers {
             w.finish()?;
         }
         result?;
+        if let Some(g) = generated {
+            g?;
+        }
         let got = got.map_err(|e| BenchError::Setup(format!("probe receiver: {e}")))?;
         let mut seen = std::collections::HashSet::new();
         let delays: Vec<f64> =
@@ -1025,7 +1094,7 @@ impl Lab {
     }
 
     /// Sends the warm-up and measured probes from `gen`, 1 ms apart, then waits for stragglers.
-    fn send_probes(&self, args: &LiveArgs, base: Instant, intr: &AtomicBool) -> Result<(), BenchError> {
+    fn send_probes(&self, args: &LiveArgs, intr: &AtomicBool) -> Result<(), BenchError> {
         let (path, cpu, template, probes, flows) =
             (self.topo.ns_path("gen"), args.gen_cpu, self.probe_template.clone(), args.probes, args.flows);
         let intr_seen = Arc::new(AtomicBool::new(false));
@@ -1047,7 +1116,7 @@ impl Lab {
                     let seq = if i < WARMUP_PROBES { u32::MAX - i } else { i - WARMUP_PROBES };
                     let sport = SPORT0 + (i % flows) as u16;
                     frame[34..36].copy_from_slice(&sport.to_be_bytes());
-                    frames::write_probe(&mut frame, seq, base.elapsed().as_nanos() as u64);
+                    frames::write_probe(&mut frame, seq, realtime_ns());
                     tx.push(None, &frame).map_err(|e| e.to_string())?;
                     tx.flush();
                     let next = start + Duration::from_millis(u64::from(i) + 1);
@@ -1129,6 +1198,7 @@ pub fn measure(args: &LiveArgs) -> Result<LiveReport, BenchError> {
             gen_sndbuf: 0,
             runs: Vec::new(),
             latency: Vec::new(),
+            latency_background_pps: 0,
             app_runs,
         });
     }
@@ -1148,11 +1218,21 @@ pub fn measure(args: &LiveArgs) -> Result<LiveReport, BenchError> {
         }
     }
     let mut latency = Vec::new();
+    // The same background rate for every mode: a share of the slower forwarder's median.
+    let background = match (summarize(&runs, Mode::Kernel), summarize(&runs, Mode::Maglevd)) {
+        (Some(k), Some(m)) if args.latency_load > 0.0 => {
+            (args.latency_load * k.delivered_pps.min(m.delivered_pps)).round() as u64
+        }
+        _ => 0,
+    };
     if args.probes > 0 {
+        if background > 0 {
+            eprintln!("bench live: latency probes over {background} frames/s of background traffic");
+        }
         for mode in
             [LatencyMode::Kernel, LatencyMode::MaglevdV2, LatencyMode::MaglevdV3 { timeout_ms: args.v3_timeout_ms }]
         {
-            let l = lab.latency(mode, args, &intr)?;
+            let l = lab.latency(mode, args, background, &intr)?;
             eprintln!(
                 "bench live: latency {:<40} {}/{} probes, median {}",
                 mode.label(),
@@ -1166,7 +1246,15 @@ pub fn measure(args: &LiveArgs) -> Result<LiveReport, BenchError> {
     let placement = placement(args, lab.rps);
     drop(lab);
     let gen_sndbuf = runs.first().map_or(0, |r| r.gen_sndbuf);
-    Ok(LiveReport { args: args.clone(), placement, gen_sndbuf, runs, latency, app_runs: Vec::new() })
+    Ok(LiveReport {
+        args: args.clone(),
+        placement,
+        gen_sndbuf,
+        runs,
+        latency,
+        latency_background_pps: if args.probes > 0 { background } else { 0 },
+        app_runs: Vec::new(),
+    })
 }
 
 fn fmt_us(v: Option<f64>) -> String {
@@ -1297,8 +1385,17 @@ pub fn render(r: &LiveReport) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "latency: one-way gen -> sink, {} lone probes 1 ms apart per mode (after {WARMUP_PROBES} warm-up probes)",
-            a.probes
+            "latency: one-way gen -> sink (send time to the kernel's receive timestamp in sink), {} probes 1 ms apart per mode (after {WARMUP_PROBES} warm-up probes), {}",
+            a.probes,
+            if r.latency_background_pps > 0 {
+                format!(
+                    "over {} frames/s of background traffic ({:.0} % of the slower forwarder's median)",
+                    r.latency_background_pps,
+                    a.latency_load * 100.0
+                )
+            } else {
+                "alone (idle path)".to_string()
+            }
         );
         let _ =
             writeln!(s, "{:<48} {:>9} {:>11} {:>11} {:>11} {:>11}", "mode", "received", "median", "p99", "min", "max");
@@ -1318,7 +1415,8 @@ pub fn render(r: &LiveReport) -> String {
         }
         for l in r.latency.iter().filter(|l| l.mode != LatencyMode::Kernel) {
             if let Some(d) = r.added_latency_us(l.mode) {
-                let _ = writeln!(s, "added latency of {} (median vs kernel): {d:+.1} µs", l.mode.label());
+                let p99 = r.added_p99_us(l.mode).map_or_else(|| "n/a".into(), |p| format!("{p:+.1} µs"));
+                let _ = writeln!(s, "added latency of {} (median vs kernel): {d:+.1} µs; p99: {p99}", l.mode.label());
             }
         }
     }
@@ -1339,6 +1437,8 @@ pub fn to_json(r: &LiveReport) -> Json {
         .with("workers", a.workers)
         .with("repeat", a.repeat)
         .with("probes", a.probes)
+        .with("latency_load", a.latency_load)
+        .with("latency_background_pps", r.latency_background_pps)
         .with("rx_slots", a.rx_slots)
         .with("tx_slots", a.tx_slots)
         .with("gen_slots", a.gen_slots)
@@ -1407,6 +1507,7 @@ pub fn to_json(r: &LiveReport) -> Json {
                 .with("max_us", l.max_us)
                 .with("foreign_load", l.foreign)
                 .with("added_us", (l.mode != LatencyMode::Kernel).then(|| r.added_latency_us(l.mode)).flatten())
+                .with("added_p99_us", (l.mode != LatencyMode::Kernel).then(|| r.added_p99_us(l.mode)).flatten())
         })
         .collect();
     Json::obj()
@@ -1461,6 +1562,11 @@ mod tests {
         assert!(LiveArgs { seconds: 1.5, ..LiveArgs::default() }.validate(2).is_ok(), "udp takes fractions");
         assert!(LiveArgs { traffic: Traffic::Http, seconds: 1.0, ..LiveArgs::default() }.validate(2).is_ok());
         assert!(LiveArgs { flows: MAX_FLOWS, size: MAX_FRAME, ..LiveArgs::default() }.validate(2).is_ok());
+        assert!(LiveArgs { latency_load: 0.5, ..LiveArgs::default() }.validate(2).is_ok());
+        for bad in [-0.1, 0.96, f64::NAN] {
+            let e = LiveArgs { latency_load: bad, ..LiveArgs::default() }.validate(2).unwrap_err().to_string();
+            assert!(e.contains("--latency-load must be between 0 and 0.95"), "{e}");
+        }
     }
 
     fn run(mode: Mode, offered: f64, delivered: f64, flagged: bool) -> RunResult {
@@ -1487,6 +1593,23 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_filter_takes_probes_only() {
+        let prog = probe_filter().unwrap();
+        let ep = Endpoints { src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2], src: netns::GEN_IP, dst: VIP };
+        let run = |f: &[u8]| crate::io::bpf::tests::run(&prog, f);
+        assert_eq!(run(&frames::udp(&ep, SPORT0, PROBE_DPORT, 64)), crate::io::bpf::ACCEPT);
+        assert_eq!(run(&frames::udp(&ep, SPORT0 + 7, PROBE_DPORT, 128)), crate::io::bpf::ACCEPT);
+        // Background traffic, another address, ARP, a runt: dropped.
+        assert_eq!(run(&frames::udp(&ep, SPORT0, DPORT, 64)), 0);
+        let other = Endpoints { dst: std::net::Ipv4Addr::new(10, 9, 9, 9), ..ep };
+        assert_eq!(run(&frames::udp(&other, SPORT0, PROBE_DPORT, 64)), 0);
+        let mut arp = frames::udp(&ep, SPORT0, PROBE_DPORT, 64);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(run(&arp), 0);
+        assert_eq!(run(&[0u8; 20]), 0);
+    }
+
+    #[test]
     fn summary_and_ratio() {
         assert_eq!(loss(100.0, 75.0), 0.25);
         assert_eq!(loss(0.0, 5.0), 0.0);
@@ -1508,18 +1631,22 @@ mod tests {
                 LatencyResult::from_samples(LatencyMode::Kernel, 4, &[10_000.0, 12_000.0, 11_000.0]),
                 LatencyResult::from_samples(LatencyMode::MaglevdV2, 4, &[30_000.0, 31_000.0, 29_000.0, 30_000.0]),
             ],
+            latency_background_pps: 0,
             app_runs: Vec::new(),
         };
         assert_eq!(report.ratio(), Some(2.0));
+        let p99 = report.added_p99_us(LatencyMode::MaglevdV2).unwrap();
+        assert!((18.0..=20.0).contains(&p99), "{p99}");
         assert_eq!(report.added_latency_us(LatencyMode::MaglevdV2), Some(19.0));
         assert_eq!(report.added_latency_us(LatencyMode::MaglevdV3 { timeout_ms: 1 }), None);
         let text = render(&report);
         assert!(text.contains("ratio maglevd/kernel (delivered pps): 2.00"), "{text}");
         assert!(
-            text.contains("added latency of maglevd (RX TPACKET_V2, default) (median vs kernel): +19.0 µs"),
+            text.contains("added latency of maglevd (RX TPACKET_V2, default) (median vs kernel): +19.0 µs; p99: +"),
             "{text}"
         );
         assert!(text.contains("RPS on lbin -> CPU 1"), "{text}");
+        assert!(text.contains("alone (idle path)"), "{text}");
         let j = to_json(&report).render();
         assert!(j.contains("\"ratio_maglevd_kernel\":2") && j.contains("\"added_us\":19"), "{j}");
         assert!(summarize(&[], Mode::Kernel).is_none());

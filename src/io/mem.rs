@@ -69,6 +69,7 @@ impl RxDevice for MemRx {
                 truncated: wire_len > snap,
                 vlan_tci: m.vlan_tci,
                 status: RxStatus(m.status),
+                stamp_ns: 0,
             });
             n += 1;
         }

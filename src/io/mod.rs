@@ -221,6 +221,9 @@ pub struct RxFrame<'a> {
     pub vlan_tci: Option<u16>,
     /// Raw status flags.
     pub status: RxStatus,
+    /// When the kernel put the frame in the ring (`tp_sec`, `tp_nsec`: `CLOCK_REALTIME` in
+    /// nanoseconds, taken in the receive path before the frame is copied); 0 when unknown.
+    pub stamp_ns: u64,
 }
 
 /// RX ring counters: kernel statistics (accumulated across the reset-on-read

@@ -332,6 +332,8 @@ struct SlotFrame {
     wire_len: u32,
     status: u32,
     tci: u16,
+    /// `tp_sec`, `tp_nsec`.
+    stamp: (u32, u32),
 }
 
 /// A memory-mapped AF_PACKET receive ring bound to one interface.
@@ -594,7 +596,8 @@ impl RxRing {
             let mac = self.map.read_u16(base + 12).unwrap_or(0) as usize;
             let tci = self.map.read_u16(base + 24).unwrap_or(0);
             if mac >= TP2_HDR && mac.checked_add(snap).is_some_and(|end| end <= fsz) {
-                let slot = SlotFrame { base, mac, hdr_len: TP2_HDR, snap, wire_len, status, tci };
+                let stamp = (self.map.read_u32(base + 16).unwrap_or(0), self.map.read_u32(base + 20).unwrap_or(0));
+                let slot = SlotFrame { base, mac, hdr_len: TP2_HDR, snap, wire_len, status, tci, stamp };
                 delivered += usize::from(self.deliver(&slot, f));
             } else {
                 self.stats.malformed += 1;
@@ -623,6 +626,7 @@ impl RxRing {
             truncated: slot.wire_len as usize > slot.snap,
             vlan_tci: (slot.status & libc::TP_STATUS_VLAN_VALID != 0).then_some(slot.tci),
             status: RxStatus(slot.status),
+            stamp_ns: u64::from(slot.stamp.0) * 1_000_000_000 + u64::from(slot.stamp.1),
         });
         true
     }
@@ -683,7 +687,8 @@ impl RxRing {
             let mac = self.map.read_u16(base + 24).unwrap_or(0) as usize;
             let tci = self.map.read_u32(base + 32).unwrap_or(0) as u16;
             if mac >= TP3_HDR && p.checked_add(mac).and_then(|x| x.checked_add(snap)).is_some_and(|e| e <= bsz) {
-                let slot = SlotFrame { base, mac, hdr_len: TP3_HDR, snap, wire_len, status, tci };
+                let stamp = (self.map.read_u32(base + 4).unwrap_or(0), self.map.read_u32(base + 8).unwrap_or(0));
+                let slot = SlotFrame { base, mac, hdr_len: TP3_HDR, snap, wire_len, status, tci, stamp };
                 delivered += usize::from(self.deliver(&slot, f));
             } else {
                 self.stats.malformed += 1;

@@ -1054,6 +1054,7 @@ mod tests {
             gen_sndbuf: 0,
             runs: Vec::new(),
             latency: Vec::new(),
+            latency_background_pps: 0,
             app_runs: runs,
         };
         let text = super::super::render(&report);
