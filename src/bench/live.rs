@@ -184,7 +184,7 @@ pub struct LiveArgs {
     /// udp: frame size in bytes (Ethernet header included, FCS excluded).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// maglevd forwarding threads (all pinned to --fwd-cpu).
+    /// maglevd forwarding threads (all pinned to --fwd-cpu, or one per CPU with --spread).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Runs per mode (medians are reported).
@@ -212,6 +212,11 @@ pub struct LiveArgs {
     /// CPU of the forwarder: maglevd's workers, or the kernel's forwarding through RPS.
     #[arg(long, default_value_t = 1)]
     pub fwd_cpu: usize,
+    /// udp: scale out over every CPU: worker i on CPU i mod the CPU count (the generator shares
+    /// its CPU with one of them), and the kernel forwards with RPS on every CPU; --fwd-cpu is then
+    /// not used. Use with --workers equal to the CPU count.
+    #[arg(long)]
+    pub spread: bool,
     /// udp: background traffic while the latency probes run, as a share of the lower of the two
     /// modes' median delivered rates measured in this run (0: lone probes on an idle path; 0.5:
     /// the probes cross a forwarder at half load). The same rate for every mode.
@@ -257,6 +262,7 @@ impl Default for LiveArgs {
             gen_cpu: 0,
             fwd_cpu: 1,
             latency_load: 0.0,
+            spread: false,
             v3_timeout_ms: 1,
             no_tracking: false,
             no_kernel_drop: false,
@@ -314,7 +320,10 @@ impl LiveArgs {
                 p.push(format!("{name} {v}: this machine has {cpus} CPU(s) (0..={})", cpus.saturating_sub(1)));
             }
         }
-        if self.gen_cpu == self.fwd_cpu {
+        if self.spread && self.traffic != Traffic::Udp {
+            p.push(format!("--spread is for --traffic udp (not {})", self.traffic.name()));
+        }
+        if self.gen_cpu == self.fwd_cpu && !self.spread {
             p.push("--gen-cpu and --fwd-cpu must differ (generator and forwarder on one core measure something else, docs/lab.md pitfall 10)".into());
         }
         if !(self.load_wait.is_finite() && (0.0..=3600.0).contains(&self.load_wait)) {
@@ -583,6 +592,15 @@ fn probe_filter() -> Result<BpfProgram, crate::io::bpf::BpfError> {
     ])
 }
 
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The CPUs that forward: --fwd-cpu, or with --spread all of them (at most 64 in the mask).
+fn fwd_mask(args: &LiveArgs) -> u64 {
+    if args.spread { u64::MAX >> (64 - cpu_count().clamp(1, 64)) } else { 1 << args.fwd_cpu }
+}
+
 /// Nanoseconds since the Unix epoch on `CLOCK_REALTIME`, the clock of the rings' timestamps.
 fn realtime_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
@@ -735,7 +753,8 @@ impl Workers {
         }
         for i in 0..args.workers {
             let (rx_cfg, tx_cfg) = (rx_cfg.clone(), tx_cfg.clone());
-            let (path, cpu, shared) = (topo.ns_path("lb"), args.fwd_cpu, Arc::clone(&w.shared));
+            let cpu = if args.spread { i % cpu_count() } else { args.fwd_cpu };
+            let (path, shared) = (topo.ns_path("lb"), Arc::clone(&w.shared));
             let (tracking, workers) = (!args.no_tracking, args.workers);
             let (ready_tx, ready_rx) = mpsc::channel();
             let h = std::thread::Builder::new()
@@ -898,7 +917,7 @@ impl Lab {
                 t.ip("lb", &["route", "replace", &format!("{VIP}/32"), "via", &SINK_IP.to_string(), "dev", LB_OUT])
                     .map_err(e)?;
                 if self.rps {
-                    self.set_rps(1 << args.fwd_cpu).map_err(e)?;
+                    self.set_rps(fwd_mask(args)).map_err(e)?;
                 }
             }
             Mode::Maglevd => {
@@ -1144,6 +1163,26 @@ impl Lab {
 
 fn placement(args: &LiveArgs, rps: bool) -> Vec<String> {
     let g = args.gen_cpu;
+    if args.spread {
+        let n = cpu_count();
+        let workers: Vec<String> = (0..args.workers).map(|i| format!("w{i} on CPU {}", i % n)).collect();
+        return vec![
+            format!(
+                "generator: one thread in gen pinned to CPU {g} (TX ring {} slots), sharing it with the forwarders                  (--spread)",
+                args.gen_slots
+            ),
+            if rps {
+                format!("kernel:  lb forwards in softirq on all {n} CPUs (RPS on {LB_IN}, mask {:x})", fwd_mask(args))
+            } else {
+                format!("kernel:  RPS unavailable on this kernel: lb forwards on the generator's CPU {g} only")
+            },
+            format!(
+                "maglevd: {} worker(s), {} (fanout hash over their RX rings); {LB_IN}'s receive runs on CPU {g}                  with the generator, no RPS",
+                args.workers,
+                workers.join(", ")
+            ),
+        ];
+    }
     let f = args.fwd_cpu;
     vec![
         format!(
@@ -1300,7 +1339,11 @@ pub fn render(r: &LiveReport) -> String {
     if a.busy_poll_us > 0 {
         let _ = writeln!(s, "maglevd: busy polling, {} µs per idle spin (--busy-poll-us)", a.busy_poll_us);
     }
-    let _ = writeln!(s, "placement (2 cores: generator and forwarder apart, docs/lab.md pitfall 10):");
+    if a.spread {
+        let _ = writeln!(s, "placement (--spread: the forwarders on every CPU, the generator sharing one):");
+    } else {
+        let _ = writeln!(s, "placement (2 cores: generator and forwarder apart, docs/lab.md pitfall 10):");
+    }
     for p in &r.placement {
         let _ = writeln!(s, "  {p}");
     }
@@ -1446,6 +1489,7 @@ pub fn to_json(r: &LiveReport) -> Json {
         .with("tracking", !a.no_tracking)
         .with("kernel_drop", !a.no_kernel_drop)
         .with("busy_poll_us", a.busy_poll_us)
+        .with("spread", a.spread)
         .with("gen_cpu", a.gen_cpu)
         .with("fwd_cpu", a.fwd_cpu)
         .with("load_wait", a.load_wait)
@@ -1563,6 +1607,13 @@ mod tests {
         assert!(LiveArgs { traffic: Traffic::Http, seconds: 1.0, ..LiveArgs::default() }.validate(2).is_ok());
         assert!(LiveArgs { flows: MAX_FLOWS, size: MAX_FRAME, ..LiveArgs::default() }.validate(2).is_ok());
         assert!(LiveArgs { latency_load: 0.5, ..LiveArgs::default() }.validate(2).is_ok());
+        // --spread: generator and forwarders share the CPUs; udp only.
+        assert!(LiveArgs { spread: true, workers: 2, fwd_cpu: 0, ..LiveArgs::default() }.validate(2).is_ok());
+        let e = LiveArgs { spread: true, traffic: Traffic::Tcp, seconds: 1.0, ..LiveArgs::default() }
+            .validate(2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--spread is for --traffic udp"), "{e}");
         for bad in [-0.1, 0.96, f64::NAN] {
             let e = LiveArgs { latency_load: bad, ..LiveArgs::default() }.validate(2).unwrap_err().to_string();
             assert!(e.contains("--latency-load must be between 0 and 0.95"), "{e}");
