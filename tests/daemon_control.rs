@@ -267,6 +267,48 @@ fn a_recreated_ingress_interface_is_followed() {
     assert!(lab.maglevd_log("fe1").contains("rings re-opened"), "{}", lab.maglevd_log("fe1"));
 }
 
+/// The egress interface deleted and re-created with another MAC and address (no
+/// `egress_address` in the configuration): the `dsr` health checks follow it. Before the fix the
+/// prober kept the old interface's address, every probe failed ("cannot reserve a source port
+/// on 10.158.200.2") and all backends went down for good.
+#[test]
+fn a_recreated_egress_interface_is_followed_by_the_health_checks() {
+    // Checks every 500 ms (fall 3, rise 2): a prober stuck on the old address takes every
+    // backend down 1.5 s after the interface went.
+    let text = example();
+    let fast = text.replacen("interval_ms = 2000 ", "interval_ms = 500 ", 1).replacen(
+        "timeout_ms = 1000 ",
+        "timeout_ms = 400 ",
+        1,
+    );
+    assert_ne!(fast, text, "config/maglevd.toml's health check timings changed: update this test");
+    let (mut lab, _path) = lab_with_fe1("le", &fast);
+    lab.wait_ready("fe1", Duration::from_secs(15));
+    assert!(get(&lab, 45000).starts_with("be"));
+    lab.sh("fe1", &["ip", "link", "del", "net2"]);
+    wait_until("/healthz failing without net2", Duration::from_secs(5), || lab.http_local("fe1", "/healthz").0 == 503);
+    let fe1 = lab.ns("fe1");
+    let mac = "c2:b0:57:49:47:f9";
+    lab.sh(
+        "w1",
+        &[
+            "ip", "link", "add", "link", "vlan200", "name", "fe1-net2", "address", mac, "type", "macvlan", "mode",
+            "bridge",
+        ],
+    );
+    lab.sh("w1", &["ip", "link", "set", "fe1-net2", "netns", &fe1]);
+    lab.sh("fe1", &["ip", "link", "set", "fe1-net2", "name", "net2"]);
+    lab.sh("fe1", &["ip", "addr", "add", "10.158.200.9/24", "dev", "net2"]);
+    lab.sh("fe1", &["ip", "link", "set", "net2", "up"]);
+    // Longer than fall x interval: with probes still failing, every backend is down by then.
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    lab.wait_ready("fe1", Duration::from_secs(10));
+    eprintln!("net2 re-created as 10.158.200.9 {mac}: every backend up {:?} after the 3 s wait", t.elapsed());
+    let served: Vec<String> = (0..20).map(|i| get(&lab, 45100 + i)).collect();
+    assert!(served.iter().all(|b| b.starts_with("be")), "{served:?}");
+}
+
 /// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once forwarding, WATCHDOG=1 at half the
 /// watchdog period while every thread makes progress, STOPPING=1 on SIGTERM — read here from the
 /// notification socket systemd would hold.

@@ -807,10 +807,12 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         None
     };
     // Health checks: their own threads, never a worker; probes leave through the egress.
-    let egress = health::Egress { name: cfg.egress.clone(), mac: MacAddr(ifs.egress.mac), ip: ifs.egress_ip };
-    let (prober, health_changes) =
-        health::Prober::start(egress, health::DEFAULT_PROBE_THREADS, health::targets(&cfg, mac_lookup(&macs)))
-            .map_err(|e| DaemonError::Setup(format!("starting the health checks: {e}")))?;
+    let (prober, health_changes) = health::Prober::start(
+        egress_of(&cfg, &ifs),
+        health::DEFAULT_PROBE_THREADS,
+        health::targets(&cfg, mac_lookup(&macs)),
+    )
+    .map_err(|e| DaemonError::Setup(format!("starting the health checks: {e}")))?;
     let responder = egress_responder(&cfg, &ifs);
     let cfg = Arc::new(cfg);
     let start =
@@ -879,6 +881,11 @@ struct Control<'a> {
 
 /// The responder on the egress socket: for the egress address, and in one-arm mode (one socket
 /// for both roles) for the ingress address too.
+/// Where health probes leave from: the egress interface and its address as they are now.
+fn egress_of(cfg: &Config, ifs: &Interfaces) -> health::Egress {
+    health::Egress { name: cfg.egress.clone(), mac: MacAddr(ifs.egress.mac), ip: ifs.egress_ip }
+}
+
 fn egress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
     let mut ours = answer_for(cfg.egress_address, &ifs.egress);
     if cfg.one_arm() {
@@ -1169,6 +1176,7 @@ impl Control<'_> {
             let (in_mac, eg_mac) = (MacAddr(self.ifs.ingress.mac), MacAddr(self.ifs.egress.mac));
             self.neigh.set_sender(eg_mac, egress_ip);
             self.neigh.set_own_macs(&[in_mac, eg_mac]);
+            self.prober.set_egress(egress_of(&self.cfg, &self.ifs));
             self.refresh_responders();
             match PacketSocket::open(&self.cfg.egress, ETHERTYPE_ARP) {
                 Ok(s) => *sock = s,

@@ -125,6 +125,8 @@ pub struct Change {
 pub struct Prober {
     tx: Sender<Msg>,
     view: Arc<ArcSwap<HealthView>>,
+    /// Where probes leave from, read by the probe threads at each probe.
+    egress: Arc<ArcSwap<Egress>>,
     scheduler: Option<JoinHandle<()>>,
 }
 
@@ -151,9 +153,10 @@ impl Prober {
         let view = Arc::new(ArcSwap::from_pointee(HealthView::default()));
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let job_rx = Arc::new(Mutex::new(job_rx));
+        let egress = Arc::new(ArcSwap::from_pointee(egress));
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
-            let (job_rx, tx, egress) = (Arc::clone(&job_rx), tx.clone(), egress.clone());
+            let (job_rx, tx, egress) = (Arc::clone(&job_rx), tx.clone(), Arc::clone(&egress));
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("health-{i}"))
@@ -174,13 +177,24 @@ impl Prober {
                 let _ = w.join();
             }
         })?;
-        Ok((Prober { tx, view, scheduler: Some(scheduler) }, changes_rx))
+        Ok((Prober { tx, view, egress, scheduler: Some(scheduler) }, changes_rx))
     }
 
     /// Replaces the targets (after a reload, or when a backend's MAC changed). A target whose key
     /// and check settings are unchanged keeps its state; a new or changed one starts unknown.
     pub fn set_targets(&self, targets: Vec<Target>) {
         let _ = self.tx.send(Msg::Targets(targets));
+    }
+
+    /// The egress interface was re-created or changed (MAC, address): the next probes leave
+    /// from it as it is now.
+    pub fn set_egress(&self, egress: Egress) {
+        self.egress.store(Arc::new(egress));
+    }
+
+    /// Where probes leave from now.
+    pub fn egress(&self) -> Arc<Egress> {
+        self.egress.load_full()
     }
 
     /// The current health of every target.
@@ -198,14 +212,14 @@ impl Drop for Prober {
     }
 }
 
-fn probe_thread(egress: &Egress, jobs: &Mutex<Receiver<Job>>, results: &Sender<Msg>) {
+fn probe_thread(egress: &ArcSwap<Egress>, jobs: &Mutex<Receiver<Job>>, results: &Sender<Msg>) {
     loop {
         let job = match jobs.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let result = run_probe(egress, &job.target);
+        let result = run_probe(&egress.load(), &job.target);
         if results.send(Msg::Result { key: job.key, id: job.id, result, at: Instant::now() }).is_err() {
             return;
         }
