@@ -82,6 +82,36 @@ fn bench_live_compares_kernel_and_maglevd_and_cleans_up() {
     assert!(lat[1]["added_us"].as_f64().is_some(), "no added latency for maglevd: {}", lat[1]);
 }
 
+/// `--spread` (a worker per CPU, the kernel with RPS on all) and `--latency-load` (probes over
+/// background traffic at a share of the measured rate).
+#[test]
+fn bench_live_spreads_workers_and_measures_latency_under_load() {
+    require_root();
+    let _one = serial();
+    let out = Command::new(env!("CARGO_BIN_EXE_maglevd"))
+        .args(["bench", "live", "--seconds", "1", "--repeat", "1", "--probes", "100", "--json"])
+        .args(["--spread", "--workers", "2", "--latency-load", "0.3"])
+        .output()
+        .expect("run maglevd bench live");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench live failed ({}):\n{stdout}\n{stderr}", out.status);
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    assert_eq!(v["config"]["spread"], true, "{}", v["config"]);
+    assert_eq!(v["config"]["workers"], 2, "{}", v["config"]);
+    let placement = v["placement"].to_string();
+    assert!(placement.contains("w0 on CPU 0, w1 on CPU 1") && placement.contains("RPS on lbin, mask 3"), "{placement}");
+    assert!(delivered(&v, "maglevd") > 0.0 && delivered(&v, "kernel") > 0.0, "{stdout}");
+    // 0.3 of the slower median, the same for every mode.
+    let slower = delivered(&v, "kernel").min(delivered(&v, "maglevd"));
+    let bg = v["config"]["latency_background_pps"].as_f64().expect("latency_background_pps");
+    assert!((bg - 0.3 * slower).abs() <= 1.0, "background {bg} for a slower median of {slower}");
+    for l in v["latency"].as_array().expect("latency") {
+        assert!(l["received"].as_u64().unwrap_or(0) > 0, "no probe came through the load: {l}");
+    }
+    assert!(v["latency"][1]["added_p99_us"].as_f64().is_some(), "{}", v["latency"][1]);
+}
+
 #[test]
 fn bench_live_rejects_bad_arguments_without_touching_anything() {
     let child = Command::new(env!("CARGO_BIN_EXE_maglevd"))

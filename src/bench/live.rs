@@ -364,29 +364,114 @@ pub struct RunResult {
     pub offered_pps: f64,
     pub at_lb_pps: f64,
     pub delivered_pps: f64,
+    /// The machine's load around the window, and what maglevd's workers reported.
+    pub cond: Conditions,
+    /// Generator flushes that hit EAGAIN (send buffer full).
+    pub gen_eagain: u64,
+    /// The generator socket's effective send buffer (bytes).
+    pub gen_sndbuf: usize,
+}
+
+/// What one run (UDP frames or a real program's) went through: the machine's load around its
+/// window and, for maglevd, what its workers reported.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Conditions {
     /// Foreign CPU share just before the run (the benchmark idle).
     pub pre_foreign: Option<f64>,
     /// Foreign CPU share during the window.
     pub foreign: Option<f64>,
-    /// Busy share of the generator's and of the forwarder's CPU during the window.
+    /// Busy share of the generator's (the endpoints') and of the forwarder's CPU in the window.
     pub cpu_busy: Option<(f64, f64)>,
     /// Share of the CPUs the hypervisor stole during the window.
     pub steal: Option<f64>,
     pub attempts: u32,
     /// Still loaded after the retries.
     pub flagged: bool,
-    /// maglevd: frames its workers forwarded per second in the window.
+    /// maglevd: frames (a super-frame counts once) its workers forwarded per second in the window.
     pub forwarded_pps: Option<f64>,
     /// maglevd: frames its RX rings dropped (ring full) over the whole run.
     pub rx_ring_drops: Option<u64>,
-    /// maglevd with tracking: flows its workers' tables held at the end of the window.
+    /// maglevd with tracking: flows its workers' tables held at the end.
     pub flows_tracked: Option<u64>,
-    /// maglevd runs: the kernel drop filter was on `lbin` during the run.
+    /// maglevd: the kernel drop filter was on `lbin` during the run.
     pub kernel_drop: Option<bool>,
-    /// Generator flushes that hit EAGAIN (send buffer full).
-    pub gen_eagain: u64,
-    /// The generator socket's effective send buffer (bytes).
-    pub gen_sndbuf: usize,
+}
+
+impl Conditions {
+    /// Attempt `attempts` of a run, `pre_foreign` before it and `load` during its window; flagged
+    /// when either is above its limit. The maglevd fields are empty ([`Conditions::maglevd`]).
+    fn measured(args: &LiveArgs, attempts: u32, pre_foreign: Option<f64>, load: Option<&LoadSample>) -> Conditions {
+        let foreign = load.map(|l| l.foreign);
+        Conditions {
+            pre_foreign,
+            foreign,
+            cpu_busy: load.and_then(|l| Some((*l.per_cpu.get(args.gen_cpu)?, *l.per_cpu.get(args.fwd_cpu)?))),
+            steal: load.map(|l| l.steal),
+            attempts,
+            flagged: pre_foreign.is_some_and(|b| b > PRE_FOREIGN_LIMIT) || foreign.is_some_and(|f| f > FOREIGN_LIMIT),
+            ..Conditions::default()
+        }
+    }
+
+    /// With what maglevd's workers reported: their forwarding rate, what [`Workers::finish`]
+    /// returned (RX ring drops, flows tracked) and whether the kernel drop filter was on.
+    fn maglevd(
+        self,
+        forwarded_pps: Option<f64>,
+        finished: Option<(u64, Option<u64>)>,
+        kernel_drop: Option<bool>,
+    ) -> Self {
+        Conditions {
+            forwarded_pps,
+            rx_ring_drops: finished.map(|d| d.0),
+            flows_tracked: finished.and_then(|d| d.1),
+            kernel_drop,
+            ..self
+        }
+    }
+
+    /// The report's notes before the forwarding rate: CPU busy (`cpu0` names CPU 0's role), steal.
+    fn notes_before(&self, cpu0: &str) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some((g, f)) = self.cpu_busy {
+            notes.push(format!("CPU busy {cpu0} {:.0}% fwd {:.0}%", g * 100.0, f * 100.0));
+        }
+        if let Some(st) = self.steal.filter(|st| *st >= 0.01) {
+            notes.push(format!("steal {:.0}%", st * 100.0));
+        }
+        notes
+    }
+
+    /// The report's notes after the forwarding rate: RX ring drops, flows, the filter, retries.
+    fn notes_after(&self, notes: &mut Vec<String>) {
+        if let Some(d) = self.rx_ring_drops.filter(|d| *d > 0) {
+            notes.push(format!("RX ring drops {d}"));
+        }
+        if let Some(f) = self.flows_tracked {
+            notes.push(format!("{f} flows tracked"));
+        }
+        if self.kernel_drop == Some(false) {
+            notes.push("no kernel drop".into());
+        }
+        if self.attempts > 1 {
+            notes.push(format!("attempt {}", self.attempts));
+        }
+    }
+
+    /// Its fields in a run's JSON object (module docs).
+    fn json(&self, j: Json) -> Json {
+        j.with("foreign_load_before", self.pre_foreign)
+            .with("foreign_load", self.foreign)
+            .with("gen_cpu_busy", self.cpu_busy.map(|c| c.0))
+            .with("fwd_cpu_busy", self.cpu_busy.map(|c| c.1))
+            .with("steal", self.steal)
+            .with("attempts", self.attempts)
+            .with("flagged", self.flagged)
+            .with("maglevd_forwarded_pps", self.forwarded_pps)
+            .with("rx_ring_drops", self.rx_ring_drops)
+            .with("flows_tracked", self.flows_tracked)
+            .with("kernel_drop", self.kernel_drop)
+    }
 }
 
 impl RunResult {
@@ -422,7 +507,7 @@ pub fn summarize(runs: &[RunResult], mode: Mode) -> Option<ModeSummary> {
         delivered_pps: col(&|x| x.delivered_pps)?,
         loss: col(&|x| x.loss())?,
         runs: r.len(),
-        flagged: r.iter().filter(|x| x.flagged).count(),
+        flagged: r.iter().filter(|x| x.cond.flagged).count(),
     })
 }
 
@@ -940,14 +1025,14 @@ impl Lab {
         loop {
             attempt += 1;
             let r = self.attempt(mode, run, attempt, args, intr)?;
-            if !r.flagged || attempt >= ATTEMPTS {
+            if !r.cond.flagged || attempt >= ATTEMPTS {
                 return Ok(r);
             }
             eprintln!(
                 "bench live: {} run {run} taken under foreign load ({} before, {} during); repeating",
                 mode.name(),
-                fmt_load(r.pre_foreign),
-                fmt_load(r.foreign)
+                fmt_load(r.cond.pre_foreign),
+                fmt_load(r.cond.foreign)
             );
             sleep_checked(Duration::from_secs(2), intr)?;
         }
@@ -994,10 +1079,7 @@ impl Lab {
         let gen_stats = gen_stats?;
         let dt = b.0.duration_since(a.0).as_secs_f64();
         let pps = |x: u64, y: u64| y.saturating_sub(x) as f64 / dt;
-        let foreign = load.as_ref().map(|l: &LoadSample| l.foreign);
-        let steal = load.as_ref().map(|l| l.steal);
-        let cpu_busy = load.as_ref().and_then(|l| Some((*l.per_cpu.get(args.gen_cpu)?, *l.per_cpu.get(args.fwd_cpu)?)));
-        let flagged = pre_foreign.is_some_and(|b| b > PRE_FOREIGN_LIMIT) || foreign.is_some_and(|f| f > FOREIGN_LIMIT);
+        let forwarded_pps = (mode == Mode::Maglevd).then(|| pps(a.2, b.2));
         Ok(RunResult {
             mode,
             run,
@@ -1005,16 +1087,11 @@ impl Lab {
             offered_pps: pps(a.1, b.1),
             at_lb_pps: pps(a.3, b.3),
             delivered_pps: pps(a.4, b.4),
-            pre_foreign,
-            foreign,
-            cpu_busy,
-            steal,
-            attempts: attempt,
-            flagged,
-            forwarded_pps: (mode == Mode::Maglevd).then(|| pps(a.2, b.2)),
-            rx_ring_drops: drops.map(|d| d.0),
-            flows_tracked: drops.and_then(|d| d.1),
-            kernel_drop,
+            cond: Conditions::measured(args, attempt, pre_foreign, load.as_ref()).maglevd(
+                forwarded_pps,
+                drops,
+                kernel_drop,
+            ),
             gen_eagain: gen_stats.eagain,
             gen_sndbuf,
         })
@@ -1251,7 +1328,7 @@ pub fn measure(args: &LiveArgs) -> Result<LiveReport, BenchError> {
                 r.offered_pps,
                 r.delivered_pps,
                 r.loss() * 100.0,
-                if r.flagged { " (foreign load)" } else { "" }
+                if r.cond.flagged { " (foreign load)" } else { "" }
             );
             runs.push(r);
         }
@@ -1355,31 +1432,14 @@ pub fn render(r: &LiveReport) -> String {
         "mode", "run", "offered pps", "at lb pps", "delivered pps", "loss %", "load pre", "load run"
     );
     for x in &r.runs {
-        let mut notes = Vec::new();
-        if let Some((g, f)) = x.cpu_busy {
-            notes.push(format!("CPU busy gen {:.0}% fwd {:.0}%", g * 100.0, f * 100.0));
-        }
-        if let Some(st) = x.steal.filter(|st| *st >= 0.01) {
-            notes.push(format!("steal {:.0}%", st * 100.0));
-        }
-        if let Some(f) = x.forwarded_pps {
+        let mut notes = x.cond.notes_before("gen");
+        if let Some(f) = x.cond.forwarded_pps {
             notes.push(format!("maglevd forwarded {f:.0} pps"));
-        }
-        if let Some(d) = x.rx_ring_drops {
-            notes.push(format!("RX ring drops {d}"));
-        }
-        if let Some(f) = x.flows_tracked {
-            notes.push(format!("{f} flows tracked"));
-        }
-        if x.kernel_drop == Some(false) {
-            notes.push("no kernel drop".into());
         }
         if x.gen_eagain > 0 {
             notes.push(format!("gen EAGAIN {}", x.gen_eagain));
         }
-        if x.attempts > 1 {
-            notes.push(format!("attempt {}", x.attempts));
-        }
+        x.cond.notes_after(&mut notes);
         let _ = writeln!(
             s,
             "{:<8} {:>3} {:>13.0} {:>13.0} {:>13.0} {:>7.2} {:>9} {:>9}{} {}",
@@ -1389,9 +1449,9 @@ pub fn render(r: &LiveReport) -> String {
             x.at_lb_pps,
             x.delivered_pps,
             x.loss() * 100.0,
-            fmt_load(x.pre_foreign),
-            fmt_load(x.foreign),
-            if x.flagged { "*" } else { " " },
+            fmt_load(x.cond.pre_foreign),
+            fmt_load(x.cond.foreign),
+            if x.cond.flagged { "*" } else { " " },
             notes.join(", ")
         );
     }
@@ -1498,26 +1558,15 @@ pub fn to_json(r: &LiveReport) -> Json {
         .runs
         .iter()
         .map(|x| {
-            Json::obj()
+            let j = Json::obj()
                 .with("mode", x.mode.name())
                 .with("run", x.run)
                 .with("seconds", x.seconds)
                 .with("offered_pps", x.offered_pps)
                 .with("at_lb_pps", x.at_lb_pps)
                 .with("delivered_pps", x.delivered_pps)
-                .with("loss", x.loss())
-                .with("foreign_load_before", x.pre_foreign)
-                .with("foreign_load", x.foreign)
-                .with("gen_cpu_busy", x.cpu_busy.map(|c| c.0))
-                .with("fwd_cpu_busy", x.cpu_busy.map(|c| c.1))
-                .with("steal", x.steal)
-                .with("attempts", x.attempts)
-                .with("flagged", x.flagged)
-                .with("maglevd_forwarded_pps", x.forwarded_pps)
-                .with("rx_ring_drops", x.rx_ring_drops)
-                .with("flows_tracked", x.flows_tracked)
-                .with("kernel_drop", x.kernel_drop)
-                .with("gen_eagain", x.gen_eagain)
+                .with("loss", x.loss());
+            x.cond.json(j).with("gen_eagain", x.gen_eagain)
         })
         .collect();
     let mut summary = Json::obj();
@@ -1628,16 +1677,15 @@ mod tests {
             offered_pps: offered,
             at_lb_pps: offered,
             delivered_pps: delivered,
-            pre_foreign: Some(0.01),
-            foreign: Some(0.0),
-            cpu_busy: Some((1.0, 0.5)),
-            steal: Some(0.0),
-            attempts: 1,
-            flagged,
-            forwarded_pps: None,
-            rx_ring_drops: None,
-            flows_tracked: None,
-            kernel_drop: None,
+            cond: Conditions {
+                pre_foreign: Some(0.01),
+                foreign: Some(0.0),
+                cpu_busy: Some((1.0, 0.5)),
+                steal: Some(0.0),
+                attempts: 1,
+                flagged,
+                ..Conditions::default()
+            },
             gen_eagain: 0,
             gen_sndbuf: 0,
         }

@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{
-    ATTEMPTS, FOREIGN_LIMIT, LB_IN, LiveArgs, LiveReport, Mode, PRE_FOREIGN_LIMIT, Traffic, Workers, sleep_checked,
-    wait_quiet,
+    ATTEMPTS, Conditions, FOREIGN_LIMIT, LB_IN, LiveArgs, LiveReport, Mode, Traffic, Workers, sleep_checked, wait_quiet,
 };
 use crate::bench::json::Json;
 use crate::bench::netns::{SINK_IF, Topology, VIP};
@@ -124,23 +123,8 @@ pub struct AppRun {
     /// http: wrk's latency percentiles, µs.
     pub latency_p50_us: Option<f64>,
     pub latency_p99_us: Option<f64>,
-    /// Foreign CPU share just before the run (the benchmark idle) and during the window.
-    pub pre_foreign: Option<f64>,
-    pub foreign: Option<f64>,
-    /// Busy share of the endpoints' and of the forwarder's CPU during the window.
-    pub cpu_busy: Option<(f64, f64)>,
-    pub steal: Option<f64>,
-    pub attempts: u32,
-    /// Still loaded after the retries.
-    pub flagged: bool,
-    /// maglevd: frames (super-frames count once) its workers forwarded per second.
-    pub forwarded_pps: Option<f64>,
-    /// maglevd: frames its RX rings dropped (ring full) over the whole run.
-    pub rx_ring_drops: Option<u64>,
-    /// maglevd with tracking: flows its workers' tables held at the end.
-    pub flows_tracked: Option<u64>,
-    /// maglevd: the kernel drop filter was on `lbin`.
-    pub kernel_drop: Option<bool>,
+    /// The machine's load around the window, and what maglevd's workers reported.
+    pub cond: Conditions,
 }
 
 /// Median, min and max of one measurement through one forwarder.
@@ -162,7 +146,7 @@ pub fn summarize(runs: &[AppRun], test: AppTest, mode: Mode) -> Option<AppSummar
         min: stats::min(&v)?,
         max: stats::max(&v)?,
         runs: r.len(),
-        flagged: r.iter().filter(|x| x.flagged).count(),
+        flagged: r.iter().filter(|x| x.cond.flagged).count(),
     })
 }
 
@@ -466,7 +450,7 @@ pub(super) fn measure(lab: &super::Lab, args: &LiveArgs, intr: &AtomicBool) -> R
                     test.label(),
                     test.fmt_rate(r.rate),
                     r.errors.filter(|e| *e > 0).map_or(String::new(), |e| format!(", {e} errors")),
-                    if r.flagged { " (foreign load)" } else { "" }
+                    if r.cond.flagged { " (foreign load)" } else { "" }
                 );
                 runs.push(r);
             }
@@ -494,15 +478,15 @@ fn run_once(
     loop {
         attempt += 1;
         let r = attempt_once(lab, mode, test, run, attempt, args, paths, intr)?;
-        if !r.flagged || attempt >= ATTEMPTS {
+        if !r.cond.flagged || attempt >= ATTEMPTS {
             return Ok(r);
         }
         eprintln!(
             "bench live: {} run {run} ({}) taken under foreign load ({} before, {} during); repeating",
             mode.name(),
             test.key(),
-            fmt_load(r.pre_foreign),
-            fmt_load(r.foreign)
+            fmt_load(r.cond.pre_foreign),
+            fmt_load(r.cond.foreign)
         );
         sleep_checked(Duration::from_secs(2), intr)?;
     }
@@ -648,10 +632,6 @@ fn attempt_once(
         None => None,
     };
     let (parsed, pre_foreign, load, fwd_pps) = result?;
-    let foreign = load.as_ref().map(|l| l.foreign);
-    let steal = load.as_ref().map(|l| l.steal);
-    let cpu_busy = load.as_ref().and_then(|l| Some((*l.per_cpu.get(args.gen_cpu)?, *l.per_cpu.get(args.fwd_cpu)?)));
-    let flagged = pre_foreign.is_some_and(|b| b > PRE_FOREIGN_LIMIT) || foreign.is_some_and(|f| f > FOREIGN_LIMIT);
     let mut r = AppRun {
         mode,
         test,
@@ -663,16 +643,11 @@ fn attempt_once(
         errors: None,
         latency_p50_us: None,
         latency_p99_us: None,
-        pre_foreign,
-        foreign,
-        cpu_busy,
-        steal,
-        attempts: attempt,
-        flagged,
-        forwarded_pps: if mode == Mode::Maglevd { fwd_pps } else { None },
-        rx_ring_drops: drops.map(|d| d.0),
-        flows_tracked: drops.and_then(|d| d.1),
-        kernel_drop,
+        cond: Conditions::measured(args, attempt, pre_foreign, load.as_ref()).maglevd(
+            if mode == Mode::Maglevd { fwd_pps } else { None },
+            drops,
+            kernel_drop,
+        ),
     };
     match parsed {
         ClientResult::Iperf(i) => {
@@ -791,29 +766,15 @@ pub fn render(r: &LiveReport) -> String {
             "load run"
         );
         for x in r.app_runs.iter().filter(|x| x.test == test) {
-            let mut notes = Vec::new();
-            if let Some((g, f)) = x.cpu_busy {
-                notes.push(format!("CPU busy endpoints {:.0}% fwd {:.0}%", g * 100.0, f * 100.0));
-            }
-            if let Some(st) = x.steal.filter(|st| *st >= 0.01) {
-                notes.push(format!("steal {:.0}%", st * 100.0));
-            }
-            if let Some(f) = x.forwarded_pps {
+            let mut notes = x.cond.notes_before("endpoints");
+            if let Some(f) = x.cond.forwarded_pps {
                 if test == AppTest::TcpBulk && f > 0.0 {
                     notes.push(format!("maglevd forwarded {f:.0} frames/s (≈ {:.1} KB each)", x.rate / 8.0 / f / 1e3));
                 } else {
                     notes.push(format!("maglevd forwarded {f:.0} frames/s"));
                 }
             }
-            if let Some(d) = x.rx_ring_drops.filter(|d| *d > 0) {
-                notes.push(format!("RX ring drops {d}"));
-            }
-            if let Some(f) = x.flows_tracked {
-                notes.push(format!("{f} flows tracked"));
-            }
-            if x.attempts > 1 {
-                notes.push(format!("attempt {}", x.attempts));
-            }
+            x.cond.notes_after(&mut notes);
             let value = if http { format!("{:.0}", x.rate) } else { format!("{:.3}", x.rate / 1e9) };
             let count = if http { x.errors } else { x.retransmits };
             let _ = writeln!(
@@ -825,9 +786,9 @@ pub fn render(r: &LiveReport) -> String {
                 count.map_or_else(|| "-".into(), |c| c.to_string()),
                 if http { fmt_opt_us(x.latency_p50_us) } else { String::new() },
                 if http { fmt_opt_us(x.latency_p99_us) } else { String::new() },
-                fmt_load(x.pre_foreign),
-                fmt_load(x.foreign),
-                if x.flagged { "*" } else { " " },
+                fmt_load(x.cond.pre_foreign),
+                fmt_load(x.cond.foreign),
+                if x.cond.flagged { "*" } else { " " },
                 notes.join(", ")
             );
         }
@@ -903,17 +864,7 @@ pub fn to_json(r: &LiveReport) -> Json {
                     .with("latency_p50_us", x.latency_p50_us)
                     .with("latency_p99_us", x.latency_p99_us),
             };
-            j.with("foreign_load_before", x.pre_foreign)
-                .with("foreign_load", x.foreign)
-                .with("gen_cpu_busy", x.cpu_busy.map(|c| c.0))
-                .with("fwd_cpu_busy", x.cpu_busy.map(|c| c.1))
-                .with("steal", x.steal)
-                .with("attempts", x.attempts)
-                .with("flagged", x.flagged)
-                .with("maglevd_forwarded_pps", x.forwarded_pps)
-                .with("rx_ring_drops", x.rx_ring_drops)
-                .with("flows_tracked", x.flows_tracked)
-                .with("kernel_drop", x.kernel_drop)
+            x.cond.json(j)
         })
         .collect();
     let mut summary = Json::obj();
@@ -1019,16 +970,14 @@ mod tests {
             errors: (test != AppTest::TcpBulk).then_some(0),
             latency_p50_us: None,
             latency_p99_us: None,
-            pre_foreign: Some(0.0),
-            foreign: Some(0.0),
-            cpu_busy: Some((1.0, 0.5)),
-            steal: None,
-            attempts: 1,
-            flagged: false,
-            forwarded_pps: (mode == Mode::Maglevd).then_some(20_000.0),
-            rx_ring_drops: None,
-            flows_tracked: None,
-            kernel_drop: None,
+            cond: Conditions {
+                pre_foreign: Some(0.0),
+                foreign: Some(0.0),
+                cpu_busy: Some((1.0, 0.5)),
+                attempts: 1,
+                forwarded_pps: (mode == Mode::Maglevd).then_some(20_000.0),
+                ..Conditions::default()
+            },
         }
     }
 
