@@ -179,6 +179,31 @@ impl RxConfig {
     }
 }
 
+/// Frames up to this size (not GSO) go to the kernel whole in the skb's linear part.
+///
+/// `tpacket_snd` copies the vnet header's `hdr_len` bytes (at least the Ethernet header) into the
+/// skb and attaches the rest of the slot as fragments of the ring's pages, marked zero-copy. A
+/// device that delivers to a local stack (veth, a macvlan in bridge mode, a tap) must not keep
+/// them: `skb_copy_ubufs` then allocates a page per frame (zeroed where the kernel zeroes
+/// allocations) and copies the fragment into it. For a small frame that page costs far more than
+/// copying the frame; a NIC DMAs either form. Super-frames (GSO) keep their fragments.
+pub const TX_LINEAR_MAX: usize = 2048;
+
+/// The vnet header to write for a frame of `len` bytes: `hdr_len` is the size of the linear
+/// part `tpacket_snd` copies (the rest is attached as page fragments). A frame up to
+/// [`TX_LINEAR_MAX`] that is not GSO goes whole; GSO frames without NEEDS_CSUM need their L2-L4
+/// headers linear, so GSO gets at least 128 bytes; never more than the frame.
+fn tx_vnet(mut v: VnetHdr, len: usize) -> VnetHdr {
+    let len16 = u16::try_from(len).unwrap_or(u16::MAX);
+    if v.is_gso() {
+        v.hdr_len = v.hdr_len.max(128);
+    } else if len <= TX_LINEAR_MAX {
+        v.hdr_len = len16;
+    }
+    v.hdr_len = v.hdr_len.min(len16);
+    v
+}
+
 /// TX ring options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxConfig {
@@ -869,7 +894,7 @@ impl TxRing {
             return Err(TxError::FrameTooBig { len, max });
         }
         let Some(v) = vnet else {
-            return Ok(self.vnet.then(VnetHdr::default));
+            return Ok(self.vnet.then(|| tx_vnet(VnetHdr::default(), len)));
         };
         if !self.vnet {
             if v.is_plain() {
@@ -878,7 +903,7 @@ impl TxRing {
             self.stats.bad_vnet += 1;
             return Err(TxError::BadVnetHdr("GSO/checksum offload needs a TX ring opened with vnet_hdr"));
         }
-        let mut v = *v;
+        let v = *v;
         let bad = |s: &mut Self, why| {
             s.stats.bad_vnet += 1;
             Err(TxError::BadVnetHdr(why))
@@ -895,15 +920,7 @@ impl TxRing {
         if v.needs_csum() && usize::from(v.csum_start) + usize::from(v.csum_offset) + 2 > len {
             return bad(self, "checksum field beyond the frame");
         }
-        // hdr_len is the size of the linear part tpacket_snd copies (the rest
-        // is attached as page fragments). GSO frames without NEEDS_CSUM need
-        // their L2-L4 headers linear, so give GSO at least 128 bytes; and
-        // never more than the frame.
-        if v.is_gso() {
-            v.hdr_len = v.hdr_len.max(128);
-        }
-        v.hdr_len = v.hdr_len.min(u16::try_from(len).unwrap_or(u16::MAX));
-        Ok(Some(v))
+        Ok(Some(tx_vnet(v, len)))
     }
 
     /// Reserves the next slot, lets `fill` write exactly `len` frame bytes
@@ -1188,6 +1205,20 @@ impl super::FrameSender for PacketSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tx_frames_up_to_the_linear_limit_go_whole_super_frames_keep_fragments() {
+        let plain = VnetHdr::default();
+        assert_eq!(tx_vnet(plain, 64).hdr_len, 64);
+        assert_eq!(tx_vnet(plain, TX_LINEAR_MAX).hdr_len, TX_LINEAR_MAX as u16);
+        assert_eq!(tx_vnet(plain, TX_LINEAR_MAX + 1).hdr_len, 0, "left to the kernel (Ethernet header)");
+        let csum = VnetHdr { flags: VnetHdr::F_NEEDS_CSUM, hdr_len: 54, csum_start: 34, csum_offset: 16, ..plain };
+        assert_eq!(tx_vnet(csum, 1514).hdr_len, 1514);
+        assert_eq!(tx_vnet(csum, 9014).hdr_len, 54, "a jumbo frame keeps what it had");
+        let gso = VnetHdr { gso_type: VnetHdr::GSO_TCPV4, gso_size: 1448, hdr_len: 66, ..csum };
+        assert_eq!(tx_vnet(gso, 64_000).hdr_len, 128);
+        assert_eq!(tx_vnet(VnetHdr { hdr_len: 0, ..gso }, 100).hdr_len, 100, "never more than the frame");
+    }
 
     #[test]
     fn layout_small_frames() {
