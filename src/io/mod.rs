@@ -94,6 +94,7 @@ pub use bpf::{BpfError, BpfProgram, VipFilter};
 pub use iface::InterfaceInfo;
 #[cfg(test)]
 pub use mem::{MemFrame, MemRx, MemTx};
+pub use netlink::NetlinkError;
 pub use ring::{Fanout, MAX_SUPER_FRAME, PacketSocket, RingLayout, RingVersion, RxConfig, RxRing, TxConfig, TxRing};
 pub use route::{RouteError, VipRoutes};
 pub(crate) use sys::{advise_hugepages, allowed_cpus, prefetch};

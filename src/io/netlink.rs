@@ -36,6 +36,30 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A failed request: the errno (or a malformed answer) and the kernel's extended-ack message.
 pub(crate) type Failure = (std::io::Error, Option<String>);
 
+/// A request the kernel refused, for the caller's error: what was asked (naming the interface,
+/// device, table or VIP), the errno, and the kernel's extended-ack message or a hint.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+pub struct NetlinkError {
+    /// What was asked of the kernel.
+    pub what: String,
+    /// The errno (or a malformed answer).
+    pub source: std::io::Error,
+    /// The kernel's extended-ack message or a hint, if any.
+    pub detail: Option<String>,
+}
+
+impl NetlinkError {
+    pub(crate) fn new(what: impl Into<String>, (source, detail): Failure) -> NetlinkError {
+        NetlinkError { what: what.into(), source, detail }
+    }
+
+    /// The kernel refused for lack of privileges (CAP_NET_ADMIN).
+    pub fn is_permission(&self) -> bool {
+        matches!(self.source.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+    }
+}
+
 /// A netlink message under construction: header, the family's fixed header, attributes.
 pub(crate) struct Msg {
     buf: Vec<u8>,

@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
-use super::netlink::{NLM_F_CREATE, NLM_F_REPLACE, Rtnl};
+use super::netlink::{NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, Rtnl};
 use super::sys;
 
 /// The routing protocol number of maglevd's routes (`proto 240` in `ip route`; unassigned in
@@ -52,22 +52,7 @@ const RTN_UNICAST: u8 = 1;
 const RT_TABLE_UNSPEC: u8 = 0;
 
 /// Why the device or a route could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-pub struct RouteError {
-    /// What was asked of the kernel, naming the device, table or VIP.
-    pub what: String,
-    /// The errno.
-    pub source: std::io::Error,
-    /// The kernel's extended-ack message or a hint, if any.
-    pub detail: Option<String>,
-}
-
-impl RouteError {
-    fn new(what: String, (source, detail): (std::io::Error, Option<String>)) -> RouteError {
-        RouteError { what, source, detail }
-    }
-}
+pub type RouteError = NetlinkError;
 
 /// `struct rtmsg` for a `VIP/32` route of maglevd's.
 fn rtmsg() -> [u8; 12] {
@@ -103,7 +88,7 @@ impl VipRoutes {
     /// Creates `device` and sets it up, in the calling thread's network namespace; no route yet.
     pub fn open(device: &str, table: u32) -> Result<VipRoutes, RouteError> {
         let _privs = crate::privs::raised();
-        let rtnl = Rtnl::open().map_err(|e| RouteError::new("opening an rtnetlink socket".into(), (e, None)))?;
+        let rtnl = Rtnl::open().map_err(|e| RouteError::new("opening an rtnetlink socket", (e, None)))?;
         let mut r =
             VipRoutes { rtnl, device: device.to_string(), table, tun: None, ifindex: 0, routes: BTreeSet::new() };
         r.create()?;

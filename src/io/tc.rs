@@ -56,7 +56,7 @@
 use std::net::Ipv4Addr;
 
 use super::bpf::{BpfError, BpfProgram, VipFilter};
-use super::netlink::{NLM_F_CREATE, NLM_F_EXCL, Rtnl, attrs, u32_at};
+use super::netlink::{NLM_F_CREATE, NLM_F_EXCL, NetlinkError, Rtnl, attrs, u32_at};
 use super::sys;
 
 /// The filter's priority (`pref`) on the ingress hook.
@@ -96,24 +96,15 @@ pub enum TcError {
     /// The program could not be built (too many VIPs).
     #[error("building the tc program: {0}")]
     Program(#[from] BpfError),
-    /// A netlink request failed.
-    #[error("{iface}: {what}: {source}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Netlink {
-        /// The interface.
-        iface: String,
-        /// What was asked of the kernel.
-        what: &'static str,
-        /// The error (errno, or a malformed answer).
-        source: std::io::Error,
-        /// The kernel's extended-ack message, if it sent one.
-        detail: Option<String>,
-    },
+    /// A netlink request failed (what names the interface).
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
 }
 
 impl TcError {
     /// The kernel refused for lack of privileges (CAP_NET_ADMIN).
     pub fn is_permission(&self) -> bool {
-        matches!(self, TcError::Netlink { source, .. } if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
+        matches!(self, TcError::Netlink(e) if e.is_permission())
     }
 }
 
@@ -189,12 +180,8 @@ impl KernelDrop {
     pub fn install(iface: &str, vips: &[Ipv4Addr]) -> Result<KernelDrop, TcError> {
         // CAP_NET_ADMIN, raised for this request only.
         let _privs = crate::privs::raised();
-        let rtnl = Rtnl::open().map_err(|source| TcError::Netlink {
-            iface: iface.to_string(),
-            what: "opening an rtnetlink socket",
-            source,
-            detail: None,
-        })?;
+        let rtnl =
+            Rtnl::open().map_err(|e| NetlinkError::new(format!("{iface}: opening an rtnetlink socket"), (e, None)))?;
         let mut k = KernelDrop {
             rtnl,
             iface: iface.to_string(),
@@ -263,7 +250,7 @@ impl KernelDrop {
     }
 
     fn err(&self, what: &'static str, source: std::io::Error, detail: Option<String>) -> TcError {
-        TcError::Netlink { iface: self.iface.clone(), what, source, detail }
+        NetlinkError::new(format!("{}: {what}", self.iface), (source, detail)).into()
     }
 
     /// Creates the clsact qdisc unless a clsact or ingress qdisc is there; true if created.
@@ -360,7 +347,8 @@ impl Drop for KernelDrop {
 /// in the calling thread's network namespace. An interface without a clsact or ingress qdisc has
 /// none.
 pub fn installed(iface: &str) -> Result<bool, TcError> {
-    let err = |what, source, detail| TcError::Netlink { iface: iface.to_string(), what, source, detail };
+    let err =
+        |what: &str, source, detail| TcError::from(NetlinkError::new(format!("{iface}: {what}"), (source, detail)));
     let mut rtnl = Rtnl::open().map_err(|e| err("opening an rtnetlink socket", e, None))?;
     let ifindex = sys::if_nametoindex(iface).map_err(|e| err("looking up the interface", e, None))?;
     match filters(&mut rtnl, ifindex, PARENT_INGRESS) {
