@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod neigh;
 pub mod netns;
 pub mod privs;
+pub mod reconcile;
 pub mod report;
 pub mod status;
 pub mod table;

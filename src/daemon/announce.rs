@@ -21,6 +21,7 @@ use super::{Shared, throttle::Throttle, unix_now};
 use crate::announce::Announcer;
 use crate::config;
 use crate::io::VipRoutes;
+use crate::reconcile::{Change, reconcile};
 use crate::status::{AnnounceStatus, VipAnnounce};
 
 /// How often a hold (stop, drain) is looked for between evaluations.
@@ -83,33 +84,26 @@ impl StateFiles {
             }
         }
         let Some(d) = self.dir.clone() else { return Ok(()) };
-        let mut first = None;
-        for vip in self.written.difference(want).copied().collect::<Vec<_>>() {
-            match std::fs::remove_file(d.join(vip.to_string())) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    first.get_or_insert(format!("removing {}: {e}", d.join(vip.to_string()).display()));
-                    continue;
+        reconcile(&mut self.written, want, |vip, change| {
+            let path = d.join(vip.to_string());
+            match change {
+                Change::Remove => match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(format!("removing {}: {e}", path.display()))
+                    }
+                    _ => Ok(()),
+                },
+                Change::Add => {
+                    let tmp = d.join(format!(".{vip}.tmp"));
+                    std::fs::write(&tmp, format!("{vip} announced {now_unix}\n"))
+                        .and_then(|()| std::fs::rename(&tmp, &path))
+                        .map_err(|e| {
+                            let _ = std::fs::remove_file(&tmp);
+                            format!("writing {}: {e}", path.display())
+                        })
                 }
             }
-            self.written.remove(&vip);
-        }
-        for vip in want.difference(&self.written.clone()).copied() {
-            let (tmp, path) = (d.join(format!(".{vip}.tmp")), d.join(vip.to_string()));
-            let r = std::fs::write(&tmp, format!("{vip} announced {now_unix}\n"))
-                .and_then(|()| std::fs::rename(&tmp, &path));
-            match r {
-                Ok(()) => {
-                    self.written.insert(vip);
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    first.get_or_insert(format!("writing {}: {e}", path.display()));
-                }
-            }
-        }
-        first.map_or(Ok(()), Err)
+        })
     }
 }
 

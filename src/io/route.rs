@@ -35,6 +35,7 @@ use std::os::fd::OwnedFd;
 
 use super::netlink::{NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, Rtnl};
 use super::sys;
+use crate::reconcile::{Change, reconcile};
 
 /// The routing protocol number of maglevd's routes (`proto 240` in `ip route`; unassigned in
 /// `/etc/iproute2/rt_protos`).
@@ -154,34 +155,19 @@ impl VipRoutes {
         if self.tun.is_none() || sys::if_nametoindex(&self.device).ok() != Some(self.ifindex) {
             self.create()?;
         }
-        let mut first = None;
-        let gone: Vec<Ipv4Addr> = self.routes.difference(want).copied().collect();
-        for vip in gone {
-            match self.route(RTM_DELROUTE, 0, vip) {
-                Ok(()) => {}
+        let mut routes = std::mem::take(&mut self.routes);
+        let r = reconcile(&mut routes, want, |vip, change| match change {
+            Change::Remove => match self.route(RTM_DELROUTE, 0, vip) {
                 // Already gone (deleted by hand): as good.
-                Err(f) if matches!(f.0.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {}
-                Err(f) => {
-                    first.get_or_insert(RouteError::new(format!("deleting the route of {vip}"), f));
-                    continue;
-                }
-            }
-            self.routes.remove(&vip);
-        }
-        for &vip in want.difference(&self.routes.clone()) {
-            match self.route(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, vip) {
-                Ok(()) => {
-                    self.routes.insert(vip);
-                }
-                Err(f) => {
-                    first.get_or_insert(RouteError::new(
-                        format!("adding the route of {vip} to table {} via {}", self.table, self.device),
-                        f,
-                    ));
-                }
-            }
-        }
-        first.map_or(Ok(()), Err)
+                Err(f) if matches!(f.0.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+                r => r.map_err(|f| RouteError::new(format!("deleting the route of {vip}"), f)),
+            },
+            Change::Add => self.route(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, vip).map_err(|f| {
+                RouteError::new(format!("adding the route of {vip} to table {} via {}", self.table, self.device), f)
+            }),
+        });
+        self.routes = routes;
+        r
     }
 
     fn route(&mut self, kind: u16, flags: u16, vip: Ipv4Addr) -> Result<(), (std::io::Error, Option<String>)> {
