@@ -395,6 +395,43 @@ pub fn backend_label(s: &crate::dataplane::ServiceState, b: &crate::dataplane::B
     if s.ipvs_mh() { format!("{}:{}", b.ip, b.port) } else { b.ip.to_string() }
 }
 
+/// One backend of a running service as an operator sees it: what `maglevd status` and
+/// `/metrics` both show, from the one walk over the snapshot and the health view
+/// ([`backend_views`]).
+#[derive(Debug)]
+pub struct BackendView<'a> {
+    pub backend: &'a crate::dataplane::BackendState,
+    /// [`backend_label`].
+    pub label: String,
+    /// Lookup-table slots and their share of the table.
+    pub slots: u64,
+    pub share: f64,
+    /// The health check's record, when the backend is checked.
+    pub checked: Option<&'a crate::health::BackendHealth>,
+    /// Traffic totals over the workers.
+    pub traffic: crate::metrics::BackendTotals,
+}
+
+/// Every backend of `s`, in configuration order.
+pub fn backend_views<'a>(
+    s: &'a crate::dataplane::ServiceState,
+    health: &'a crate::health::HealthView,
+) -> impl Iterator<Item = BackendView<'a>> + 'a {
+    let shares = s.table.shares(s.backends.len());
+    let total: u64 = shares.iter().sum();
+    s.backends.iter().zip(shares).zip(&s.counters).map(move |((b, slots), counters)| {
+        let key = crate::health::TargetKey { service: s.name.clone(), backend: b.ip.into(), port: b.port };
+        BackendView {
+            backend: b,
+            label: backend_label(s, b),
+            slots,
+            share: if total == 0 { 0.0 } else { slots as f64 / total as f64 },
+            checked: health.targets.get(&key).map(|t| &t.health),
+            traffic: counters.totals(),
+        }
+    })
+}
+
 #[derive(Debug)]
 struct BackendState {
     service: String,
@@ -472,20 +509,17 @@ impl DaemonMetrics {
         let mut all_down = Vec::new();
         for s in snap.services() {
             all_down.push((s.name.clone(), s.all_down));
-            let shares = s.table.shares(s.backends.len());
-            for ((b, slots), counters) in s.backends.iter().zip(shares).zip(&s.counters) {
-                let key = crate::health::TargetKey { service: s.name.clone(), backend: b.ip.into(), port: b.port };
-                let checked = health.targets.get(&key).map(|t| &t.health);
+            for v in backend_views(s, &health) {
                 backends.push(BackendState {
                     service: s.name.clone(),
-                    backend: backend_label(s, b),
-                    up: b.usable(),
-                    healthy: b.healthy,
-                    slots,
-                    ups: checked.map_or(0, |h| h.ups),
-                    downs: checked.map_or(0, |h| h.downs),
-                    last_error: checked.and_then(|h| h.last_error.clone()),
-                    traffic: counters.totals(),
+                    up: v.backend.usable(),
+                    healthy: v.backend.healthy,
+                    slots: v.slots,
+                    ups: v.checked.map_or(0, |h| h.ups),
+                    downs: v.checked.map_or(0, |h| h.downs),
+                    last_error: v.checked.and_then(|h| h.last_error.clone()),
+                    traffic: v.traffic,
+                    backend: v.label,
                 });
             }
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::flows::{FlowQuery, MAX_LIMIT};
-use super::http::backend_label;
+use super::http::{backend_label, backend_views};
 use crate::config::{Protocol, WhenAllDown};
 use crate::status::{BackendStatus, FlowList, FlowRow, ReloadError, ServiceStatus, Status, WorkerStatus};
 
@@ -44,28 +44,18 @@ pub fn collect(shared: &Shared) -> Status {
         .services()
         .iter()
         .map(|s| {
-            let shares = s.table.shares(s.backends.len());
-            let total: u64 = shares.iter().sum();
-            let backends = s
-                .backends
-                .iter()
-                .zip(shares)
-                .zip(&s.counters)
-                .map(|((b, slots), counters)| {
-                    let key = crate::health::TargetKey { service: s.name.clone(), backend: b.ip.into(), port: b.port };
-                    let traffic = counters.totals();
-                    BackendStatus {
-                        backend: backend_label(s, b),
-                        mac: b.mac.map(|m| m.to_string()),
-                        weight: b.weight,
-                        state: b.state_name().to_string(),
-                        last_probe_error: health.targets.get(&key).and_then(|t| t.health.last_error.clone()),
-                        slots,
-                        share: if total == 0 { 0.0 } else { slots as f64 / total as f64 },
-                        packets: traffic.packets,
-                        bytes: traffic.bytes,
-                        flows: traffic.flows,
-                    }
+            let backends = backend_views(s, &health)
+                .map(|v| BackendStatus {
+                    mac: v.backend.mac.map(|m| m.to_string()),
+                    weight: v.backend.weight,
+                    state: v.backend.state_name().to_string(),
+                    last_probe_error: v.checked.and_then(|h| h.last_error.clone()),
+                    slots: v.slots,
+                    share: v.share,
+                    packets: v.traffic.packets,
+                    bytes: v.traffic.bytes,
+                    flows: v.traffic.flows,
+                    backend: v.label,
                 })
                 .collect();
             ServiceStatus {
