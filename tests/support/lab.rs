@@ -493,15 +493,26 @@ pub struct Req {
 /// ephemeral port), giving up on the connect after `connect_timeout`: the name of the backend
 /// that answered, or the error. Runs in the caller's namespace (the client's).
 pub fn vip_request(src_port: Option<u16>, connect_timeout: Duration) -> Result<String, String> {
+    vip_request_within(src_port, connect_timeout, READ_TIMEOUT)
+}
+
+/// [`vip_request`], giving up on the answer after `read_timeout`.
+fn vip_request_within(
+    src_port: Option<u16>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<String, String> {
     let o =
         GetOptions { src: src_port.map(|p| SocketAddr::from((CLIENT, p))), reset: src_port.is_some(), connect_timeout };
-    http_get_with(SocketAddr::from((VIP, 80)), "/", &o)
+    http_get_within(SocketAddr::from((VIP, 80)), "/", &o, read_timeout)
         .map(|b| b.trim().to_string())
         .map_err(|e| format!("{:?}: {e}", e.kind()))
 }
 
 /// New connections through the VIP from the client, one after another (3 ms apart), until
-/// stopped (at most 20,000 requests and 60 s).
+/// stopped (at most 20,000 requests and 60 s). Each gives up on its answer after the connect
+/// timeout (at least 1 s): a connection made just before its backend stopped answering must not
+/// hold the loop up for long, or the requests after it would go missing from the count.
 pub struct Load {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<Vec<Req>>,
@@ -516,7 +527,7 @@ impl Load {
             let mut reqs = Vec::new();
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline && reqs.len() < 20_000 {
                 let start = Instant::now();
-                let outcome = vip_request(None, connect_timeout);
+                let outcome = vip_request_within(None, connect_timeout, connect_timeout.max(Duration::from_secs(1)));
                 reqs.push(Req { start, took: start.elapsed(), outcome });
                 std::thread::sleep(Duration::from_millis(3));
             }
@@ -574,12 +585,15 @@ pub fn text(b: &[u8]) -> String {
 
 /// One HTTP/1.0 GET (a new TCP connection), returning the body. Runs in the caller's namespace.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    get_on(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?, addr, path)
+    get_on(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?, addr, path, READ_TIMEOUT)
 }
 
+/// How long the requests here wait for an answer unless told otherwise.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Send an HTTP/1.0 GET on a connected stream and return the body of a 200 response.
-fn get_on(mut s: TcpStream, dst: SocketAddr, path: &str) -> std::io::Result<String> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+fn get_on(mut s: TcpStream, dst: SocketAddr, path: &str, read_timeout: Duration) -> std::io::Result<String> {
+    s.set_read_timeout(Some(read_timeout))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", dst.ip()).as_bytes())?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
@@ -613,6 +627,11 @@ pub struct GetOptions {
 /// One HTTP/1.0 GET on a new connection made as `o` says: the body of a 200 answer. Runs in the
 /// caller's namespace.
 pub fn http_get_with(dst: SocketAddr, path: &str, o: &GetOptions) -> std::io::Result<String> {
+    http_get_within(dst, path, o, READ_TIMEOUT)
+}
+
+/// [`http_get_with`], giving up on the answer after `read_timeout`.
+fn http_get_within(dst: SocketAddr, path: &str, o: &GetOptions, read_timeout: Duration) -> std::io::Result<String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     if let Some(src) = o.src {
@@ -623,7 +642,7 @@ pub fn http_get_with(dst: SocketAddr, path: &str, o: &GetOptions) -> std::io::Re
     if o.reset {
         s.set_linger(Some(Duration::ZERO))?;
     }
-    get_on(s.into(), dst, path)
+    get_on(s.into(), dst, path, read_timeout)
 }
 
 /// Polls `ok` every `every` until it holds; returns when it first held. Panics after `within`.
