@@ -879,13 +879,13 @@ struct Control<'a> {
     kernel_drop: Option<KernelDrop>,
 }
 
-/// The responder on the egress socket: for the egress address, and in one-arm mode (one socket
-/// for both roles) for the ingress address too.
 /// Where health probes leave from: the egress interface and its address as they are now.
 fn egress_of(cfg: &Config, ifs: &Interfaces) -> health::Egress {
     health::Egress { name: cfg.egress.clone(), mac: MacAddr(ifs.egress.mac), ip: ifs.egress_ip }
 }
 
+/// The responder on the egress socket: for the egress address, and in one-arm mode (one socket
+/// for both roles) for the ingress address too.
 fn egress_responder(cfg: &Config, ifs: &Interfaces) -> Responder {
     let mut ours = answer_for(cfg.egress_address, &ifs.egress);
     if cfg.one_arm() {

@@ -192,11 +192,6 @@ impl Prober {
         self.egress.store(Arc::new(egress));
     }
 
-    /// Where probes leave from now.
-    pub fn egress(&self) -> Arc<Egress> {
-        self.egress.load_full()
-    }
-
     /// The current health of every target.
     pub fn view(&self) -> Arc<HealthView> {
         self.view.load_full()

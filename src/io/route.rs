@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
-use super::netlink::{NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, Rtnl};
+use super::netlink::{Failure, NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, Rtnl};
 use super::sys;
 use crate::reconcile::{Change, reconcile};
 
@@ -170,7 +170,7 @@ impl VipRoutes {
         r
     }
 
-    fn route(&mut self, kind: u16, flags: u16, vip: Ipv4Addr) -> Result<(), (std::io::Error, Option<String>)> {
+    fn route(&mut self, kind: u16, flags: u16, vip: Ipv4Addr) -> Result<(), Failure> {
         let (table, oif) = (self.table, self.ifindex);
         self.rtnl.request(kind, flags, &rtmsg(), |m| {
             m.attr(RTA_TABLE, &table.to_ne_bytes());

@@ -56,7 +56,7 @@
 use std::net::Ipv4Addr;
 
 use super::bpf::{BpfError, BpfProgram, VipFilter};
-use super::netlink::{NLM_F_CREATE, NLM_F_EXCL, NetlinkError, Rtnl, attrs, u32_at};
+use super::netlink::{Failure, NLM_F_CREATE, NLM_F_EXCL, NetlinkError, Rtnl, attrs, u32_at};
 use super::sys;
 
 /// The filter's priority (`pref`) on the ingress hook.
@@ -99,6 +99,11 @@ pub enum TcError {
     /// A netlink request failed (what names the interface).
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+}
+
+/// A request about `iface` the kernel refused: `what` was asked.
+fn failed(iface: &str, what: &str, failure: Failure) -> TcError {
+    TcError::Netlink(NetlinkError::new(format!("{iface}: {what}"), failure))
 }
 
 impl TcError {
@@ -180,8 +185,7 @@ impl KernelDrop {
     pub fn install(iface: &str, vips: &[Ipv4Addr]) -> Result<KernelDrop, TcError> {
         // CAP_NET_ADMIN, raised for this request only.
         let _privs = crate::privs::raised();
-        let rtnl =
-            Rtnl::open().map_err(|e| NetlinkError::new(format!("{iface}: opening an rtnetlink socket"), (e, None)))?;
+        let rtnl = Rtnl::open().map_err(|e| failed(iface, "opening an rtnetlink socket", (e, None)))?;
         let mut k = KernelDrop {
             rtnl,
             iface: iface.to_string(),
@@ -250,7 +254,7 @@ impl KernelDrop {
     }
 
     fn err(&self, what: &'static str, source: std::io::Error, detail: Option<String>) -> TcError {
-        NetlinkError::new(format!("{}: {what}", self.iface), (source, detail)).into()
+        failed(&self.iface, what, (source, detail))
     }
 
     /// Creates the clsact qdisc unless a clsact or ingress qdisc is there; true if created.
@@ -347,8 +351,7 @@ impl Drop for KernelDrop {
 /// in the calling thread's network namespace. An interface without a clsact or ingress qdisc has
 /// none.
 pub fn installed(iface: &str) -> Result<bool, TcError> {
-    let err =
-        |what: &str, source, detail| TcError::from(NetlinkError::new(format!("{iface}: {what}"), (source, detail)));
+    let err = |what, source, detail| failed(iface, what, (source, detail));
     let mut rtnl = Rtnl::open().map_err(|e| err("opening an rtnetlink socket", e, None))?;
     let ifindex = sys::if_nametoindex(iface).map_err(|e| err("looking up the interface", e, None))?;
     match filters(&mut rtnl, ifindex, PARENT_INGRESS) {
