@@ -677,13 +677,19 @@ fn probe_filter() -> Result<BpfProgram, crate::io::bpf::BpfError> {
     ])
 }
 
-fn cpu_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The CPUs that forward: --fwd-cpu, or with --spread every CPU this process may run on (as
+/// `bench forward --scale` places its workers; all CPUs if the affinity cannot be read).
+fn fwd_cpus(args: &LiveArgs) -> Vec<usize> {
+    if !args.spread {
+        return vec![args.fwd_cpu];
+    }
+    crate::io::allowed_cpus()
+        .unwrap_or_else(|_| (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect())
 }
 
-/// The CPUs that forward: --fwd-cpu, or with --spread all of them (at most 64 in the mask).
+/// [`fwd_cpus`] as an RPS mask (CPUs from 64 on do not fit and are left out).
 fn fwd_mask(args: &LiveArgs) -> u64 {
-    if args.spread { u64::MAX >> (64 - cpu_count().clamp(1, 64)) } else { 1 << args.fwd_cpu }
+    fwd_cpus(args).iter().filter(|&&c| c < 64).fold(0, |m, &c| m | 1 << c)
 }
 
 /// Nanoseconds since the Unix epoch on `CLOCK_REALTIME`, the clock of the rings' timestamps.
@@ -836,9 +842,10 @@ impl Workers {
                 BenchError::Setup("the kernel drop filter could not be installed on lbin (see the warning)".into())
             })?);
         }
+        let cpus = fwd_cpus(args);
         for i in 0..args.workers {
             let (rx_cfg, tx_cfg) = (rx_cfg.clone(), tx_cfg.clone());
-            let cpu = if args.spread { i % cpu_count() } else { args.fwd_cpu };
+            let cpu = cpus[i % cpus.len()];
             let (path, shared) = (topo.ns_path("lb"), Arc::clone(&w.shared));
             let (tracking, workers) = (!args.no_tracking, args.workers);
             let (ready_tx, ready_rx) = mpsc::channel();
@@ -1241,11 +1248,13 @@ impl Lab {
 fn placement(args: &LiveArgs, rps: bool) -> Vec<String> {
     let g = args.gen_cpu;
     if args.spread {
-        let n = cpu_count();
-        let workers: Vec<String> = (0..args.workers).map(|i| format!("w{i} on CPU {}", i % n)).collect();
+        let cpus = fwd_cpus(args);
+        let n = cpus.len();
+        let workers: Vec<String> = (0..args.workers).map(|i| format!("w{i} on CPU {}", cpus[i % n])).collect();
         return vec![
             format!(
-                "generator: one thread in gen pinned to CPU {g} (TX ring {} slots), sharing it with the forwarders                  (--spread)",
+                "generator: one thread in gen pinned to CPU {g} (TX ring {} slots), sharing it with the forwarders \
+                 (--spread)",
                 args.gen_slots
             ),
             if rps {
@@ -1254,7 +1263,8 @@ fn placement(args: &LiveArgs, rps: bool) -> Vec<String> {
                 format!("kernel:  RPS unavailable on this kernel: lb forwards on the generator's CPU {g} only")
             },
             format!(
-                "maglevd: {} worker(s), {} (fanout hash over their RX rings); {LB_IN}'s receive runs on CPU {g}                  with the generator, no RPS",
+                "maglevd: {} worker(s), {} (fanout hash over their RX rings); {LB_IN}'s receive runs on CPU {g} \
+                 with the generator, no RPS",
                 args.workers,
                 workers.join(", ")
             ),
